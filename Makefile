@@ -1,0 +1,129 @@
+# ngx_http_billing_module
+#
+#   make                    build build/ngx_http_billing_module.so
+#   make NGINX_SRC=DIR      ... against another nginx source tree
+#   make test               build and run the whole suite (prove)
+#   make test-asan          the suite against an AddressSanitizer build
+#   make fuzz               every fuzz target for FUZZ_TIME seconds
+#   make run                quickstart: private Redis + nginx, foreground
+#   make bench              wrk benchmarks, see bench/README.md
+
+NGINX_SRC ?= /usr/share/nginx/src
+FUZZ_TIME ?= 60
+PROVE_FLAGS ?=
+
+SHELL := /bin/bash
+BUILD := build
+SRC_ID := $(shell printf '%s' '$(abspath $(NGINX_SRC))' | md5sum | cut -c1-8)
+NGX := $(BUILD)/nginx-$(SRC_ID)
+MODULE := $(BUILD)/ngx_http_billing_module.so
+ASAN_MODULE := $(BUILD)/asan/ngx_http_billing_module.so
+
+HARDEN := -g -O2 -fstack-protector-strong -Wformat -Werror=format-security \
+          -D_FORTIFY_SOURCE=2
+CC_OPT := $(HARDEN) -Wall -Wextra -Werror
+ASAN_OPT := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+            -fno-sanitize-recover=undefined -Wall -Wextra -Werror
+LD_OPT := -Wl,-z,relro -Wl,-z,now
+
+MODULE_SRCS := config $(wildcard src/*.c src/*.h)
+
+# the parts that need no nginx, with their unit tests
+PLAIN_SRCS := src/ngx_billing_signature.c src/ngx_billing_event.c \
+              src/ngx_billing_state.c
+UNIT_TESTS := signature event state
+UNIT_BINS := $(UNIT_TESTS:%=$(BUILD)/unit/test_%)
+UNIT_CFLAGS := -g -O1 -Wall -Wextra -Werror -std=c99 -D_POSIX_C_SOURCE=200809L \
+               -Isrc -It/unit
+UNIT_LIBS := -ljansson -lcrypto
+
+FUZZ_TARGETS := signature event
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
+FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
+               -fno-sanitize-recover=undefined -Isrc
+
+.PHONY: all deps unit test test-asan fuzz run bench clean
+
+all: $(MODULE)
+
+deps:
+	@.ci/deps build
+
+# Configure flags: Debian's nginx-dev ships the ones its nginx was built
+# with; any other tree gets --with-compat, which is all a dynamic module
+# needs to load into a binary of the same version.
+$(NGX)/.copied:
+	@.ci/deps build
+	@test -x $(NGINX_SRC)/configure || \
+	    { echo "no nginx source tree at $(NGINX_SRC)" >&2; exit 1; }
+	rm -rf $(NGX) && mkdir -p $(BUILD)
+	cp -a $(NGINX_SRC) $(NGX)
+	touch $@
+
+configure = cd $(NGX) && \
+	if [ -f conf_flags ]; then . ./conf_flags; \
+	else NGX_CONF_FLAGS=(--with-compat); fi; \
+	./configure "$${NGX_CONF_FLAGS[@]}" --builddir=$(1) \
+	    --with-cc-opt='$(2)' --with-ld-opt='$(LD_OPT)' \
+	    --add-dynamic-module=$(CURDIR) > $(1).log 2>&1 \
+	    || { tail -20 $(1).log; exit 1; }
+
+$(NGX)/objs/Makefile: $(NGX)/.copied config
+	$(call configure,objs,$(CC_OPT))
+
+$(NGX)/objs-asan/Makefile: $(NGX)/.copied config
+	$(call configure,objs-asan,$(ASAN_OPT))
+
+$(MODULE): $(NGX)/objs/Makefile $(MODULE_SRCS)
+	$(MAKE) -C $(NGX) -f objs/Makefile modules
+	cp $(NGX)/objs/ngx_http_billing_module.so $@
+
+$(ASAN_MODULE): $(NGX)/objs-asan/Makefile $(MODULE_SRCS)
+	$(MAKE) -C $(NGX) -f objs-asan/Makefile modules
+	mkdir -p $(dir $@)
+	cp $(NGX)/objs-asan/ngx_http_billing_module.so $@
+
+$(BUILD)/unit/test_%: t/unit/test_%.c t/unit/tap.h $(PLAIN_SRCS) src/*.h
+	@mkdir -p $(dir $@)
+	$(CC) $(UNIT_CFLAGS) -o $@ $< $(PLAIN_SRCS) $(UNIT_LIBS)
+
+unit: $(UNIT_BINS)
+
+test: $(MODULE) $(UNIT_BINS)
+	@.ci/deps test
+	BILLING_MODULE=$(CURDIR)/$(MODULE) BILLING_BUILD=$(CURDIR)/$(BUILD) \
+	    prove -I t/lib $(PROVE_FLAGS) t/*.t
+
+test-asan: $(ASAN_MODULE) $(UNIT_BINS)
+	@.ci/deps asan
+	BILLING_MODULE=$(CURDIR)/$(ASAN_MODULE) BILLING_BUILD=$(CURDIR)/$(BUILD) \
+	    BILLING_ASAN=1 prove -I t/lib $(PROVE_FLAGS) t/*.t
+
+$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(PLAIN_SRCS) src/*.h
+	@.ci/deps fuzz
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ $< $(PLAIN_SRCS) $(UNIT_LIBS)
+
+fuzz: $(FUZZ_BINS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	    mkdir -p $(BUILD)/fuzz/corpus-$$t; \
+	    cp fuzz/corpus/$$t/* $(BUILD)/fuzz/corpus-$$t/ 2>/dev/null || :; \
+	    echo "fuzz: $$t for $(FUZZ_TIME)s"; \
+	    $(BUILD)/fuzz/fuzz_$$t -max_total_time=$(FUZZ_TIME) \
+	        -artifact_prefix=$(BUILD)/fuzz/$$t- \
+	        -print_final_stats=1 $(BUILD)/fuzz/corpus-$$t \
+	        > $(BUILD)/fuzz/$$t.log 2>&1 \
+	        || { tail -40 $(BUILD)/fuzz/$$t.log; exit 1; }; \
+	    grep -E '^stat::number_of_executed_units' $(BUILD)/fuzz/$$t.log; \
+	done
+
+run: $(MODULE)
+	@.ci/deps run
+	tools/quickstart $(CURDIR)/$(MODULE)
+
+bench: $(MODULE)
+	@.ci/deps bench
+	bench/run $(CURDIR)/$(MODULE)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,936 @@
+
+/*
+ * ngx_http_billing_module: directives, configuration, process life.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <jansson.h>
+
+#include "ngx_http_billing_module.h"
+#include "ngx_http_billing_redis.h"
+
+
+#define NGX_HTTP_BILLING_FILE_MAX      65536
+#define NGX_HTTP_BILLING_SECRETS_MAX   16
+#define NGX_HTTP_BILLING_PREFIX_MAX    64
+
+
+typedef ngx_int_t (*ngx_http_billing_line_pt)(ngx_conf_t *cf, void *data,
+    ngx_str_t *line, ngx_uint_t n);
+
+
+static void *ngx_http_billing_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_billing_init_main_conf(ngx_conf_t *cf, void *conf);
+static ngx_int_t ngx_http_billing_postconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_billing_init_process(ngx_cycle_t *cycle);
+static void ngx_http_billing_exit_process(ngx_cycle_t *cycle);
+
+static char *ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_billing_webhook_secret_file(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_billing_webhook_secret(ngx_conf_t *cf, void *data,
+    ngx_str_t *line, ngx_uint_t n);
+static char *ngx_http_billing_stripe_key_file(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_billing_stripe_key(ngx_conf_t *cf, void *data,
+    ngx_str_t *line, ngx_uint_t n);
+static ngx_int_t ngx_http_billing_redis_password(ngx_conf_t *cf, void *data,
+    ngx_str_t *line, ngx_uint_t n);
+static char *ngx_http_billing_api_version(ngx_conf_t *cf, void *post,
+    void *data);
+
+static char *ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_http_billing_line_pt handler, void *data);
+static void ngx_http_billing_zero(void *data);
+
+
+static ngx_conf_post_handler_pt  ngx_http_billing_api_version_p =
+    ngx_http_billing_api_version;
+
+
+static ngx_command_t  ngx_http_billing_commands[] = {
+
+    { ngx_string("billing_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_billing_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("billing_stripe_webhook_secret_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_billing_webhook_secret_file,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("billing_webhook_tolerance"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, webhook_tolerance),
+      NULL },
+
+    { ngx_string("billing_stripe_key_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_billing_stripe_key_file,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("billing_stripe_api_version"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, stripe_api_version),
+      &ngx_http_billing_api_version_p },
+
+    { ngx_string("billing_webhook"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_billing_webhook,
+      0,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_billing_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_billing_postconfiguration,    /* postconfiguration */
+
+    ngx_http_billing_create_main_conf,     /* create main configuration */
+    ngx_http_billing_init_main_conf,       /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    NULL,                                  /* create location configuration */
+    NULL                                   /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_billing_module = {
+    NGX_MODULE_V1,
+    &ngx_http_billing_module_ctx,          /* module context */
+    ngx_http_billing_commands,             /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_billing_init_process,         /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_billing_exit_process,         /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static void *
+ngx_http_billing_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    bmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_billing_main_conf_t));
+    if (bmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     bmcf->redis_conf = NULL;
+     *     bmcf->webhook_secrets = NULL;
+     *     bmcf->stripe_key = { 0, NULL };
+     *     bmcf->stripe_api_version = { 0, NULL };
+     *     bmcf->webhook_file = { 0, NULL };
+     *     bmcf->redis = NULL;
+     */
+
+    bmcf->webhook_tolerance = NGX_CONF_UNSET;
+
+    return bmcf;
+}
+
+
+static char *
+ngx_http_billing_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_billing_main_conf_t  *bmcf = conf;
+
+    ngx_conf_init_value(bmcf->webhook_tolerance, 300);
+
+    if (bmcf->stripe_api_version.data == NULL) {
+        ngx_str_set(&bmcf->stripe_api_version, "2022-11-15");
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
+
+    /* checked here: http-level directives may follow the locations */
+
+    if (bmcf->webhook_file.len) {
+
+        if (bmcf->redis_conf == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"billing_webhook\" in %V:%ui needs "
+                          "\"billing_redis\" at the http level",
+                          &bmcf->webhook_file, bmcf->webhook_line);
+            return NGX_ERROR;
+        }
+
+        if (bmcf->webhook_secrets == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"billing_webhook\" in %V:%ui needs "
+                          "\"billing_stripe_webhook_secret_file\" "
+                          "at the http level",
+                          &bmcf->webhook_file, bmcf->webhook_line);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    /* cache managers and loaders have no use for Redis */
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    bmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_billing_module);
+
+    if (bmcf == NULL || bmcf->redis_conf == NULL) {
+        return NGX_OK;
+    }
+
+    bmcf->redis = ngx_http_billing_redis_create(cycle, bmcf->redis_conf);
+    if (bmcf->redis == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    bmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_billing_module);
+
+    if (bmcf && bmcf->redis) {
+        ngx_http_billing_redis_destroy(bmcf->redis);
+        bmcf->redis = NULL;
+    }
+}
+
+
+static char *
+ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_billing_main_conf_t  *bmcf = conf;
+
+    u_char                         *p;
+    char                           *rv;
+    ngx_int_t                       n;
+    ngx_str_t                      *value, s, file;
+    ngx_uint_t                      i;
+    ngx_http_billing_redis_conf_t  *rcf;
+
+    if (bmcf->redis_conf) {
+        return "is duplicate";
+    }
+
+    rcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_billing_redis_conf_t));
+    if (rcf == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    rcf->url.url = value[1];
+    rcf->url.default_port = 6379;
+
+    if (ngx_parse_url(cf->pool, &rcf->url) != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Redis address \"%V\"%s%s", &value[1],
+                           rcf->url.err ? ": " : "",
+                           rcf->url.err ? rcf->url.err : "");
+        return NGX_CONF_ERROR;
+    }
+
+    if (rcf->url.naddrs == 0 || rcf->url.uri.len) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Redis address \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_str_set(&rcf->prefix, "billing:");
+    rcf->connect_timeout = 1000;
+    rcf->timeout = 1000;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
+            n = ngx_atoi(value[i].data + 3, value[i].len - 3);
+            if (n == NGX_ERROR || n > 65535) {
+                goto invalid;
+            }
+
+            rcf->db = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "password_file=", 14) == 0) {
+            file.data = value[i].data + 14;
+            file.len = value[i].len - 14;
+
+            rv = ngx_http_billing_read_lines(cf, &file,
+                                        ngx_http_billing_redis_password,
+                                        &rcf->password);
+            if (rv != NGX_CONF_OK) {
+                return rv;
+            }
+
+            if (rcf->password.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "password file \"%V\" is empty", &file);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "prefix=", 7) == 0) {
+            s.data = value[i].data + 7;
+            s.len = value[i].len - 7;
+
+            if (s.len == 0 || s.len > NGX_HTTP_BILLING_PREFIX_MAX) {
+                goto invalid;
+            }
+
+            for (p = s.data; p < s.data + s.len; p++) {
+                if (*p <= ' ' || *p >= 0x7f || *p == '{' || *p == '}') {
+                    goto invalid;
+                }
+            }
+
+            rcf->prefix = s;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0) {
+            s.data = value[i].data + 16;
+            s.len = value[i].len - 16;
+
+            n = ngx_parse_time(&s, 0);
+            if (n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            rcf->connect_timeout = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.data = value[i].data + 8;
+            s.len = value[i].len - 8;
+
+            n = ngx_parse_time(&s, 0);
+            if (n == NGX_ERROR || n == 0) {
+                goto invalid;
+            }
+
+            rcf->timeout = n;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    bmcf->redis_conf = rcf;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\"", &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_billing_redis_password(ngx_conf_t *cf, void *data, ngx_str_t *line,
+    ngx_uint_t n)
+{
+    ngx_str_t  *password = data;
+
+    if (password->len) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "line %ui of the password file: only one "
+                           "password is allowed", n);
+        return NGX_ERROR;
+    }
+
+    *password = *line;
+
+    return NGX_OK;
+}
+
+
+static char *
+ngx_http_billing_webhook_secret_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_billing_main_conf_t  *bmcf = conf;
+
+    char       *rv;
+    ngx_str_t  *value;
+
+    if (bmcf->webhook_secrets) {
+        return "is duplicate";
+    }
+
+    bmcf->webhook_secrets = ngx_array_create(cf->pool, 2,
+                                             sizeof(ngx_billing_secret_t));
+    if (bmcf->webhook_secrets == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    rv = ngx_http_billing_read_lines(cf, &value[1],
+                                     ngx_http_billing_webhook_secret,
+                                     bmcf->webhook_secrets);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (bmcf->webhook_secrets->nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no webhook secret in \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_webhook_secret(ngx_conf_t *cf, void *data, ngx_str_t *line,
+    ngx_uint_t n)
+{
+    ngx_array_t  *secrets = data;
+
+    u_char                *p;
+    ngx_billing_secret_t  *secret;
+
+    /* the secret itself is never echoed, only where it is */
+
+    if (line->len <= 6 || ngx_strncmp(line->data, "whsec_", 6) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "line %ui is not a webhook signing secret "
+                           "(\"whsec_...\")", n);
+        return NGX_ERROR;
+    }
+
+    for (p = line->data; p < line->data + line->len; p++) {
+        if (*p <= ' ' || *p >= 0x7f) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "line %ui: a webhook signing secret has no "
+                               "spaces or control characters", n);
+            return NGX_ERROR;
+        }
+    }
+
+    if (secrets->nelts == NGX_HTTP_BILLING_SECRETS_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "line %ui: more than %d webhook secrets",
+                           n, NGX_HTTP_BILLING_SECRETS_MAX);
+        return NGX_ERROR;
+    }
+
+    secret = ngx_array_push(secrets);
+    if (secret == NULL) {
+        return NGX_ERROR;
+    }
+
+    secret->data = line->data;
+    secret->len = line->len;
+
+    return NGX_OK;
+}
+
+
+static char *
+ngx_http_billing_stripe_key_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_billing_main_conf_t  *bmcf = conf;
+
+    char       *rv;
+    ngx_str_t  *value;
+
+    if (bmcf->stripe_key.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    rv = ngx_http_billing_read_lines(cf, &value[1],
+                                     ngx_http_billing_stripe_key,
+                                     &bmcf->stripe_key);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (bmcf->stripe_key.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no Stripe key in \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_stripe_key(ngx_conf_t *cf, void *data, ngx_str_t *line,
+    ngx_uint_t n)
+{
+    ngx_str_t  *key = data;
+
+    u_char  *p;
+
+    if (key->len) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "line %ui: only one Stripe key is allowed", n);
+        return NGX_ERROR;
+    }
+
+    if (line->len <= 3
+        || (ngx_strncmp(line->data, "sk_", 3) != 0
+            && ngx_strncmp(line->data, "rk_", 3) != 0))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "line %ui is not a Stripe secret or restricted "
+                           "key (\"sk_...\" or \"rk_...\")", n);
+        return NGX_ERROR;
+    }
+
+    for (p = line->data; p < line->data + line->len; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+              || (*p >= '0' && *p <= '9') || *p == '_'))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "line %ui: a Stripe key has only letters, "
+                               "digits and \"_\"", n);
+            return NGX_ERROR;
+        }
+    }
+
+    *key = *line;
+
+    return NGX_OK;
+}
+
+
+static char *
+ngx_http_billing_api_version(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_str_t  *version = data;
+
+    u_char  *p;
+
+    if (version->len == 0 || version->len > 64) {
+        return "has an invalid value";
+    }
+
+    for (p = version->data; p < version->data + version->len; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')
+              || *p == '-' || *p == '.' || *p == '_'))
+        {
+            return "has an invalid value";
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Reads a small file of secrets, calling handler for each line that is
+ * neither blank nor a "#" comment, trimmed.  The copy stays in memory
+ * for the life of the configuration and is wiped when it goes; nothing
+ * of the content ever reaches a log line.
+ */
+
+static char *
+ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_str_t *name,
+    ngx_http_billing_line_pt handler, void *data)
+{
+    u_char              *buf, *p, *last, *end;
+    size_t               size;
+    ssize_t              n;
+    ngx_fd_t             fd;
+    ngx_str_t            line, path;
+    ngx_uint_t           lineno;
+    ngx_file_t           file;
+    ngx_file_info_t      fi;
+    ngx_pool_cleanup_t  *cln;
+
+    path = *name;
+
+    if (path.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "empty file name");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_conf_full_name(cf->cycle, &path, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " \"%V\" failed", &path);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&file, sizeof(ngx_file_t));
+    file.fd = fd;
+    file.name = path;
+    file.log = cf->log;
+
+    buf = NULL;
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_fd_info_n " \"%V\" failed", &path);
+        goto failed;
+    }
+
+    size = (size_t) ngx_file_size(&fi);
+
+    if (size == 0 || size > NGX_HTTP_BILLING_FILE_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" is %s", &path,
+                           size ? "too large" : "empty");
+        goto failed;
+    }
+
+    buf = ngx_pnalloc(cf->pool, size);
+    if (buf == NULL) {
+        goto failed;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, sizeof(ngx_str_t));
+    if (cln == NULL) {
+        goto failed;
+    }
+
+    cln->handler = ngx_http_billing_zero;
+    ((ngx_str_t *) cln->data)->data = buf;
+    ((ngx_str_t *) cln->data)->len = size;
+
+    n = ngx_read_file(&file, buf, size, 0);
+
+    if (n == NGX_ERROR) {
+        goto failed;
+    }
+
+    if ((size_t) n != size) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           ngx_read_file_n " \"%V\" returned only "
+                           "%z bytes instead of %uz", &path, n, size);
+        goto failed;
+    }
+
+    if (ngx_close_file(fd) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, cf->log, ngx_errno,
+                      ngx_close_file_n " \"%V\" failed", &path);
+    }
+
+    end = buf + size;
+    lineno = 0;
+
+    for (p = buf; p < end; p = last + 1) {
+        lineno++;
+
+        last = ngx_strlchr(p, end, '\n');
+        if (last == NULL) {
+            last = end;
+        }
+
+        line.data = p;
+        line.len = last - p;
+
+        while (line.len && (line.data[0] == ' ' || line.data[0] == '\t')) {
+            line.data++;
+            line.len--;
+        }
+
+        while (line.len && (line.data[line.len - 1] == ' '
+                            || line.data[line.len - 1] == '\t'
+                            || line.data[line.len - 1] == '\r'))
+        {
+            line.len--;
+        }
+
+        if (line.len == 0 || line.data[0] == '#') {
+            continue;
+        }
+
+        if (handler(cf, data, &line, lineno) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "in \"%V\"", &path);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+
+failed:
+
+    if (ngx_close_file(fd) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, cf->log, ngx_errno,
+                      ngx_close_file_n " \"%V\" failed", &path);
+    }
+
+    return NGX_CONF_ERROR;
+}
+
+
+static void
+ngx_http_billing_zero(void *data)
+{
+    ngx_str_t  *s = data;
+
+    ngx_explicit_memzero(s->data, s->len);
+}
+
+
+ngx_int_t
+ngx_http_billing_key(ngx_pool_t *pool, ngx_http_billing_main_conf_t *bmcf,
+    ngx_str_t *key, const char *kind, u_char *id, size_t len)
+{
+    size_t     n;
+    u_char    *p;
+    ngx_str_t  *prefix;
+
+    prefix = &bmcf->redis_conf->prefix;
+    n = ngx_strlen(kind);
+
+    p = ngx_pnalloc(pool, prefix->len + n + len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    key->data = p;
+
+    p = ngx_cpymem(p, prefix->data, prefix->len);
+    p = ngx_cpymem(p, kind, n);
+    p = ngx_cpymem(p, id, len);
+
+    key->len = p - key->data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_billing_request_body(ngx_http_request_t *r, ngx_str_t *body)
+{
+    u_char       *p;
+    off_t         len;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    ngx_str_set(body, "");
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        len += ngx_buf_size(cl->buf);
+    }
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    b = r->request_body->bufs->buf;
+
+    if (r->request_body->bufs->next == NULL && ngx_buf_in_memory(b)) {
+        body->data = b->pos;
+        body->len = b->last - b->pos;
+        return NGX_OK;
+    }
+
+    /* several buffers, or a temporary file: one contiguous copy */
+
+    p = ngx_pnalloc(r->pool, (size_t) len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    body->data = p;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        n = ngx_read_file(b->file, p, (size_t) (b->file_last - b->file_pos),
+                          b->file_pos);
+
+        if (n != b->file_last - b->file_pos) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "billing: could not read the request body "
+                          "from \"%V\"", &b->file->name);
+            return NGX_ERROR;
+        }
+
+        p += n;
+    }
+
+    body->len = p - body->data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_billing_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    void *json)
+{
+    size_t        len;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    len = json_dumpb(json, NULL, 0, JSON_COMPACT);
+    if (len == 0) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b = ngx_create_temp_buf(r->pool, len + 1);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (json_dumpb(json, (char *) b->last, len, JSON_COMPACT) != len) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last += len;
+    *b->last++ = '\n';
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = len + 1;
+
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    /* answers about money and access are never to be cached on the way */
+
+    if (ngx_http_billing_add_header(r, "Cache-Control", "no-store")
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_http_billing_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *message)
+{
+    json_t     *json;
+    ngx_int_t   rc;
+
+    json = json_pack("{s:{s:s,s:s}}", "error", "code", code,
+                     "message", message);
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_billing_send_json(r, status, json);
+
+    json_decref(json);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_billing_add_header(ngx_http_request_t *r, const char *name,
+    const char *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+    h->value.data = (u_char *) value;
+    h->value.len = ngx_strlen(value);
+
+    return NGX_OK;
+}

@@ -1,0 +1,74 @@
+
+/*
+ * ngx_http_billing_module: Stripe billing at the edge.
+ */
+
+
+#ifndef _NGX_HTTP_BILLING_MODULE_H_INCLUDED_
+#define _NGX_HTTP_BILLING_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_billing_signature.h"
+
+
+typedef struct ngx_http_billing_redis_s  ngx_http_billing_redis_t;
+
+
+typedef struct {
+    ngx_url_t                     url;
+    ngx_uint_t                    db;
+    ngx_str_t                     password;
+    ngx_str_t                     prefix;
+    ngx_msec_t                    connect_timeout;
+    ngx_msec_t                    timeout;
+} ngx_http_billing_redis_conf_t;
+
+
+typedef struct {
+    ngx_http_billing_redis_conf_t  *redis_conf;
+
+    /* of ngx_billing_secret_t */
+    ngx_array_t                    *webhook_secrets;
+    time_t                          webhook_tolerance;
+
+    ngx_str_t                       stripe_key;
+    ngx_str_t                       stripe_api_version;
+
+    /* the directives that need others, for the checks at the end */
+    ngx_conf_t                     *webhook_cf;
+    ngx_str_t                       webhook_file;
+    ngx_uint_t                      webhook_line;
+
+    /* this worker's connection */
+    ngx_http_billing_redis_t       *redis;
+} ngx_http_billing_main_conf_t;
+
+
+/* a key: the configured prefix followed by the parts */
+ngx_int_t ngx_http_billing_key(ngx_pool_t *pool,
+    ngx_http_billing_main_conf_t *bmcf, ngx_str_t *key, const char *kind,
+    u_char *id, size_t len);
+
+/* the whole request body in one piece, read back from a file if need be */
+ngx_int_t ngx_http_billing_request_body(ngx_http_request_t *r,
+    ngx_str_t *body);
+
+ngx_int_t ngx_http_billing_add_header(ngx_http_request_t *r,
+    const char *name, const char *value);
+ngx_int_t ngx_http_billing_send_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message);
+ngx_int_t ngx_http_billing_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, void *json);
+
+char *ngx_http_billing_webhook(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+
+extern ngx_module_t  ngx_http_billing_module;
+
+
+#endif /* _NGX_HTTP_BILLING_MODULE_H_INCLUDED_ */

@@ -1,0 +1,1077 @@
+
+/*
+ * A Redis client on nginx's event loop.
+ *
+ * One connection per worker, opened at worker start and kept: commands
+ * from requests and timers are queued, written in batches (pipelined)
+ * and answered in order.  hiredis only formats commands and parses
+ * replies; all I/O is nginx's, so nothing ever blocks a worker.
+ *
+ * On any failure (connect error or timeout, no reply within "timeout",
+ * connection lost, protocol error) every queued command fails at once,
+ * and the client reconnects after a backoff that doubles up to a limit.
+ * While that backoff runs, new commands fail at once, so callers answer
+ * quickly instead of piling up.  Each (re)connection starts with AUTH
+ * and SELECT before anything else is written.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+#include <ngx_event_connect.h>
+#include <ngx_sha1.h>
+
+#include "ngx_http_billing_redis.h"
+
+
+#define NGX_HTTP_BILLING_REDIS_BACKOFF_MIN  100
+#define NGX_HTTP_BILLING_REDIS_BACKOFF_MAX  5000
+#define NGX_HTTP_BILLING_REDIS_STABLE       1000
+#define NGX_HTTP_BILLING_REDIS_MAX_CMDS     8192
+#define NGX_HTTP_BILLING_REDIS_MAX_ARGS     64
+#define NGX_HTTP_BILLING_REDIS_BUF          16384
+
+
+typedef enum {
+    NGX_HTTP_BILLING_REDIS_DISCONNECTED = 0,
+    NGX_HTTP_BILLING_REDIS_CONNECTING,
+    NGX_HTTP_BILLING_REDIS_HANDSHAKE,
+    NGX_HTTP_BILLING_REDIS_READY
+} ngx_http_billing_redis_state_e;
+
+
+struct ngx_http_billing_redis_cmd_s {
+    ngx_queue_t                         queue;
+    ngx_http_billing_redis_t           *rd;
+
+    /* NULL once cancelled: the reply is then read and dropped */
+    ngx_http_billing_redis_handler_pt   handler;
+    void                               *data;
+    ngx_pool_cleanup_t                 *cleanup;
+
+    char                               *buf;
+    size_t                              len;
+    size_t                              sent;
+
+    /* an EVALSHA that becomes an EVAL on NOSCRIPT */
+    ngx_http_billing_redis_script_t    *script;
+
+    unsigned                            handshake:1;
+    unsigned                            own_buf:1;
+};
+
+
+struct ngx_http_billing_redis_s {
+    ngx_http_billing_redis_conf_t      *conf;
+    ngx_log_t                          *log;
+
+    ngx_peer_connection_t               peer;
+    redisReader                        *reader;
+    ngx_uint_t                          state;
+    ngx_msec_t                          connected_at;
+
+    ngx_queue_t                         cmds;
+    ngx_uint_t                          ncmds;
+
+    ngx_msec_t                          backoff;
+    ngx_event_t                         reconnect;
+
+    /* the last attempt failed and the backoff runs */
+    unsigned                            down:1;
+};
+
+
+static void ngx_http_billing_redis_connect(ngx_http_billing_redis_t *rd);
+static ngx_int_t ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd);
+static void ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd);
+static ngx_uint_t ngx_http_billing_redis_handshaking(
+    ngx_http_billing_redis_t *rd);
+static void ngx_http_billing_redis_write_handler(ngx_event_t *wev);
+static void ngx_http_billing_redis_read_handler(ngx_event_t *rev);
+static ngx_int_t ngx_http_billing_redis_test_connect(
+    ngx_http_billing_redis_t *rd);
+static ngx_int_t ngx_http_billing_redis_flush(ngx_http_billing_redis_t *rd);
+static ngx_int_t ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
+    redisReply *reply);
+static ngx_int_t ngx_http_billing_redis_to_eval(
+    ngx_http_billing_redis_cmd_t *cmd,
+    ngx_http_billing_redis_script_t *script);
+static void ngx_http_billing_redis_arm(ngx_http_billing_redis_t *rd);
+static void ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd,
+    ngx_uint_t level, const char *reason);
+static void ngx_http_billing_redis_close(ngx_http_billing_redis_t *rd);
+static void ngx_http_billing_redis_fail_all(ngx_http_billing_redis_t *rd,
+    ngx_uint_t notify);
+static void ngx_http_billing_redis_reconnect_handler(ngx_event_t *ev);
+static ngx_http_billing_redis_cmd_t *ngx_http_billing_redis_format(
+    ngx_http_billing_redis_t *rd, ngx_uint_t argc, ngx_str_t *argv);
+static void ngx_http_billing_redis_free(ngx_http_billing_redis_cmd_t *cmd);
+static void ngx_http_billing_redis_free_buf(
+    ngx_http_billing_redis_cmd_t *cmd);
+static void ngx_http_billing_redis_cleanup(void *data);
+
+
+ngx_http_billing_redis_t *
+ngx_http_billing_redis_create(ngx_cycle_t *cycle,
+    ngx_http_billing_redis_conf_t *conf)
+{
+    ngx_http_billing_redis_t  *rd;
+
+    rd = ngx_pcalloc(cycle->pool, sizeof(ngx_http_billing_redis_t));
+    if (rd == NULL) {
+        return NULL;
+    }
+
+    rd->conf = conf;
+    rd->log = cycle->log;
+
+    rd->peer.sockaddr = conf->url.addrs[0].sockaddr;
+    rd->peer.socklen = conf->url.addrs[0].socklen;
+    rd->peer.name = &conf->url.addrs[0].name;
+    rd->peer.get = ngx_event_get_peer;
+    rd->peer.log = rd->log;
+    rd->peer.log_error = NGX_ERROR_ERR;
+
+    ngx_queue_init(&rd->cmds);
+
+    rd->backoff = NGX_HTTP_BILLING_REDIS_BACKOFF_MIN;
+
+    rd->reconnect.handler = ngx_http_billing_redis_reconnect_handler;
+    rd->reconnect.data = rd;
+    rd->reconnect.log = rd->log;
+
+    /* a pending reconnection must not hold up a graceful shutdown */
+    rd->reconnect.cancelable = 1;
+
+    /* connect as soon as the event loop runs */
+    ngx_add_timer(&rd->reconnect, 1);
+
+    return rd;
+}
+
+
+void
+ngx_http_billing_redis_destroy(ngx_http_billing_redis_t *rd)
+{
+    if (rd->reconnect.timer_set) {
+        ngx_del_timer(&rd->reconnect);
+    }
+
+    ngx_http_billing_redis_close(rd);
+    ngx_http_billing_redis_fail_all(rd, 0);
+}
+
+
+void
+ngx_http_billing_redis_script_init(ngx_http_billing_redis_script_t *script,
+    const char *source)
+{
+    u_char      digest[20];
+    ngx_sha1_t  sha1;
+
+    script->source.data = (u_char *) source;
+    script->source.len = ngx_strlen(source);
+
+    ngx_sha1_init(&sha1);
+    ngx_sha1_update(&sha1, script->source.data, script->source.len);
+    ngx_sha1_final(digest, &sha1);
+
+    ngx_hex_dump(script->sha1, digest, sizeof(digest));
+}
+
+
+ngx_http_billing_redis_cmd_t *
+ngx_http_billing_redis_send(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
+    ngx_str_t *argv, ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    ngx_http_billing_redis_cmd_t  *cmd;
+
+    if (rd->ncmds >= NGX_HTTP_BILLING_REDIS_MAX_CMDS) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "billing redis %V: too many commands queued",
+                      rd->peer.name);
+        return NULL;
+    }
+
+    if (rd->state == NGX_HTTP_BILLING_REDIS_DISCONNECTED) {
+
+        if (rd->down) {
+            /* known to be down: fail fast until the next attempt */
+            return NULL;
+        }
+
+        if (rd->reconnect.timer_set) {
+            ngx_del_timer(&rd->reconnect);
+        }
+
+        ngx_http_billing_redis_connect(rd);
+
+        if (rd->state == NGX_HTTP_BILLING_REDIS_DISCONNECTED) {
+            return NULL;
+        }
+    }
+
+    cmd = ngx_http_billing_redis_format(rd, argc, argv);
+    if (cmd == NULL) {
+        return NULL;
+    }
+
+    cmd->handler = handler;
+    cmd->data = data;
+
+    ngx_queue_insert_tail(&rd->cmds, &cmd->queue);
+    rd->ncmds++;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                   "billing redis: queued %V, %ui args, %ui pending",
+                   &argv[0], argc, rd->ncmds);
+
+    /* written from the event loop, so that a batch goes in one send() */
+
+    if (rd->state == NGX_HTTP_BILLING_REDIS_READY) {
+        ngx_post_event(rd->peer.connection->write, &ngx_posted_events);
+    }
+
+    return cmd;
+}
+
+
+ngx_http_billing_redis_cmd_t *
+ngx_http_billing_redis_eval(ngx_http_billing_redis_t *rd,
+    ngx_http_billing_redis_script_t *script, ngx_uint_t nkeys,
+    ngx_uint_t argc, ngx_str_t *argv,
+    ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    u_char                        nkeys_buf[NGX_INT_T_LEN];
+    ngx_str_t                     args[NGX_HTTP_BILLING_REDIS_MAX_ARGS];
+    ngx_uint_t                    i;
+    ngx_http_billing_redis_cmd_t  *cmd;
+
+    if (argc + 3 > NGX_HTTP_BILLING_REDIS_MAX_ARGS) {
+        return NULL;
+    }
+
+    ngx_str_set(&args[0], "EVALSHA");
+    args[1].data = script->sha1;
+    args[1].len = sizeof(script->sha1);
+    args[2].data = nkeys_buf;
+    args[2].len = ngx_sprintf(nkeys_buf, "%ui", nkeys) - nkeys_buf;
+
+    for (i = 0; i < argc; i++) {
+        args[i + 3] = argv[i];
+    }
+
+    cmd = ngx_http_billing_redis_send(rd, argc + 3, args, handler, data);
+
+    if (cmd) {
+        cmd->script = script;
+    }
+
+    return cmd;
+}
+
+
+void
+ngx_http_billing_redis_cancel(ngx_http_billing_redis_cmd_t *cmd)
+{
+    ngx_http_billing_redis_t  *rd;
+
+    if (cmd->cleanup) {
+        cmd->cleanup->handler = NULL;
+        cmd->cleanup = NULL;
+    }
+
+    cmd->handler = NULL;
+    cmd->data = NULL;
+
+    /* not written yet: forget it; otherwise its reply is still due */
+
+    if (cmd->sent == 0) {
+        rd = cmd->rd;
+        ngx_queue_remove(&cmd->queue);
+        rd->ncmds--;
+        ngx_http_billing_redis_free(cmd);
+    }
+}
+
+
+ngx_int_t
+ngx_http_billing_redis_bind(ngx_http_billing_redis_cmd_t *cmd,
+    ngx_pool_t *pool)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    cln = ngx_pool_cleanup_add(pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_billing_redis_cleanup;
+    cln->data = cmd;
+    cmd->cleanup = cln;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_redis_cleanup(void *data)
+{
+    ngx_http_billing_redis_cmd_t  *cmd = data;
+
+    cmd->cleanup = NULL;
+    ngx_http_billing_redis_cancel(cmd);
+}
+
+
+static void
+ngx_http_billing_redis_connect(ngx_http_billing_redis_t *rd)
+{
+    ngx_int_t          rc;
+    ngx_connection_t  *c;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                   "billing redis: connecting to %V", rd->peer.name);
+
+    rd->peer.tries = 1;
+
+    rc = ngx_event_connect_peer(&rd->peer);
+
+    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
+        /* ngx_event_connect_peer() has logged why */
+        rd->peer.connection = NULL;
+        ngx_http_billing_redis_failed(rd, NGX_LOG_INFO, "connect() failed");
+        return;
+    }
+
+    c = rd->peer.connection;
+
+    c->data = rd;
+    c->read->handler = ngx_http_billing_redis_read_handler;
+    c->write->handler = ngx_http_billing_redis_write_handler;
+    c->log = rd->log;
+    c->read->log = rd->log;
+    c->write->log = rd->log;
+
+    rd->reader = redisReaderCreate();
+    if (rd->reader == NULL) {
+        ngx_http_billing_redis_failed(rd, NGX_LOG_ALERT,
+                                      "redisReaderCreate() failed");
+        return;
+    }
+
+    rd->state = NGX_HTTP_BILLING_REDIS_CONNECTING;
+
+    if (ngx_http_billing_redis_handshake(rd) != NGX_OK) {
+        ngx_http_billing_redis_failed(rd, NGX_LOG_ALERT,
+                                      "could not queue the handshake");
+        return;
+    }
+
+    if (rc == NGX_AGAIN) {
+        ngx_add_timer(c->write, rd->conf->connect_timeout);
+        return;
+    }
+
+    /* connected at once, as unix sockets are */
+
+    ngx_post_event(c->write, &ngx_posted_events);
+}
+
+
+static ngx_int_t
+ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd)
+{
+    u_char                         db[NGX_INT_T_LEN];
+    ngx_str_t                      argv[2];
+    ngx_queue_t                   *head;
+    ngx_http_billing_redis_cmd_t  *cmd[2];
+    ngx_uint_t                     n, i;
+
+    /*
+     * Queued ahead of whatever waits: a new connection has written
+     * nothing yet, and nothing else is written before these succeed.
+     */
+
+    n = 0;
+
+    if (rd->conf->password.len) {
+        ngx_str_set(&argv[0], "AUTH");
+        argv[1] = rd->conf->password;
+
+        cmd[n] = ngx_http_billing_redis_format(rd, 2, argv);
+        if (cmd[n] == NULL) {
+            return NGX_ERROR;
+        }
+
+        n++;
+    }
+
+    if (rd->conf->db) {
+        ngx_str_set(&argv[0], "SELECT");
+        argv[1].data = db;
+        argv[1].len = ngx_sprintf(db, "%ui", rd->conf->db) - db;
+
+        cmd[n] = ngx_http_billing_redis_format(rd, 2, argv);
+        if (cmd[n] == NULL) {
+            while (n) {
+                ngx_http_billing_redis_free(cmd[--n]);
+            }
+
+            return NGX_ERROR;
+        }
+
+        n++;
+    }
+
+    head = &rd->cmds;
+
+    for (i = 0; i < n; i++) {
+        cmd[i]->handshake = 1;
+
+        ngx_queue_insert_after(head, &cmd[i]->queue);
+        head = &cmd[i]->queue;
+        rd->ncmds++;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd)
+{
+    rd->state = NGX_HTTP_BILLING_REDIS_READY;
+    rd->backoff = NGX_HTTP_BILLING_REDIS_BACKOFF_MIN;
+    rd->down = 0;
+
+    ngx_log_error(NGX_LOG_INFO, rd->log, 0,
+                  "billing redis %V: connected", rd->peer.name);
+
+    /* what waited for the connection goes now */
+    ngx_post_event(rd->peer.connection->write, &ngx_posted_events);
+}
+
+
+static ngx_uint_t
+ngx_http_billing_redis_handshaking(ngx_http_billing_redis_t *rd)
+{
+    ngx_queue_t                   *q;
+    ngx_http_billing_redis_cmd_t  *cmd;
+
+    /* the handshake, when there is one, heads the queue */
+
+    if (ngx_queue_empty(&rd->cmds)) {
+        return 0;
+    }
+
+    q = ngx_queue_head(&rd->cmds);
+    cmd = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
+
+    return cmd->handshake;
+}
+
+
+static void
+ngx_http_billing_redis_write_handler(ngx_event_t *wev)
+{
+    ngx_connection_t          *c;
+    ngx_http_billing_redis_t  *rd;
+
+    c = wev->data;
+    rd = c->data;
+
+    if (wev->timedout) {
+        ngx_http_billing_redis_failed(rd, NGX_LOG_ERR,
+                                      rd->state
+                                      == NGX_HTTP_BILLING_REDIS_CONNECTING
+                                      ? "connect timed out"
+                                      : "send timed out");
+        return;
+    }
+
+    if (rd->state == NGX_HTTP_BILLING_REDIS_CONNECTING) {
+
+        if (wev->timer_set) {
+            ngx_del_timer(wev);
+        }
+
+        if (ngx_http_billing_redis_test_connect(rd) != NGX_OK) {
+            ngx_http_billing_redis_failed(rd, NGX_LOG_INFO,
+                                          "connect() failed");
+            return;
+        }
+
+        if (rd->peer.sockaddr->sa_family != AF_UNIX) {
+            (void) ngx_tcp_nodelay(c);
+        }
+
+        rd->connected_at = ngx_current_msec;
+
+        if (ngx_http_billing_redis_handshaking(rd)) {
+            rd->state = NGX_HTTP_BILLING_REDIS_HANDSHAKE;
+
+        } else {
+            ngx_http_billing_redis_ready(rd);
+        }
+    }
+
+    if (ngx_http_billing_redis_flush(rd) != NGX_OK) {
+        ngx_http_billing_redis_failed(rd, NGX_LOG_ERR, "send() failed");
+    }
+}
+
+
+static ngx_int_t
+ngx_http_billing_redis_test_connect(ngx_http_billing_redis_t *rd)
+{
+    int        err;
+    socklen_t  len;
+
+    err = 0;
+    len = sizeof(int);
+
+    if (getsockopt(rd->peer.connection->fd, SOL_SOCKET, SO_ERROR,
+                   (void *) &err, &len)
+        == -1)
+    {
+        err = ngx_socket_errno;
+    }
+
+    if (err) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, err,
+                      "billing redis: connect() to %V failed",
+                      rd->peer.name);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_redis_flush(ngx_http_billing_redis_t *rd)
+{
+    u_char                         buf[NGX_HTTP_BILLING_REDIS_BUF];
+    size_t                         len, n, chunk;
+    ssize_t                        sent;
+    ngx_queue_t                   *q, *first;
+    ngx_connection_t              *c;
+    ngx_http_billing_redis_cmd_t  *cmd;
+
+    c = rd->peer.connection;
+
+    for ( ;; ) {
+
+        /* gather what is unwritten into one buffer: one send() a batch */
+
+        len = 0;
+        first = NULL;
+
+        for (q = ngx_queue_head(&rd->cmds);
+             q != ngx_queue_sentinel(&rd->cmds) && len < sizeof(buf);
+             q = ngx_queue_next(q))
+        {
+            cmd = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
+
+            if (rd->state != NGX_HTTP_BILLING_REDIS_READY && !cmd->handshake)
+            {
+                break;
+            }
+
+            if (cmd->sent == cmd->len) {
+                continue;
+            }
+
+            if (first == NULL) {
+                first = q;
+            }
+
+            chunk = ngx_min(cmd->len - cmd->sent, sizeof(buf) - len);
+            ngx_memcpy(buf + len, cmd->buf + cmd->sent, chunk);
+            len += chunk;
+        }
+
+        if (len == 0) {
+            break;
+        }
+
+        sent = c->send(c, buf, len);
+
+        if (sent == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (sent == NGX_AGAIN) {
+            sent = 0;
+        }
+
+        /* account what went out to the commands it belongs to */
+
+        n = sent;
+
+        for (q = first; n && q != ngx_queue_sentinel(&rd->cmds);
+             q = ngx_queue_next(q))
+        {
+            cmd = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
+
+            chunk = ngx_min(cmd->len - cmd->sent, n);
+            cmd->sent += chunk;
+            n -= chunk;
+        }
+
+        if ((size_t) sent < len) {
+            /* the socket is full: wait for it */
+            ngx_add_timer(c->write, rd->conf->timeout);
+
+            if (ngx_handle_write_event(c->write, 0) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            ngx_http_billing_redis_arm(rd);
+            return NGX_OK;
+        }
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    ngx_http_billing_redis_arm(rd);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_redis_read_handler(ngx_event_t *rev)
+{
+    void                      *reply;
+    u_char                     buf[NGX_HTTP_BILLING_REDIS_BUF];
+    ssize_t                    n;
+    ngx_uint_t                 idle;
+    ngx_connection_t          *c;
+    ngx_http_billing_redis_t  *rd;
+
+    c = rev->data;
+    rd = c->data;
+
+    if (rev->timedout) {
+        ngx_http_billing_redis_failed(rd, NGX_LOG_ERR,
+                                      "no reply within timeout");
+        return;
+    }
+
+    for ( ;; ) {
+        n = c->recv(c, buf, sizeof(buf));
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == 0 || n == NGX_ERROR) {
+
+            /*
+             * Redis closes idle clients when its "timeout" says so:
+             * that is no outage, reconnect at once if the connection
+             * had lived a while.
+             */
+
+            idle = (rd->state == NGX_HTTP_BILLING_REDIS_READY
+                    && rd->ncmds == 0
+                    && ngx_current_msec - rd->connected_at
+                       >= NGX_HTTP_BILLING_REDIS_STABLE);
+
+            ngx_http_billing_redis_failed(rd, idle ? NGX_LOG_INFO
+                                                   : NGX_LOG_ERR,
+                                          "connection closed");
+            if (idle) {
+                if (rd->reconnect.timer_set) {
+                    ngx_del_timer(&rd->reconnect);
+                }
+
+                rd->backoff = NGX_HTTP_BILLING_REDIS_BACKOFF_MIN;
+                rd->down = 0;
+                ngx_http_billing_redis_connect(rd);
+            }
+
+            return;
+        }
+
+        if (redisReaderFeed(rd->reader, (const char *) buf, n) != REDIS_OK) {
+            ngx_http_billing_redis_failed(rd, NGX_LOG_ERR,
+                                          "redisReaderFeed() failed");
+            return;
+        }
+
+        for ( ;; ) {
+            reply = NULL;
+
+            if (redisReaderGetReply(rd->reader, &reply) != REDIS_OK) {
+                ngx_http_billing_redis_failed(rd, NGX_LOG_ERR,
+                                              "invalid reply from Redis");
+                return;
+            }
+
+            if (reply == NULL) {
+                break;
+            }
+
+            if (ngx_http_billing_redis_dispatch(rd, reply) != NGX_OK) {
+                return;
+            }
+        }
+
+        /* progress: the reply timeout starts again */
+
+        if (rev->timer_set) {
+            ngx_del_timer(rev);
+        }
+    }
+
+    ngx_http_billing_redis_arm(rd);
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_http_billing_redis_failed(rd, NGX_LOG_ERR,
+                                      "ngx_handle_read_event() failed");
+    }
+}
+
+
+static ngx_int_t
+ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
+    redisReply *reply)
+{
+    ngx_queue_t                      *q;
+    ngx_http_billing_redis_cmd_t     *cmd;
+    ngx_http_billing_redis_script_t  *script;
+
+    q = ngx_queue_head(&rd->cmds);
+    cmd = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
+
+    if (q == ngx_queue_sentinel(&rd->cmds) || cmd->sent != cmd->len) {
+        freeReplyObject(reply);
+        ngx_http_billing_redis_failed(rd, NGX_LOG_ERR, "reply to no command");
+        return NGX_ERROR;
+    }
+
+    ngx_queue_remove(q);
+    rd->ncmds--;
+
+    if (cmd->handshake) {
+
+        if (reply->type != REDIS_REPLY_STATUS) {
+
+            /* Redis' error text names the problem, never the password */
+
+            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                          "billing redis %V: handshake refused: \"%*s\"",
+                          rd->peer.name,
+                          (size_t) (reply->type == REDIS_REPLY_ERROR
+                                    ? reply->len : 0),
+                          reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+
+            freeReplyObject(reply);
+            ngx_http_billing_redis_free(cmd);
+            ngx_http_billing_redis_failed(rd, NGX_LOG_ERR,
+                                          "handshake failed");
+            return NGX_ERROR;
+        }
+
+        freeReplyObject(reply);
+        ngx_http_billing_redis_free(cmd);
+
+        if (!ngx_http_billing_redis_handshaking(rd)) {
+            ngx_http_billing_redis_ready(rd);
+        }
+
+        return NGX_OK;
+    }
+
+    if (cmd->script
+        && reply->type == REDIS_REPLY_ERROR
+        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+    {
+        /* flushed or never loaded (a restart): send the script itself */
+
+        script = cmd->script;
+        cmd->script = NULL;
+        freeReplyObject(reply);
+
+        if (ngx_http_billing_redis_to_eval(cmd, script) == NGX_OK) {
+            ngx_queue_insert_tail(&rd->cmds, &cmd->queue);
+            rd->ncmds++;
+            ngx_post_event(rd->peer.connection->write, &ngx_posted_events);
+            return NGX_OK;
+        }
+
+        reply = NULL;
+    }
+
+    if (cmd->cleanup) {
+        cmd->cleanup->handler = NULL;
+        cmd->cleanup = NULL;
+    }
+
+    if (cmd->handler) {
+        cmd->handler(cmd->data, reply);
+    }
+
+    if (reply) {
+        freeReplyObject(reply);
+    }
+
+    ngx_http_billing_redis_free(cmd);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_redis_to_eval(ngx_http_billing_redis_cmd_t *cmd,
+    ngx_http_billing_redis_script_t *script)
+{
+    u_char  *buf, *p, *end, *rest;
+    size_t   head, tail;
+
+    /*
+     * hiredis formats "*N\r\n$7\r\nEVALSHA\r\n$40\r\n<sha1>\r\n<rest>";
+     * the EVAL differs only in its name and the script in place of sha1.
+     */
+
+    end = (u_char *) cmd->buf + cmd->len;
+
+    p = ngx_strlchr((u_char *) cmd->buf, end, '\n');
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    head = p + 1 - (u_char *) cmd->buf;
+    rest = p + 1 + sizeof("$7\r\nEVALSHA\r\n$40\r\n") - 1 + 40 + 2;
+
+    if (rest > end) {
+        return NGX_ERROR;
+    }
+
+    tail = end - rest;
+
+    buf = ngx_alloc(head + sizeof("$4\r\nEVAL\r\n$\r\n\r\n") - 1
+                    + NGX_SIZE_T_LEN + script->source.len + tail,
+                    cmd->rd->log);
+    if (buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(buf, cmd->buf, head);
+    p = ngx_cpymem(p, "$4\r\nEVAL\r\n", sizeof("$4\r\nEVAL\r\n") - 1);
+    p = ngx_sprintf(p, "$%uz\r\n%V\r\n", script->source.len,
+                    &script->source);
+    p = ngx_cpymem(p, rest, tail);
+
+    ngx_http_billing_redis_free_buf(cmd);
+
+    cmd->buf = (char *) buf;
+    cmd->len = p - buf;
+    cmd->sent = 0;
+    cmd->own_buf = 1;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_redis_arm(ngx_http_billing_redis_t *rd)
+{
+    ngx_queue_t                   *q;
+    ngx_connection_t              *c;
+    ngx_http_billing_redis_cmd_t  *cmd;
+
+    /*
+     * The reply timeout runs while a written command waits for its
+     * reply, from the last progress on: replies come in order.
+     */
+
+    c = rd->peer.connection;
+
+    if (c == NULL || c->read->timer_set) {
+        return;
+    }
+
+    q = ngx_queue_head(&rd->cmds);
+
+    if (q == ngx_queue_sentinel(&rd->cmds)) {
+        return;
+    }
+
+    cmd = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
+
+    if (cmd->sent) {
+        ngx_add_timer(c->read, rd->conf->timeout);
+    }
+}
+
+
+static void
+ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd, ngx_uint_t level,
+    const char *reason)
+{
+    ngx_log_error(level, rd->log, 0,
+                  "billing redis %V: %s, %ui commands failed, "
+                  "next attempt in %Mms",
+                  rd->peer.name, reason, rd->ncmds, rd->backoff);
+
+    ngx_http_billing_redis_close(rd);
+
+    rd->down = 1;
+
+    if (!(ngx_exiting || ngx_terminate || ngx_quit)) {
+        if (rd->reconnect.timer_set) {
+            ngx_del_timer(&rd->reconnect);
+        }
+
+        ngx_add_timer(&rd->reconnect, rd->backoff);
+
+        rd->backoff = ngx_min(rd->backoff * 2,
+                              NGX_HTTP_BILLING_REDIS_BACKOFF_MAX);
+    }
+
+    ngx_http_billing_redis_fail_all(rd, 1);
+}
+
+
+static void
+ngx_http_billing_redis_close(ngx_http_billing_redis_t *rd)
+{
+    if (rd->peer.connection) {
+        ngx_close_connection(rd->peer.connection);
+        rd->peer.connection = NULL;
+    }
+
+    if (rd->reader) {
+        redisReaderFree(rd->reader);
+        rd->reader = NULL;
+    }
+
+    rd->state = NGX_HTTP_BILLING_REDIS_DISCONNECTED;
+}
+
+
+static void
+ngx_http_billing_redis_fail_all(ngx_http_billing_redis_t *rd,
+    ngx_uint_t notify)
+{
+    ngx_queue_t                    cmds, *q;
+    ngx_http_billing_redis_cmd_t  *cmd;
+
+    /* handlers may queue new commands: they go to a fresh queue */
+
+    if (ngx_queue_empty(&rd->cmds)) {
+        return;
+    }
+
+    cmds = rd->cmds;
+    cmds.next->prev = &cmds;
+    cmds.prev->next = &cmds;
+
+    ngx_queue_init(&rd->cmds);
+    rd->ncmds = 0;
+
+    while (!ngx_queue_empty(&cmds)) {
+        q = ngx_queue_head(&cmds);
+        ngx_queue_remove(q);
+
+        cmd = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
+
+        if (cmd->cleanup) {
+            cmd->cleanup->handler = NULL;
+            cmd->cleanup = NULL;
+        }
+
+        if (notify && cmd->handler && !cmd->handshake) {
+            cmd->handler(cmd->data, NULL);
+        }
+
+        ngx_http_billing_redis_free(cmd);
+    }
+}
+
+
+static void
+ngx_http_billing_redis_reconnect_handler(ngx_event_t *ev)
+{
+    ngx_http_billing_redis_t  *rd = ev->data;
+
+    if (rd->state == NGX_HTTP_BILLING_REDIS_DISCONNECTED) {
+        ngx_http_billing_redis_connect(rd);
+    }
+}
+
+
+static ngx_http_billing_redis_cmd_t *
+ngx_http_billing_redis_format(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
+    ngx_str_t *argv)
+{
+    int                            len;
+    char                          *buf;
+    size_t                         lens[NGX_HTTP_BILLING_REDIS_MAX_ARGS];
+    ngx_uint_t                     i;
+    const char                    *args[NGX_HTTP_BILLING_REDIS_MAX_ARGS];
+    ngx_http_billing_redis_cmd_t  *cmd;
+
+    if (argc == 0 || argc > NGX_HTTP_BILLING_REDIS_MAX_ARGS) {
+        return NULL;
+    }
+
+    for (i = 0; i < argc; i++) {
+        args[i] = (const char *) argv[i].data;
+        lens[i] = argv[i].len;
+    }
+
+    len = redisFormatCommandArgv(&buf, (int) argc, args, lens);
+    if (len < 0) {
+        return NULL;
+    }
+
+    cmd = ngx_calloc(sizeof(ngx_http_billing_redis_cmd_t), rd->log);
+    if (cmd == NULL) {
+        redisFreeCommand(buf);
+        return NULL;
+    }
+
+    cmd->rd = rd;
+    cmd->buf = buf;
+    cmd->len = len;
+
+    return cmd;
+}
+
+
+static void
+ngx_http_billing_redis_free(ngx_http_billing_redis_cmd_t *cmd)
+{
+    ngx_http_billing_redis_free_buf(cmd);
+    ngx_free(cmd);
+}
+
+
+static void
+ngx_http_billing_redis_free_buf(ngx_http_billing_redis_cmd_t *cmd)
+{
+    if (cmd->buf == NULL) {
+        return;
+    }
+
+    if (cmd->own_buf) {
+        ngx_free(cmd->buf);
+
+    } else {
+        redisFreeCommand(cmd->buf);
+    }
+
+    cmd->buf = NULL;
+}
