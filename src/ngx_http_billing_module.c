@@ -39,6 +39,8 @@ static char *ngx_http_billing_stripe_key_file(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_billing_stripe_key(ngx_conf_t *cf, void *data,
     ngx_str_t *line, ngx_uint_t n);
+static ngx_uint_t ngx_http_billing_param(ngx_str_t *value, const char *name,
+    ngx_str_t *rest);
 static ngx_int_t ngx_http_billing_redis_password(ngx_conf_t *cf, void *data,
     ngx_str_t *line, ngx_uint_t n);
 static char *ngx_http_billing_api_version(ngx_conf_t *cf, void *post,
@@ -257,7 +259,8 @@ ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     u_char                         *p;
     char                           *rv;
     ngx_int_t                       n;
-    ngx_str_t                      *value, s, file;
+    ngx_str_t                      *value, s;
+    ngx_msec_t                     *timeout;
     ngx_uint_t                      i;
     ngx_http_billing_redis_conf_t  *rcf;
 
@@ -295,8 +298,8 @@ ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 2; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "db=", 3) == 0) {
-            n = ngx_atoi(value[i].data + 3, value[i].len - 3);
+        if (ngx_http_billing_param(&value[i], "db=", &s)) {
+            n = ngx_atoi(s.data, s.len);
             if (n == NGX_ERROR || n > 65535) {
                 goto invalid;
             }
@@ -305,11 +308,8 @@ ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "password_file=", 14) == 0) {
-            file.data = value[i].data + 14;
-            file.len = value[i].len - 14;
-
-            rv = ngx_http_billing_read_lines(cf, &file,
+        if (ngx_http_billing_param(&value[i], "password_file=", &s)) {
+            rv = ngx_http_billing_read_lines(cf, &s,
                                         ngx_http_billing_redis_password,
                                         &rcf->password);
             if (rv != NGX_CONF_OK) {
@@ -318,23 +318,21 @@ ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
             if (rcf->password.len == 0) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "password file \"%V\" is empty", &file);
+                                   "password file \"%V\" is empty", &s);
                 return NGX_CONF_ERROR;
             }
 
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "prefix=", 7) == 0) {
-            s.data = value[i].data + 7;
-            s.len = value[i].len - 7;
+        if (ngx_http_billing_param(&value[i], "prefix=", &s)) {
 
             if (s.len == 0 || s.len > NGX_HTTP_BILLING_PREFIX_MAX) {
                 goto invalid;
             }
 
             for (p = s.data; p < s.data + s.len; p++) {
-                if (*p <= ' ' || *p >= 0x7f || *p == '{' || *p == '}') {
+                if (*p <= ' ' || *p >= 0x7f) {
                     goto invalid;
                 }
             }
@@ -343,35 +341,24 @@ ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0) {
-            s.data = value[i].data + 16;
-            s.len = value[i].len - 16;
+        if (ngx_http_billing_param(&value[i], "connect_timeout=", &s)) {
+            timeout = &rcf->connect_timeout;
 
-            n = ngx_parse_time(&s, 0);
-            if (n == NGX_ERROR || n == 0) {
-                goto invalid;
-            }
+        } else if (ngx_http_billing_param(&value[i], "timeout=", &s)) {
+            timeout = &rcf->timeout;
 
-            rcf->connect_timeout = n;
-            continue;
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "unknown parameter \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
         }
 
-        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
-            s.data = value[i].data + 8;
-            s.len = value[i].len - 8;
-
-            n = ngx_parse_time(&s, 0);
-            if (n == NGX_ERROR || n == 0) {
-                goto invalid;
-            }
-
-            rcf->timeout = n;
-            continue;
+        n = ngx_parse_time(&s, 0);
+        if (n == NGX_ERROR || n == 0) {
+            goto invalid;
         }
 
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "unknown parameter \"%V\"", &value[i]);
-        return NGX_CONF_ERROR;
+        *timeout = n;
     }
 
     bmcf->redis_conf = rcf;
@@ -383,6 +370,24 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid parameter \"%V\"", &value[i]);
     return NGX_CONF_ERROR;
+}
+
+
+static ngx_uint_t
+ngx_http_billing_param(ngx_str_t *value, const char *name, ngx_str_t *rest)
+{
+    size_t  len;
+
+    len = ngx_strlen(name);
+
+    if (value->len < len || ngx_strncmp(value->data, name, len) != 0) {
+        return 0;
+    }
+
+    rest->data = value->data + len;
+    rest->len = value->len - len;
+
+    return 1;
 }
 
 

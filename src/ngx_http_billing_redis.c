@@ -28,6 +28,7 @@
 #define NGX_HTTP_BILLING_REDIS_BACKOFF_MIN  100
 #define NGX_HTTP_BILLING_REDIS_BACKOFF_MAX  5000
 #define NGX_HTTP_BILLING_REDIS_STABLE       1000
+#define NGX_HTTP_BILLING_REDIS_HEARTBEAT    5000
 #define NGX_HTTP_BILLING_REDIS_MAX_CMDS     8192
 #define NGX_HTTP_BILLING_REDIS_MAX_ARGS     64
 #define NGX_HTTP_BILLING_REDIS_BUF          16384
@@ -76,6 +77,7 @@ struct ngx_http_billing_redis_s {
 
     ngx_msec_t                          backoff;
     ngx_event_t                         reconnect;
+    ngx_event_t                         heartbeat;
 
     /* the last attempt failed and the backoff runs */
     unsigned                            down:1;
@@ -104,11 +106,14 @@ static void ngx_http_billing_redis_close(ngx_http_billing_redis_t *rd);
 static void ngx_http_billing_redis_fail_all(ngx_http_billing_redis_t *rd,
     ngx_uint_t notify);
 static void ngx_http_billing_redis_reconnect_handler(ngx_event_t *ev);
+static void ngx_http_billing_redis_heartbeat_handler(ngx_event_t *ev);
+static void ngx_http_billing_redis_pong(void *data, redisReply *reply);
 static ngx_http_billing_redis_cmd_t *ngx_http_billing_redis_format(
     ngx_http_billing_redis_t *rd, ngx_uint_t argc, ngx_str_t *argv);
 static void ngx_http_billing_redis_free(ngx_http_billing_redis_cmd_t *cmd);
 static void ngx_http_billing_redis_free_buf(
     ngx_http_billing_redis_cmd_t *cmd);
+static void ngx_http_billing_redis_unbind(ngx_http_billing_redis_cmd_t *cmd);
 static void ngx_http_billing_redis_cleanup(void *data);
 
 
@@ -147,6 +152,19 @@ ngx_http_billing_redis_create(ngx_cycle_t *cycle,
     /* connect as soon as the event loop runs */
     ngx_add_timer(&rd->reconnect, 1);
 
+    /*
+     * An idle connection is checked now and then: a Redis that died or
+     * froze meanwhile is found before a request needs it, and NAT and
+     * firewall state along the way stays alive.
+     */
+
+    rd->heartbeat.handler = ngx_http_billing_redis_heartbeat_handler;
+    rd->heartbeat.data = rd;
+    rd->heartbeat.log = rd->log;
+    rd->heartbeat.cancelable = 1;
+
+    ngx_add_timer(&rd->heartbeat, NGX_HTTP_BILLING_REDIS_HEARTBEAT);
+
     return rd;
 }
 
@@ -156,6 +174,10 @@ ngx_http_billing_redis_destroy(ngx_http_billing_redis_t *rd)
 {
     if (rd->reconnect.timer_set) {
         ngx_del_timer(&rd->reconnect);
+    }
+
+    if (rd->heartbeat.timer_set) {
+        ngx_del_timer(&rd->heartbeat);
     }
 
     ngx_http_billing_redis_close(rd);
@@ -277,10 +299,7 @@ ngx_http_billing_redis_cancel(ngx_http_billing_redis_cmd_t *cmd)
 {
     ngx_http_billing_redis_t  *rd;
 
-    if (cmd->cleanup) {
-        cmd->cleanup->handler = NULL;
-        cmd->cleanup = NULL;
-    }
+    ngx_http_billing_redis_unbind(cmd);
 
     cmd->handler = NULL;
     cmd->data = NULL;
@@ -312,6 +331,18 @@ ngx_http_billing_redis_bind(ngx_http_billing_redis_cmd_t *cmd,
     cmd->cleanup = cln;
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_redis_unbind(ngx_http_billing_redis_cmd_t *cmd)
+{
+    /* the command is done with: its pool no longer needs to cancel it */
+
+    if (cmd->cleanup) {
+        cmd->cleanup->handler = NULL;
+        cmd->cleanup = NULL;
+    }
 }
 
 
@@ -813,10 +844,7 @@ ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
         reply = NULL;
     }
 
-    if (cmd->cleanup) {
-        cmd->cleanup->handler = NULL;
-        cmd->cleanup = NULL;
-    }
+    ngx_http_billing_redis_unbind(cmd);
 
     if (cmd->handler) {
         cmd->handler(cmd->data, reply);
@@ -987,10 +1015,7 @@ ngx_http_billing_redis_fail_all(ngx_http_billing_redis_t *rd,
 
         cmd = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
 
-        if (cmd->cleanup) {
-            cmd->cleanup->handler = NULL;
-            cmd->cleanup = NULL;
-        }
+        ngx_http_billing_redis_unbind(cmd);
 
         if (notify && cmd->handler && !cmd->handshake) {
             cmd->handler(cmd->data, NULL);
@@ -1009,6 +1034,31 @@ ngx_http_billing_redis_reconnect_handler(ngx_event_t *ev)
     if (rd->state == NGX_HTTP_BILLING_REDIS_DISCONNECTED) {
         ngx_http_billing_redis_connect(rd);
     }
+}
+
+
+static void
+ngx_http_billing_redis_heartbeat_handler(ngx_event_t *ev)
+{
+    ngx_http_billing_redis_t  *rd = ev->data;
+
+    ngx_str_t  ping = ngx_string("PING");
+
+    if (rd->state == NGX_HTTP_BILLING_REDIS_READY && rd->ncmds == 0) {
+        (void) ngx_http_billing_redis_send(rd, 1, &ping,
+                                           ngx_http_billing_redis_pong, rd);
+    }
+
+    if (!(ngx_exiting || ngx_terminate || ngx_quit)) {
+        ngx_add_timer(ev, NGX_HTTP_BILLING_REDIS_HEARTBEAT);
+    }
+}
+
+
+static void
+ngx_http_billing_redis_pong(void *data, redisReply *reply)
+{
+    /* a lost connection was handled already: nothing more to do */
 }
 
 
