@@ -25,6 +25,7 @@ CC_OPT := $(HARDEN) -Wall -Wextra -Werror
 ASAN_OPT := -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
             -fno-sanitize-recover=undefined -Wall -Wextra -Werror
 LD_OPT := -Wl,-z,relro -Wl,-z,now
+ASAN_LD_OPT := $(LD_OPT) -fsanitize=address,undefined
 
 MODULE_SRCS := config $(wildcard src/*.c src/*.h)
 
@@ -64,15 +65,15 @@ configure = cd $(NGX) && \
 	if [ -f conf_flags ]; then . ./conf_flags; \
 	else NGX_CONF_FLAGS=(--with-compat); fi; \
 	./configure "$${NGX_CONF_FLAGS[@]}" --builddir=$(1) \
-	    --with-cc-opt='$(2)' --with-ld-opt='$(LD_OPT)' \
+	    --with-cc-opt='$(2)' --with-ld-opt='$(3)' \
 	    --add-dynamic-module=$(CURDIR) > $(1).log 2>&1 \
 	    || { tail -20 $(1).log; exit 1; }
 
 $(NGX)/objs/Makefile: $(NGX)/.copied config
-	$(call configure,objs,$(CC_OPT))
+	$(call configure,objs,$(CC_OPT),$(LD_OPT))
 
 $(NGX)/objs-asan/Makefile: $(NGX)/.copied config
-	$(call configure,objs-asan,$(ASAN_OPT))
+	$(call configure,objs-asan,$(ASAN_OPT),$(ASAN_LD_OPT))
 
 $(MODULE): $(NGX)/objs/Makefile $(MODULE_SRCS)
 	$(MAKE) -C $(NGX) -f objs/Makefile modules
