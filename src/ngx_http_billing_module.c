@@ -19,8 +19,9 @@
 #define NGX_HTTP_BILLING_PREFIX_MAX    64
 
 
-typedef ngx_int_t (*ngx_http_billing_line_pt)(ngx_conf_t *cf, void *data,
-    ngx_str_t *line, ngx_uint_t n);
+/* returns NULL, or what is wrong with the line (never the line itself) */
+typedef char *(*ngx_http_billing_line_pt)(ngx_conf_t *cf, void *data,
+    ngx_str_t *line);
 
 
 static void *ngx_http_billing_create_main_conf(ngx_conf_t *cf);
@@ -33,21 +34,21 @@ static char *ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_billing_webhook_secret_file(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
-static ngx_int_t ngx_http_billing_webhook_secret(ngx_conf_t *cf, void *data,
-    ngx_str_t *line, ngx_uint_t n);
+static char *ngx_http_billing_webhook_secret(ngx_conf_t *cf, void *data,
+    ngx_str_t *line);
 static char *ngx_http_billing_stripe_key_file(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
-static ngx_int_t ngx_http_billing_stripe_key(ngx_conf_t *cf, void *data,
-    ngx_str_t *line, ngx_uint_t n);
+static char *ngx_http_billing_stripe_key(ngx_conf_t *cf, void *data,
+    ngx_str_t *line);
 static ngx_uint_t ngx_http_billing_param(ngx_str_t *value, const char *name,
     ngx_str_t *rest);
-static ngx_int_t ngx_http_billing_redis_password(ngx_conf_t *cf, void *data,
-    ngx_str_t *line, ngx_uint_t n);
+static char *ngx_http_billing_redis_password(ngx_conf_t *cf, void *data,
+    ngx_str_t *line);
 static char *ngx_http_billing_api_version(ngx_conf_t *cf, void *post,
     void *data);
 
-static char *ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_str_t *name,
-    ngx_http_billing_line_pt handler, void *data);
+static char *ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_str_t *name, ngx_http_billing_line_pt handler, void *data);
 static void ngx_http_billing_zero(void *data);
 
 
@@ -280,7 +281,8 @@ ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (ngx_parse_url(cf->pool, &rcf->url) != NGX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid Redis address \"%V\"%s%s", &value[1],
+                           "invalid Redis address \"%V\" in \"%V\" "
+                           "directive%s%s", &value[1], &cmd->name,
                            rcf->url.err ? ": " : "",
                            rcf->url.err ? rcf->url.err : "");
         return NGX_CONF_ERROR;
@@ -288,7 +290,8 @@ ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (rcf->url.naddrs == 0 || rcf->url.uri.len) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid Redis address \"%V\"", &value[1]);
+                           "invalid Redis address \"%V\" in \"%V\" "
+                           "directive", &value[1], &cmd->name);
         return NGX_CONF_ERROR;
     }
 
@@ -309,17 +312,11 @@ ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         if (ngx_http_billing_param(&value[i], "password_file=", &s)) {
-            rv = ngx_http_billing_read_lines(cf, &s,
+            rv = ngx_http_billing_read_lines(cf, cmd, &s,
                                         ngx_http_billing_redis_password,
                                         &rcf->password);
             if (rv != NGX_CONF_OK) {
                 return rv;
-            }
-
-            if (rcf->password.len == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "password file \"%V\" is empty", &s);
-                return NGX_CONF_ERROR;
             }
 
             continue;
@@ -349,7 +346,8 @@ ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "unknown parameter \"%V\"", &value[i]);
+                               "unknown parameter \"%V\" in \"%V\" "
+                               "directive", &value[i], &cmd->name);
             return NGX_CONF_ERROR;
         }
 
@@ -368,7 +366,8 @@ ngx_http_billing_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 invalid:
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid parameter \"%V\"", &value[i]);
+                       "invalid parameter \"%V\" in \"%V\" directive",
+                       &value[i], &cmd->name);
     return NGX_CONF_ERROR;
 }
 
@@ -391,22 +390,18 @@ ngx_http_billing_param(ngx_str_t *value, const char *name, ngx_str_t *rest)
 }
 
 
-static ngx_int_t
-ngx_http_billing_redis_password(ngx_conf_t *cf, void *data, ngx_str_t *line,
-    ngx_uint_t n)
+static char *
+ngx_http_billing_redis_password(ngx_conf_t *cf, void *data, ngx_str_t *line)
 {
     ngx_str_t  *password = data;
 
     if (password->len) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "line %ui of the password file: only one "
-                           "password is allowed", n);
-        return NGX_ERROR;
+        return "only one password is allowed";
     }
 
     *password = *line;
 
-    return NGX_OK;
+    return NULL;
 }
 
 
@@ -416,7 +411,6 @@ ngx_http_billing_webhook_secret_file(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_billing_main_conf_t  *bmcf = conf;
 
-    char       *rv;
     ngx_str_t  *value;
 
     if (bmcf->webhook_secrets) {
@@ -431,66 +425,44 @@ ngx_http_billing_webhook_secret_file(ngx_conf_t *cf, ngx_command_t *cmd,
 
     value = cf->args->elts;
 
-    rv = ngx_http_billing_read_lines(cf, &value[1],
-                                     ngx_http_billing_webhook_secret,
-                                     bmcf->webhook_secrets);
-    if (rv != NGX_CONF_OK) {
-        return rv;
-    }
-
-    if (bmcf->webhook_secrets->nelts == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "no webhook secret in \"%V\"", &value[1]);
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
+    return ngx_http_billing_read_lines(cf, cmd, &value[1],
+                                       ngx_http_billing_webhook_secret,
+                                       bmcf->webhook_secrets);
 }
 
 
-static ngx_int_t
-ngx_http_billing_webhook_secret(ngx_conf_t *cf, void *data, ngx_str_t *line,
-    ngx_uint_t n)
+static char *
+ngx_http_billing_webhook_secret(ngx_conf_t *cf, void *data, ngx_str_t *line)
 {
     ngx_array_t  *secrets = data;
 
     u_char                *p;
     ngx_billing_secret_t  *secret;
 
-    /* the secret itself is never echoed, only where it is */
-
     if (line->len <= 6 || ngx_strncmp(line->data, "whsec_", 6) != 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "line %ui is not a webhook signing secret "
-                           "(\"whsec_...\")", n);
-        return NGX_ERROR;
+        return "not a webhook signing secret (\"whsec_...\")";
     }
 
     for (p = line->data; p < line->data + line->len; p++) {
         if (*p <= ' ' || *p >= 0x7f) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "line %ui: a webhook signing secret has no "
-                               "spaces or control characters", n);
-            return NGX_ERROR;
+            return "a webhook signing secret has no spaces or control "
+                   "characters";
         }
     }
 
     if (secrets->nelts == NGX_HTTP_BILLING_SECRETS_MAX) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "line %ui: more than %d webhook secrets",
-                           n, NGX_HTTP_BILLING_SECRETS_MAX);
-        return NGX_ERROR;
+        return "too many webhook secrets";
     }
 
     secret = ngx_array_push(secrets);
     if (secret == NULL) {
-        return NGX_ERROR;
+        return "out of memory";
     }
 
     secret->data = line->data;
     secret->len = line->len;
 
-    return NGX_OK;
+    return NULL;
 }
 
 
@@ -500,7 +472,6 @@ ngx_http_billing_stripe_key_file(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_billing_main_conf_t  *bmcf = conf;
 
-    char       *rv;
     ngx_str_t  *value;
 
     if (bmcf->stripe_key.data) {
@@ -509,61 +480,42 @@ ngx_http_billing_stripe_key_file(ngx_conf_t *cf, ngx_command_t *cmd,
 
     value = cf->args->elts;
 
-    rv = ngx_http_billing_read_lines(cf, &value[1],
-                                     ngx_http_billing_stripe_key,
-                                     &bmcf->stripe_key);
-    if (rv != NGX_CONF_OK) {
-        return rv;
-    }
-
-    if (bmcf->stripe_key.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "no Stripe key in \"%V\"", &value[1]);
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
+    return ngx_http_billing_read_lines(cf, cmd, &value[1],
+                                       ngx_http_billing_stripe_key,
+                                       &bmcf->stripe_key);
 }
 
 
-static ngx_int_t
-ngx_http_billing_stripe_key(ngx_conf_t *cf, void *data, ngx_str_t *line,
-    ngx_uint_t n)
+static char *
+ngx_http_billing_stripe_key(ngx_conf_t *cf, void *data, ngx_str_t *line)
 {
     ngx_str_t  *key = data;
 
     u_char  *p;
 
     if (key->len) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "line %ui: only one Stripe key is allowed", n);
-        return NGX_ERROR;
+        return "only one Stripe key is allowed";
     }
 
     if (line->len <= 3
         || (ngx_strncmp(line->data, "sk_", 3) != 0
             && ngx_strncmp(line->data, "rk_", 3) != 0))
     {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "line %ui is not a Stripe secret or restricted "
-                           "key (\"sk_...\" or \"rk_...\")", n);
-        return NGX_ERROR;
+        return "not a Stripe secret or restricted key (\"sk_...\" or "
+               "\"rk_...\")";
     }
 
     for (p = line->data; p < line->data + line->len; p++) {
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
               || (*p >= '0' && *p <= '9') || *p == '_'))
         {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "line %ui: a Stripe key has only letters, "
-                               "digits and \"_\"", n);
-            return NGX_ERROR;
+            return "a Stripe key has only letters, digits and \"_\"";
         }
     }
 
     *key = *line;
 
-    return NGX_OK;
+    return NULL;
 }
 
 
@@ -592,21 +544,22 @@ ngx_http_billing_api_version(ngx_conf_t *cf, void *post, void *data)
 
 /*
  * Reads a small file of secrets, calling handler for each line that is
- * neither blank nor a "#" comment, trimmed.  The copy stays in memory
- * for the life of the configuration and is wiped when it goes; nothing
- * of the content ever reaches a log line.
+ * neither blank nor a "#" comment, trimmed; at least one such line is
+ * required.  The copy stays in memory for the life of the configuration
+ * and is wiped when it goes; nothing of the content ever reaches a log.
  */
 
 static char *
-ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_str_t *name,
-    ngx_http_billing_line_pt handler, void *data)
+ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_command_t *cmd,
+    ngx_str_t *name, ngx_http_billing_line_pt handler, void *data)
 {
+    char                *err;
     u_char              *buf, *p, *last, *end;
     size_t               size;
     ssize_t              n;
     ngx_fd_t             fd;
     ngx_str_t            line, path;
-    ngx_uint_t           lineno;
+    ngx_uint_t           lineno, lines;
     ngx_file_t           file;
     ngx_file_info_t      fi;
     ngx_pool_cleanup_t  *cln;
@@ -614,7 +567,9 @@ ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_str_t *name,
     path = *name;
 
     if (path.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "empty file name");
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty file name in \"%V\" directive",
+                           &cmd->name);
         return NGX_CONF_ERROR;
     }
 
@@ -625,7 +580,8 @@ ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_str_t *name,
     fd = ngx_open_file(path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_open_file_n " \"%V\" failed", &path);
+                           "\"%V\" directive: " ngx_open_file_n
+                           " \"%V\" failed", &cmd->name, &path);
         return NGX_CONF_ERROR;
     }
 
@@ -634,20 +590,19 @@ ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_str_t *name,
     file.name = path;
     file.log = cf->log;
 
-    buf = NULL;
+    err = NULL;
 
     if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           ngx_fd_info_n " \"%V\" failed", &path);
+                           "\"%V\" directive: " ngx_fd_info_n
+                           " \"%V\" failed", &cmd->name, &path);
         goto failed;
     }
 
     size = (size_t) ngx_file_size(&fi);
 
     if (size == 0 || size > NGX_HTTP_BILLING_FILE_MAX) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" is %s", &path,
-                           size ? "too large" : "empty");
+        err = size ? "is too large" : "is empty";
         goto failed;
     }
 
@@ -672,9 +627,7 @@ ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_str_t *name,
     }
 
     if ((size_t) n != size) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           ngx_read_file_n " \"%V\" returned only "
-                           "%z bytes instead of %uz", &path, n, size);
+        err = "could not be read whole";
         goto failed;
     }
 
@@ -685,6 +638,7 @@ ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_str_t *name,
 
     end = buf + size;
     lineno = 0;
+    lines = 0;
 
     for (p = buf; p < end; p = last + 1) {
         lineno++;
@@ -713,16 +667,34 @@ ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_str_t *name,
             continue;
         }
 
-        if (handler(cf, data, &line, lineno) != NGX_OK) {
+        err = handler(cf, data, &line);
+
+        if (err) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "in \"%V\"", &path);
+                               "\"%V\" directive: line %ui of \"%V\": %s",
+                               &cmd->name, lineno, &path, err);
             return NGX_CONF_ERROR;
         }
+
+        lines++;
+    }
+
+    if (lines == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" directive: \"%V\" holds nothing but "
+                           "blank lines and comments", &cmd->name, &path);
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
 
 failed:
+
+    if (err) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" directive: \"%V\" %s",
+                           &cmd->name, &path, err);
+    }
 
     if (ngx_close_file(fd) == NGX_FILE_ERROR) {
         ngx_log_error(NGX_LOG_ALERT, cf->log, ngx_errno,
@@ -817,6 +789,11 @@ ngx_http_billing_request_body(ngx_http_request_t *r, ngx_str_t *body)
 
         if (ngx_buf_in_memory(b)) {
             p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        if (!b->in_file) {
+            /* a special buffer, as the one ending a chunked body */
             continue;
         }
 
