@@ -31,7 +31,8 @@ MODULE_SRCS := config $(wildcard src/*.c src/*.h)
 
 # the parts that need no nginx, with their unit tests
 PLAIN_SRCS := src/ngx_billing_signature.c src/ngx_billing_event.c \
-              src/ngx_billing_state.c
+              src/ngx_billing_state.c src/ngx_billing_money.c \
+              src/ngx_billing_form.c src/ngx_billing_plan.c
 UNIT_TESTS := signature event state
 UNIT_BINS := $(UNIT_TESTS:%=$(BUILD)/unit/test_%)
 UNIT_CFLAGS := -g -O1 -Wall -Wextra -Werror -std=c99 -D_POSIX_C_SOURCE=200809L \

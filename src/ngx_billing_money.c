@@ -103,7 +103,7 @@ size_t
 ngx_billing_decimal_print(const ngx_billing_decimal_t *d, char *buf,
     size_t size)
 {
-    char      digits[24];
+    char      digits[24], *p;
     size_t    n, len, i, scale;
     uint64_t  m;
 
@@ -134,16 +134,19 @@ ngx_billing_decimal_print(const ngx_billing_decimal_t *d, char *buf,
         return 0;
     }
 
-    for (i = 0; i < len; i++) {
-        if (scale && i == n - scale) {
-            buf[i] = '.';
-            continue;
+    /* digits[] is least significant first; i counts those still due */
+
+    p = buf;
+
+    for (i = n; i > 0; i--) {
+        if (i == scale) {
+            *p++ = '.';
         }
 
-        buf[i] = digits[--n];
+        *p++ = digits[i - 1];
     }
 
-    buf[len] = '\0';
+    *p = '\0';
 
     return len;
 }

@@ -18,8 +18,8 @@
 #define NGX_BILLING_DECIMAL_SCALE_MAX  12
 #define NGX_BILLING_DECIMAL_LEN_MAX    32
 
-/* Stripe's largest amount, in minor units (99,999,999.99 in cents) */
-#define NGX_BILLING_AMOUNT_MAX         9999999999LL
+/* Stripe's largest amount: 99,999,999 minor units ($999,999.99) */
+#define NGX_BILLING_AMOUNT_MAX         99999999LL
 
 
 typedef struct {
