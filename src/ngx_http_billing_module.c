@@ -12,6 +12,7 @@
 
 #include "ngx_http_billing_module.h"
 #include "ngx_http_billing_redis.h"
+#include "ngx_http_billing_store.h"
 
 
 #define NGX_HTTP_BILLING_FILE_MAX      65536
@@ -183,6 +184,8 @@ ngx_http_billing_postconfiguration(ngx_conf_t *cf)
     ngx_http_billing_main_conf_t  *bmcf;
 
     bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
+
+    ngx_http_billing_store_init();
 
     /* checked here: http-level directives may follow the locations */
 
@@ -711,34 +714,6 @@ ngx_http_billing_zero(void *data)
     ngx_str_t  *s = data;
 
     ngx_explicit_memzero(s->data, s->len);
-}
-
-
-ngx_int_t
-ngx_http_billing_key(ngx_pool_t *pool, ngx_http_billing_main_conf_t *bmcf,
-    ngx_str_t *key, const char *kind, u_char *id, size_t len)
-{
-    size_t     n;
-    u_char    *p;
-    ngx_str_t  *prefix;
-
-    prefix = &bmcf->redis_conf->prefix;
-    n = ngx_strlen(kind);
-
-    p = ngx_pnalloc(pool, prefix->len + n + len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    key->data = p;
-
-    p = ngx_cpymem(p, prefix->data, prefix->len);
-    p = ngx_cpymem(p, kind, n);
-    p = ngx_cpymem(p, id, len);
-
-    key->len = p - key->data;
-
-    return NGX_OK;
 }
 
 

@@ -48,11 +48,6 @@ typedef struct {
 } ngx_http_billing_main_conf_t;
 
 
-/* a key: the configured prefix followed by the parts */
-ngx_int_t ngx_http_billing_key(ngx_pool_t *pool,
-    ngx_http_billing_main_conf_t *bmcf, ngx_str_t *key, const char *kind,
-    u_char *id, size_t len);
-
 /* the whole request body in one piece, read back from a file if need be */
 ngx_int_t ngx_http_billing_request_body(ngx_http_request_t *r,
     ngx_str_t *body);

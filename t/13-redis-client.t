@@ -110,8 +110,18 @@ ok(wait_until(sub { nginx_clients() == 2 }, 5),
     $t->thaw_redis;
     ok($found, 'the heartbeat found the frozen Redis with no request');
 
-    ok(wait_until(sub { nginx_clients() == 2 }, 8),
-        'both workers reconnected by themselves');
+    # each worker whose heartbeat timed out has connected again since
+    my $reconnected = sub {
+        my (%failed, %back);
+        for (split /\n/, $t->error_log) {
+            my ($pid) = /\[\w+\] (\d+)#/ or next;
+            if (/no reply within timeout/) { $failed{$pid} = 1; delete $back{$pid} }
+            elsif (/billing redis \S+: connected/) { $back{$pid} = 1 }
+        }
+        return %failed && !grep { !$back{$_} } keys %failed;
+    };
+    ok(wait_until(sub { $reconnected->() && nginx_clients() == 2 }, 8),
+        'the workers reconnected by themselves');
 
     my $r = $t->webhook(event());
     is($r->{status}, 200, 'the next request: 200');

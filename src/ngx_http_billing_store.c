@@ -1,0 +1,536 @@
+
+/*
+ * The module's data in Redis.
+ *
+ * Every change that touches several keys is one Lua script, so that a
+ * worker or node dying halfway leaves nothing half done.  The keys of
+ * a subscription are not hash-tagged: Redis Cluster is not supported.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_billing_store.h"
+#include "ngx_billing_state.h"
+
+
+#define NGX_HTTP_BILLING_ALLOWED_LEN  64
+
+
+static ngx_int_t ngx_http_billing_store_run(ngx_http_request_t *r,
+    ngx_http_billing_redis_script_t *script, ngx_uint_t nkeys,
+    ngx_uint_t argc, ngx_str_t *argv,
+    ngx_http_billing_redis_handler_pt handler, void *data);
+static ngx_int_t ngx_http_billing_store_key(ngx_http_request_t *r,
+    ngx_str_t *key, const char *kind, ngx_str_t *id, const char *suffix);
+static ngx_int_t ngx_http_billing_store_num(ngx_http_request_t *r,
+    ngx_str_t *s, int64_t n);
+
+
+/*
+ * KEYS[1] the invoice, KEYS[2] its subscription (when it names one)
+ *
+ * ARGV[1] status, ARGV[2] the statuses allowed to move to it,
+ * ARGV[3] event id, ARGV[4] event created, ARGV[5] subscription id,
+ * ARGV[6] kind, ARGV[7] customer, ARGV[8] hosted_invoice_url,
+ * ARGV[9] amount_due, ARGV[10] currency, ARGV[11] the state a first
+ * invoice in this status gives its subscription, ARGV[12] the states
+ * allowed to move to it, ARGV[13] the notification channel,
+ * ARGV[14] invoice id, ARGV[15] now
+ */
+
+static const char  ngx_http_billing_invoice_lua[] =
+    "local cur = redis.call('HGET', KEYS[1], 'status') or 'none'\n"
+    "local changed = 0\n"
+    "if cur ~= ARGV[1]"
+    " and string.find(ARGV[2], ' ' .. cur .. ' ', 1, true) then\n"
+    "  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'event', ARGV[3],"
+    " 'event_created', ARGV[4], 'updated_at', ARGV[15])\n"
+    "  cur = ARGV[1]\n"
+    "  changed = 1\n"
+    "end\n"
+    "local f = { 'subscription', ARGV[5], 'kind', ARGV[6],"
+    " 'customer', ARGV[7], 'hosted_invoice_url', ARGV[8],"
+    " 'amount_due', ARGV[9], 'currency', ARGV[10] }\n"
+    "for i = 1, #f, 2 do\n"
+    "  if f[i + 1] ~= '' then\n"
+    "    if changed == 1 then redis.call('HSET', KEYS[1], f[i], f[i + 1])\n"
+    "    else redis.call('HSETNX', KEYS[1], f[i], f[i + 1]) end\n"
+    "  end\n"
+    "end\n"
+    "local state = ''\n"
+    "local moved = 0\n"
+    "if #KEYS == 2 and cur == ARGV[1] then\n"
+    "  local s = redis.call('HMGET', KEYS[2], 'state', 'initial_invoice')\n"
+    "  if s[1] then\n"
+    "    state = s[1]\n"
+    "    local first = (s[2] == ARGV[14])"
+    " or (not s[2] and ARGV[6] == 'initial')\n"
+    "    if first and ARGV[11] ~= '' and state ~= ARGV[11]"
+    " and string.find(ARGV[12], ' ' .. state .. ' ', 1, true) then\n"
+    "      redis.call('HSET', KEYS[2], 'state', ARGV[11],"
+    " 'updated_at', ARGV[15])\n"
+    "      state = ARGV[11]\n"
+    "      moved = 1\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if ARGV[5] ~= '' and (changed == 1 or moved == 1) then\n"
+    "  redis.call('PUBLISH', ARGV[13], ARGV[5])\n"
+    "end\n"
+    "return { cur, changed, state }\n";
+
+
+/*
+ * KEYS[1] the subscription, KEYS[2] its consumer org
+ *
+ * ARGV[1] fingerprint, ARGV[2] id, ARGV[3] consumer org, ARGV[4] email,
+ * ARGV[5] name, ARGV[6] plan, ARGV[7] now, ARGV[8] period end,
+ * ARGV[9] the invoice key prefix
+ */
+
+static const char  ngx_http_billing_claim_lua[] =
+    "local s = redis.call('HMGET', KEYS[1], 'fingerprint', 'state',"
+    " 'customer_id', 'initial_invoice', 'initial_item', 'created_at')\n"
+    "if s[1] then\n"
+    "  if s[1] ~= ARGV[1] then return { 'conflict' } end\n"
+    "  local cust = s[3] or redis.call('HGET', KEYS[2], 'customer_id')"
+    " or ''\n"
+    "  local inv = s[4] or ''\n"
+    "  local st = ''\n"
+    "  if inv ~= '' then\n"
+    "    st = redis.call('HGET', ARGV[9] .. inv, 'status') or ''\n"
+    "  end\n"
+    "  return { 'exists', s[2], cust, inv, s[5] or '', s[6], st }\n"
+    "end\n"
+    "local cust = redis.call('HGET', KEYS[2], 'customer_id') or ''\n"
+    "redis.call('HSET', KEYS[1], 'id', ARGV[2], 'fingerprint', ARGV[1],"
+    " 'state', 'pending', 'consumer_org', ARGV[3], 'email', ARGV[4],"
+    " 'name', ARGV[5], 'plan', ARGV[6], 'created_at', ARGV[7],"
+    " 'period_start', ARGV[7], 'period_end', ARGV[8])\n"
+    "if cust ~= '' then\n"
+    "  redis.call('HSET', KEYS[1], 'customer_id', cust)\n"
+    "end\n"
+    "return { 'new', 'pending', cust, '', '', ARGV[7], '' }\n";
+
+
+/* KEYS[1] the consumer org, KEYS[2] the subscription; ARGV[1] customer */
+
+static const char  ngx_http_billing_customer_lua[] =
+    "local c = redis.call('HGET', KEYS[1], 'customer_id')\n"
+    "if not c then\n"
+    "  c = ARGV[1]\n"
+    "  redis.call('HSET', KEYS[1], 'customer_id', c)\n"
+    "end\n"
+    "redis.call('HSET', KEYS[2], 'customer_id', c)\n"
+    "return c\n";
+
+
+/*
+ * KEYS[1] the subscription, KEYS[2] the invoice, KEYS[3] the
+ * subscription's invoices
+ *
+ * ARGV[1] field, ARGV[2] invoice id, ARGV[3] subscription id,
+ * ARGV[4] kind, ARGV[5] currency, ARGV[6] period start, ARGV[7] period
+ * end, ARGV[8] units, ARGV[9] customer, ARGV[10] now
+ */
+
+static const char  ngx_http_billing_attach_lua[] =
+    "local cur = redis.call('HGET', KEYS[1], ARGV[1])\n"
+    "if cur and cur ~= ARGV[2] then return cur end\n"
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "local f = { 'subscription', ARGV[3], 'kind', ARGV[4],"
+    " 'currency', ARGV[5], 'period_start', ARGV[6], 'period_end', ARGV[7],"
+    " 'units', ARGV[8], 'customer', ARGV[9], 'created_at', ARGV[10] }\n"
+    "for i = 1, #f, 2 do\n"
+    "  redis.call('HSETNX', KEYS[2], f[i], f[i + 1])\n"
+    "end\n"
+    "redis.call('ZADD', KEYS[3], 'NX', ARGV[10], ARGV[2])\n"
+    "return ARGV[2]\n";
+
+
+/* KEYS[1] the subscription, KEYS[2] its invoices; ARGV[1] invoice prefix */
+
+static const char  ngx_http_billing_get_lua[] =
+    "local s = redis.call('HGETALL', KEYS[1])\n"
+    "if #s == 0 then return false end\n"
+    "local all = {}\n"
+    "for i, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do\n"
+    "  local h = redis.call('HGETALL', ARGV[1] .. id)\n"
+    "  table.insert(h, 'id')\n"
+    "  table.insert(h, id)\n"
+    "  all[i] = h\n"
+    "end\n"
+    "return { s, all }\n";
+
+
+static ngx_http_billing_redis_script_t  ngx_http_billing_invoice_script;
+static ngx_http_billing_redis_script_t  ngx_http_billing_claim_script;
+static ngx_http_billing_redis_script_t  ngx_http_billing_customer_script;
+static ngx_http_billing_redis_script_t  ngx_http_billing_attach_script;
+static ngx_http_billing_redis_script_t  ngx_http_billing_get_script;
+
+
+void
+ngx_http_billing_store_init(void)
+{
+    ngx_http_billing_redis_script_init(&ngx_http_billing_invoice_script,
+                                       ngx_http_billing_invoice_lua);
+    ngx_http_billing_redis_script_init(&ngx_http_billing_claim_script,
+                                       ngx_http_billing_claim_lua);
+    ngx_http_billing_redis_script_init(&ngx_http_billing_customer_script,
+                                       ngx_http_billing_customer_lua);
+    ngx_http_billing_redis_script_init(&ngx_http_billing_attach_script,
+                                       ngx_http_billing_attach_lua);
+    ngx_http_billing_redis_script_init(&ngx_http_billing_get_script,
+                                       ngx_http_billing_get_lua);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_invoice(ngx_http_request_t *r,
+    ngx_http_billing_invoice_t *inv, ngx_http_billing_redis_handler_pt handler,
+    void *data)
+{
+    int         sub_state;
+    char       *allowed, *sub_allowed;
+    ngx_str_t   argv[17], *a;
+    ngx_uint_t  nkeys;
+
+    allowed = ngx_pnalloc(r->pool, 2 * NGX_HTTP_BILLING_ALLOWED_LEN);
+    if (allowed == NULL) {
+        return NGX_ERROR;
+    }
+
+    sub_allowed = allowed + NGX_HTTP_BILLING_ALLOWED_LEN;
+
+    sub_state = ngx_billing_sub_state_after_first_invoice(inv->status);
+
+    if (ngx_billing_invoice_allowed_from(inv->status, allowed,
+                                         NGX_HTTP_BILLING_ALLOWED_LEN)
+        == 0
+        || ngx_billing_sub_allowed_from(sub_state, sub_allowed,
+                                        NGX_HTTP_BILLING_ALLOWED_LEN)
+           == 0)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_billing_store_key(r, &argv[0], "invoice:", &inv->id, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    nkeys = 1;
+
+    if (inv->subscription.len) {
+        if (ngx_http_billing_store_key(r, &argv[1], "sub:",
+                                       &inv->subscription, NULL)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        nkeys = 2;
+    }
+
+    a = &argv[nkeys];
+
+    a[0].data = (u_char *) ngx_billing_invoice_status_name(inv->status);
+    a[0].len = ngx_strlen(a[0].data);
+    a[1].data = (u_char *) allowed;
+    a[1].len = ngx_strlen(allowed);
+    a[2] = inv->event;
+    a[4] = inv->subscription;
+    a[5] = inv->kind;
+    a[6] = inv->customer;
+    a[7] = inv->hosted_invoice_url;
+    a[9] = inv->currency;
+
+    if (sub_state == NGX_BILLING_SUB_NONE) {
+        ngx_str_set(&a[10], "");
+
+    } else {
+        a[10].data = (u_char *) ngx_billing_sub_state_name(sub_state);
+        a[10].len = ngx_strlen(a[10].data);
+    }
+
+    a[11].data = (u_char *) sub_allowed;
+    a[11].len = ngx_strlen(sub_allowed);
+    a[13] = inv->id;
+
+    if (ngx_http_billing_store_num(r, &a[3], inv->created) != NGX_OK
+        || ngx_http_billing_store_key(r, &a[12], "events", NULL, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_num(r, &a[14], ngx_time()) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (inv->amount_due < 0) {
+        ngx_str_set(&a[8], "");
+
+    } else if (ngx_http_billing_store_num(r, &a[8], inv->amount_due)
+               != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_billing_store_run(r, &ngx_http_billing_invoice_script,
+                                      nkeys, nkeys + 15, argv, handler, data);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_claim(ngx_http_request_t *r,
+    ngx_http_billing_claim_t *claim, ngx_http_billing_redis_handler_pt handler,
+    void *data)
+{
+    ngx_str_t  argv[11];
+
+    if (ngx_http_billing_store_key(r, &argv[0], "sub:", &claim->id, NULL)
+        != NGX_OK
+        || ngx_http_billing_store_key(r, &argv[1], "org:",
+                                      &claim->consumer_org, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_num(r, &argv[8], ngx_time()) != NGX_OK
+        || ngx_http_billing_store_num(r, &argv[9], claim->period_end)
+           != NGX_OK
+        || ngx_http_billing_store_key(r, &argv[10], "invoice:", NULL, NULL)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    argv[2] = claim->fingerprint;
+    argv[3] = claim->id;
+    argv[4] = claim->consumer_org;
+    argv[5] = claim->email;
+    argv[6] = claim->name;
+    argv[7] = claim->plan;
+
+    return ngx_http_billing_store_run(r, &ngx_http_billing_claim_script,
+                                      2, 11, argv, handler, data);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_customer(ngx_http_request_t *r, ngx_str_t *sub,
+    ngx_str_t *org, ngx_str_t *customer,
+    ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    ngx_str_t  argv[3];
+
+    if (ngx_http_billing_store_key(r, &argv[0], "org:", org, NULL) != NGX_OK
+        || ngx_http_billing_store_key(r, &argv[1], "sub:", sub, NULL)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    argv[2] = *customer;
+
+    return ngx_http_billing_store_run(r, &ngx_http_billing_customer_script,
+                                      2, 3, argv, handler, data);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_attach(ngx_http_request_t *r, ngx_str_t *sub,
+    const char *field, ngx_http_billing_invoice_t *inv, time_t period_start,
+    time_t period_end, int64_t units,
+    ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    ngx_str_t  argv[13], *a;
+
+    if (ngx_http_billing_store_key(r, &argv[0], "sub:", sub, NULL) != NGX_OK
+        || ngx_http_billing_store_key(r, &argv[1], "invoice:", &inv->id, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_key(r, &argv[2], "sub:", sub, ":invoices")
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    a = &argv[3];
+
+    a[0].data = (u_char *) field;
+    a[0].len = ngx_strlen(field);
+    a[1] = inv->id;
+    a[2] = *sub;
+    a[3] = inv->kind;
+    a[4] = inv->currency;
+    a[8] = inv->customer;
+
+    if (ngx_http_billing_store_num(r, &a[5], period_start) != NGX_OK
+        || ngx_http_billing_store_num(r, &a[6], period_end) != NGX_OK
+        || ngx_http_billing_store_num(r, &a[7], units) != NGX_OK
+        || ngx_http_billing_store_num(r, &a[9], ngx_time()) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_billing_store_run(r, &ngx_http_billing_attach_script,
+                                      3, 13, argv, handler, data);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_set(ngx_http_request_t *r, ngx_str_t *sub,
+    const char *field, ngx_str_t *value,
+    ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    ngx_str_t  argv[4];
+
+    ngx_str_set(&argv[0], "HSET");
+
+    if (ngx_http_billing_store_key(r, &argv[1], "sub:", sub, NULL) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    argv[2].data = (u_char *) field;
+    argv[2].len = ngx_strlen(field);
+    argv[3] = *value;
+
+    return ngx_http_billing_store_run(r, NULL, 0, 4, argv, handler, data);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_get(ngx_http_request_t *r, ngx_str_t *sub,
+    ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    ngx_str_t  argv[3];
+
+    if (ngx_http_billing_store_key(r, &argv[0], "sub:", sub, NULL) != NGX_OK
+        || ngx_http_billing_store_key(r, &argv[1], "sub:", sub, ":invoices")
+           != NGX_OK
+        || ngx_http_billing_store_key(r, &argv[2], "invoice:", NULL, NULL)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_billing_store_run(r, &ngx_http_billing_get_script,
+                                      2, 3, argv, handler, data);
+}
+
+
+redisReply *
+ngx_http_billing_store_field(redisReply *hash, const char *field)
+{
+    size_t  i, len;
+
+    if (hash == NULL || hash->type != REDIS_REPLY_ARRAY) {
+        return NULL;
+    }
+
+    len = ngx_strlen(field);
+
+    for (i = 0; i + 1 < hash->elements; i += 2) {
+        if (hash->element[i]->type == REDIS_REPLY_STRING
+            && hash->element[i]->len == len
+            && ngx_strncmp(hash->element[i]->str, field, len) == 0)
+        {
+            return hash->element[i + 1];
+        }
+    }
+
+    return NULL;
+}
+
+
+static ngx_int_t
+ngx_http_billing_store_run(ngx_http_request_t *r,
+    ngx_http_billing_redis_script_t *script, ngx_uint_t nkeys,
+    ngx_uint_t argc, ngx_str_t *argv,
+    ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    ngx_http_billing_redis_cmd_t  *cmd;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    if (bmcf->redis == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (script) {
+        cmd = ngx_http_billing_redis_eval(bmcf->redis, script, nkeys, argc,
+                                          argv, handler, data);
+
+    } else {
+        cmd = ngx_http_billing_redis_send(bmcf->redis, argc, argv, handler,
+                                          data);
+    }
+
+    if (cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* the request may go first: then the reply must find nobody */
+
+    if (ngx_http_billing_redis_bind(cmd, r->pool) != NGX_OK) {
+        ngx_http_billing_redis_cancel(cmd);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_store_key(ngx_http_request_t *r, ngx_str_t *key,
+    const char *kind, ngx_str_t *id, const char *suffix)
+{
+    u_char                        *p;
+    size_t                         klen, slen;
+    ngx_str_t                     *prefix;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    prefix = &bmcf->redis_conf->prefix;
+    klen = ngx_strlen(kind);
+    slen = suffix ? ngx_strlen(suffix) : 0;
+
+    p = ngx_pnalloc(r->pool, prefix->len + klen + (id ? id->len : 0) + slen);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    key->data = p;
+
+    p = ngx_cpymem(p, prefix->data, prefix->len);
+    p = ngx_cpymem(p, kind, klen);
+
+    if (id) {
+        p = ngx_cpymem(p, id->data, id->len);
+    }
+
+    if (suffix) {
+        p = ngx_cpymem(p, suffix, slen);
+    }
+
+    key->len = p - key->data;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_store_num(ngx_http_request_t *r, ngx_str_t *s, int64_t n)
+{
+    s->data = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    if (s->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    s->len = ngx_sprintf(s->data, "%L", n) - s->data;
+
+    return NGX_OK;
+}

@@ -1,0 +1,97 @@
+
+/*
+ * The module's data in Redis: key layout and the scripts that change
+ * several keys at once.  See "Redis key layout" in README.md.
+ */
+
+
+#ifndef _NGX_HTTP_BILLING_STORE_H_INCLUDED_
+#define _NGX_HTTP_BILLING_STORE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_billing_module.h"
+#include "ngx_http_billing_redis.h"
+
+
+/* what is known of an invoice, from a webhook or from Stripe's answer */
+typedef struct {
+    ngx_str_t                     id;
+    ngx_int_t                     status;       /* NGX_BILLING_INVOICE_* */
+    ngx_str_t                     event;        /* "" when not an event */
+    int64_t                       created;
+    ngx_str_t                     subscription;
+    ngx_str_t                     kind;
+    ngx_str_t                     customer;
+    ngx_str_t                     hosted_invoice_url;
+    ngx_str_t                     currency;
+    int64_t                       amount_due;   /* -1 when unknown */
+} ngx_http_billing_invoice_t;
+
+
+/* a new subscription, as POST subscriptions claims it */
+typedef struct {
+    ngx_str_t                     id;
+    ngx_str_t                     consumer_org;
+    ngx_str_t                     email;
+    ngx_str_t                     name;
+    ngx_str_t                     plan;         /* normalized JSON */
+    ngx_str_t                     fingerprint;
+    time_t                        period_end;
+} ngx_http_billing_claim_t;
+
+
+void ngx_http_billing_store_init(void);
+
+/*
+ * Records an invoice's status, never going back (ngx_billing_state.h),
+ * and moves its subscription when it is the first invoice.  The reply
+ * is { status, changed (0/1), subscription state or "" }.
+ */
+ngx_int_t ngx_http_billing_store_invoice(ngx_http_request_t *r,
+    ngx_http_billing_invoice_t *inv, ngx_http_billing_redis_handler_pt handler,
+    void *data);
+
+/*
+ * Creates the subscription, pending, unless it exists.  The reply is
+ * { "new" | "exists" | "conflict", state, customer id, initial invoice,
+ *   initial item, created at, initial invoice status }.
+ */
+ngx_int_t ngx_http_billing_store_claim(ngx_http_request_t *r,
+    ngx_http_billing_claim_t *claim, ngx_http_billing_redis_handler_pt handler,
+    void *data);
+
+/* the consumer org's customer: the first one stored wins; reply: its id */
+ngx_int_t ngx_http_billing_store_customer(ngx_http_request_t *r,
+    ngx_str_t *sub, ngx_str_t *org, ngx_str_t *customer,
+    ngx_http_billing_redis_handler_pt handler, void *data);
+
+/*
+ * Ties a new (draft) invoice to its subscription as "field" (e.g.
+ * initial_invoice); reply: the invoice id the subscription has there.
+ */
+ngx_int_t ngx_http_billing_store_attach(ngx_http_request_t *r,
+    ngx_str_t *sub, const char *field, ngx_http_billing_invoice_t *inv,
+    time_t period_start, time_t period_end, int64_t units,
+    ngx_http_billing_redis_handler_pt handler, void *data);
+
+/* HSET of one field of a subscription */
+ngx_int_t ngx_http_billing_store_set(ngx_http_request_t *r, ngx_str_t *sub,
+    const char *field, ngx_str_t *value,
+    ngx_http_billing_redis_handler_pt handler, void *data);
+
+/*
+ * A subscription and all its invoices in one reply: nil, or
+ * { HGETALL of the subscription, { HGETALL of each invoice } }.
+ */
+ngx_int_t ngx_http_billing_store_get(ngx_http_request_t *r, ngx_str_t *sub,
+    ngx_http_billing_redis_handler_pt handler, void *data);
+
+/* the value of field in an HGETALL reply, or NULL */
+redisReply *ngx_http_billing_store_field(redisReply *hash, const char *field);
+
+
+#endif /* _NGX_HTTP_BILLING_STORE_H_INCLUDED_ */
