@@ -44,7 +44,7 @@ FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
                -fno-sanitize-recover=undefined -Isrc
 
-.PHONY: all deps unit test test-asan fuzz run bench clean
+.PHONY: all deps unit test test-asan fuzz run bench clean FORCE
 
 all: $(MODULE)
 
@@ -76,14 +76,20 @@ $(NGX)/objs/Makefile: $(NGX)/.copied config
 $(NGX)/objs-asan/Makefile: $(NGX)/.copied config
 	$(call configure,objs-asan,$(ASAN_OPT),$(ASAN_LD_OPT))
 
-$(MODULE): $(NGX)/objs/Makefile $(MODULE_SRCS)
+$(NGX)/objs/ngx_http_billing_module.so: $(NGX)/objs/Makefile $(MODULE_SRCS)
 	$(MAKE) -C $(NGX) -f objs/Makefile modules
-	cp $(NGX)/objs/ngx_http_billing_module.so $@
 
-$(ASAN_MODULE): $(NGX)/objs-asan/Makefile $(MODULE_SRCS)
+$(NGX)/objs-asan/ngx_http_billing_module.so: $(NGX)/objs-asan/Makefile \
+                                             $(MODULE_SRCS)
 	$(MAKE) -C $(NGX) -f objs-asan/Makefile modules
-	mkdir -p $(dir $@)
-	cp $(NGX)/objs-asan/ngx_http_billing_module.so $@
+
+# always checked: build/ holds the module of the tree asked for last
+$(MODULE): $(NGX)/objs/ngx_http_billing_module.so FORCE
+	@cmp -s $< $@ || cp -v $< $@
+
+$(ASAN_MODULE): $(NGX)/objs-asan/ngx_http_billing_module.so FORCE
+	@mkdir -p $(dir $@)
+	@cmp -s $< $@ || cp -v $< $@
 
 $(BUILD)/unit/test_%: t/unit/test_%.c t/unit/tap.h $(PLAIN_SRCS) src/*.h
 	@mkdir -p $(dir $@)
