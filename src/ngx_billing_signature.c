@@ -353,3 +353,25 @@ ngx_billing_sig_strerror(int rc)
         return "signature verification failed";
     }
 }
+
+
+int
+ngx_billing_secure_equal(const unsigned char *a, size_t a_len,
+    const unsigned char *b, size_t b_len)
+{
+    int            equal;
+    unsigned char  da[EVP_MAX_MD_SIZE], db[EVP_MAX_MD_SIZE];
+
+    if (!EVP_Digest(a, a_len, da, NULL, EVP_sha256(), NULL)
+        || !EVP_Digest(b, b_len, db, NULL, EVP_sha256(), NULL))
+    {
+        return 0;
+    }
+
+    equal = (CRYPTO_memcmp(da, db, 32) == 0) & (a_len == b_len);
+
+    OPENSSL_cleanse(da, sizeof(da));
+    OPENSSL_cleanse(db, sizeof(db));
+
+    return equal;
+}

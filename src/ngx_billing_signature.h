@@ -83,5 +83,12 @@ int ngx_billing_sig_hmac(const unsigned char *key, size_t key_len,
 
 const char *ngx_billing_sig_strerror(int rc);
 
+/*
+ * 1 if a and b are the same secret; the time taken depends on neither
+ * their content nor their lengths (both are hashed first).
+ */
+int ngx_billing_secure_equal(const unsigned char *a, size_t a_len,
+    const unsigned char *b, size_t b_len);
+
 
 #endif /* _NGX_BILLING_SIGNATURE_H_INCLUDED_ */

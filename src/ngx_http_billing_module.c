@@ -13,6 +13,7 @@
 #include "ngx_http_billing_module.h"
 #include "ngx_http_billing_redis.h"
 #include "ngx_http_billing_store.h"
+#include "ngx_http_billing_stripe.h"
 
 
 #define NGX_HTTP_BILLING_FILE_MAX      65536
@@ -47,6 +48,14 @@ static char *ngx_http_billing_redis_password(ngx_conf_t *cf, void *data,
     ngx_str_t *line);
 static char *ngx_http_billing_api_version(ngx_conf_t *cf, void *post,
     void *data);
+static char *ngx_http_billing_location(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_billing_portal_url(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_billing_api_token_file(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_billing_api_token(ngx_conf_t *cf, void *data,
+    ngx_str_t *line);
 
 static char *ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_str_t *name, ngx_http_billing_line_pt handler, void *data);
@@ -55,6 +64,10 @@ static void ngx_http_billing_zero(void *data);
 
 static ngx_conf_post_handler_pt  ngx_http_billing_api_version_p =
     ngx_http_billing_api_version;
+static ngx_conf_post_handler_pt  ngx_http_billing_location_p =
+    ngx_http_billing_location;
+static ngx_conf_post_handler_pt  ngx_http_billing_portal_url_p =
+    ngx_http_billing_portal_url;
 
 
 static ngx_command_t  ngx_http_billing_commands[] = {
@@ -93,6 +106,41 @@ static ngx_command_t  ngx_http_billing_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_billing_main_conf_t, stripe_api_version),
       &ngx_http_billing_api_version_p },
+
+    { ngx_string("billing_stripe_location"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, stripe_location),
+      &ngx_http_billing_location_p },
+
+    { ngx_string("billing_stripe_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, stripe_timeout),
+      NULL },
+
+    { ngx_string("billing_portal_url"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, portal_url),
+      &ngx_http_billing_portal_url_p },
+
+    { ngx_string("billing_api_token_file"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_billing_api_token_file,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("billing_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_billing_api,
+      0,
+      0,
+      NULL },
 
     { ngx_string("billing_webhook"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -158,6 +206,7 @@ ngx_http_billing_create_main_conf(ngx_conf_t *cf)
      */
 
     bmcf->webhook_tolerance = NGX_CONF_UNSET;
+    bmcf->stripe_timeout = NGX_CONF_UNSET_MSEC;
 
     return bmcf;
 }
@@ -168,10 +217,41 @@ ngx_http_billing_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_billing_main_conf_t  *bmcf = conf;
 
+    u_char              *p;
+    ngx_pool_cleanup_t  *cln;
+
     ngx_conf_init_value(bmcf->webhook_tolerance, 300);
+
+    ngx_conf_init_msec_value(bmcf->stripe_timeout, 30000);
 
     if (bmcf->stripe_api_version.data == NULL) {
         ngx_str_set(&bmcf->stripe_api_version, "2022-11-15");
+    }
+
+    if (bmcf->stripe_location.data == NULL) {
+        ngx_str_set(&bmcf->stripe_location, "/_billing_stripe");
+    }
+
+    /* built once: "Bearer <key>", the key itself never printed */
+
+    if (bmcf->stripe_key.len) {
+        p = ngx_pnalloc(cf->pool, sizeof("Bearer ") - 1 + bmcf->stripe_key.len);
+        if (p == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        bmcf->stripe_authorization.data = p;
+        p = ngx_cpymem(p, "Bearer ", sizeof("Bearer ") - 1);
+        p = ngx_cpymem(p, bmcf->stripe_key.data, bmcf->stripe_key.len);
+        bmcf->stripe_authorization.len = p - bmcf->stripe_authorization.data;
+
+        cln = ngx_pool_cleanup_add(cf->pool, sizeof(ngx_str_t));
+        if (cln == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        cln->handler = ngx_http_billing_zero;
+        *(ngx_str_t *) cln->data = bmcf->stripe_authorization;
     }
 
     return NGX_CONF_OK;
@@ -207,6 +287,27 @@ ngx_http_billing_postconfiguration(ngx_conf_t *cf)
                           &bmcf->webhook_file, bmcf->webhook_line);
             return NGX_ERROR;
         }
+    }
+
+    if (bmcf->api_file.len) {
+
+        if (bmcf->api_token.len == 0 || bmcf->redis_conf == NULL
+            || bmcf->stripe_key.len == 0)
+        {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"billing_api\" in %V:%ui needs \"%s\" "
+                          "at the http level",
+                          &bmcf->api_file, bmcf->api_line,
+                          bmcf->api_token.len == 0
+                          ? "billing_api_token_file"
+                          : bmcf->redis_conf == NULL
+                            ? "billing_redis" : "billing_stripe_key_file");
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_http_billing_stripe_init(cf) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     return NGX_OK;
@@ -542,6 +643,97 @@ ngx_http_billing_api_version(ngx_conf_t *cf, void *post, void *data)
     }
 
     return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_billing_location(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_str_t  *uri = data;
+
+    if (uri->len < 2 || uri->data[0] != '/' || uri->data[uri->len - 1] == '/'
+        || ngx_strlchr(uri->data, uri->data + uri->len, '?') != NULL)
+    {
+        return "must be a location URI such as \"/_billing_stripe\", "
+               "without a trailing slash";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_billing_portal_url(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_str_t  *url = data;
+
+    u_char  *p;
+
+    if (url->len <= 8 || ngx_strncmp(url->data, "https://", 8) != 0) {
+        return "must be an https:// URL";
+    }
+
+    for (p = url->data; p < url->data + url->len; p++) {
+        if (*p <= ' ' || *p >= 0x7f || *p == '"' || *p == '\\') {
+            return "has an invalid character";
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_billing_api_token_file(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_billing_main_conf_t  *bmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (bmcf->api_token.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    return ngx_http_billing_read_lines(cf, cmd, &value[1],
+                                       ngx_http_billing_api_token,
+                                       &bmcf->api_token);
+}
+
+
+static char *
+ngx_http_billing_api_token(ngx_conf_t *cf, void *data, ngx_str_t *line)
+{
+    ngx_str_t  *token = data;
+
+    u_char  *p;
+
+    if (token->len) {
+        return "only one API token is allowed";
+    }
+
+    /* a bearer token is what RFC 6750 allows, and long enough to guess */
+
+    if (line->len < 16) {
+        return "an API token needs at least 16 characters";
+    }
+
+    for (p = line->data; p < line->data + line->len; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')
+              || (*p >= '0' && *p <= '9') || *p == '-' || *p == '.'
+              || *p == '_' || *p == '~' || *p == '+' || *p == '/'
+              || *p == '='))
+        {
+            return "an API token has only letters, digits and "
+                   "\"-._~+/=\"";
+        }
+    }
+
+    *token = *line;
+
+    return NULL;
 }
 
 

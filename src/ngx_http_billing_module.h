@@ -15,7 +15,22 @@
 #include "ngx_billing_signature.h"
 
 
-typedef struct ngx_http_billing_redis_s  ngx_http_billing_redis_t;
+#define NGX_HTTP_BILLING_VERSION     "0.2.0"
+
+/* what a request's module context is: the first field of each */
+#define NGX_HTTP_BILLING_CTX_API     1
+#define NGX_HTTP_BILLING_CTX_STRIPE  2
+
+
+typedef struct ngx_http_billing_redis_s        ngx_http_billing_redis_t;
+typedef struct ngx_http_billing_stripe_call_s  ngx_http_billing_stripe_call_t;
+
+
+/* the head of a main request's context */
+typedef struct {
+    ngx_uint_t                        kind;
+    ngx_http_billing_stripe_call_t   *call;    /* a Stripe call under way */
+} ngx_http_billing_ctx_t;
 
 
 typedef struct {
@@ -36,12 +51,20 @@ typedef struct {
     time_t                          webhook_tolerance;
 
     ngx_str_t                       stripe_key;
+    ngx_str_t                       stripe_authorization;
     ngx_str_t                       stripe_api_version;
+    ngx_str_t                       stripe_location;
+    ngx_msec_t                      stripe_timeout;
+
+    ngx_str_t                       portal_url;
+    ngx_str_t                       api_token;
 
     /* the directives that need others, for the checks at the end */
     ngx_conf_t                     *webhook_cf;
     ngx_str_t                       webhook_file;
     ngx_uint_t                      webhook_line;
+    ngx_str_t                       api_file;
+    ngx_uint_t                      api_line;
 
     /* this worker's connection */
     ngx_http_billing_redis_t       *redis;
@@ -61,6 +84,7 @@ ngx_int_t ngx_http_billing_send_json(ngx_http_request_t *r,
 
 char *ngx_http_billing_webhook(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+char *ngx_http_billing_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 
 extern ngx_module_t  ngx_http_billing_module;
