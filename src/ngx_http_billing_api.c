@@ -40,7 +40,7 @@ typedef struct {
     ngx_str_t                        item;
     ngx_str_t                        created;
     unsigned                         finalized:1;
-    unsigned                         existed:1;
+    unsigned                         existed:1;     /* and was complete */
 
     time_t                           period_end;
 } ngx_http_billing_api_ctx_t;
@@ -434,16 +434,18 @@ ngx_http_billing_api_claimed(void *data, redisReply *reply)
         goto done;
     }
 
-    ctx->existed = (ngx_strcmp(reply->element[0]->str, "exists") == 0);
-
     /* a status is set once Stripe finalized the invoice */
 
     ctx->finalized = (reply->element[6]->type == REDIS_REPLY_STRING
                       && reply->element[6]->len > 0);
 
+    /* done before: 200; created or completed by this request: 201 */
+
+    ctx->existed = ctx->finalized;
+
     ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                  "billing api: subscription %V %s",
-                  &ctx->id, ctx->existed ? "exists" : "claimed");
+                  "billing api: subscription %V: %s", &ctx->id,
+                  reply->element[0]->str);
 
     ngx_http_billing_api_next(r);
 
