@@ -512,6 +512,9 @@ ngx_http_billing_api_next(ngx_http_request_t *r)
                              ctx->customer.len);
         ngx_billing_form_add(&form, "collection_method", "send_invoice",
                              sizeof("send_invoice") - 1);
+
+        /* else Stripe takes the customer's, and the plan's item may clash */
+        ngx_billing_form_add(&form, "currency", ctx->req.currency, 3);
         ngx_billing_form_add_int(&form, "days_until_due",
                                  ctx->req.days_until_due);
         ngx_billing_form_add(&form, "pending_invoice_items_behavior",
