@@ -83,13 +83,14 @@ $(NGX)/objs-asan/ngx_http_billing_module.so: $(NGX)/objs-asan/Makefile \
                                              $(MODULE_SRCS)
 	$(MAKE) -C $(NGX) -f objs-asan/Makefile modules
 
-# always checked: build/ holds the module of the tree asked for last
+# always checked: build/ holds the module of the tree asked for last;
+# renamed into place, never rewritten, as a running nginx has it mapped
 $(MODULE): $(NGX)/objs/ngx_http_billing_module.so FORCE
-	@cmp -s $< $@ || cp -v $< $@
+	@cmp -s $< $@ || { cp $< $@.tmp && mv -f $@.tmp $@ && echo "built $@"; }
 
 $(ASAN_MODULE): $(NGX)/objs-asan/ngx_http_billing_module.so FORCE
 	@mkdir -p $(dir $@)
-	@cmp -s $< $@ || cp -v $< $@
+	@cmp -s $< $@ || { cp $< $@.tmp && mv -f $@.tmp $@ && echo "built $@"; }
 
 $(BUILD)/unit/test_%: t/unit/test_%.c t/unit/tap.h $(PLAIN_SRCS) src/*.h
 	@mkdir -p $(dir $@)

@@ -28,6 +28,9 @@ typedef char *(*ngx_http_billing_line_pt)(ngx_conf_t *cf, void *data,
 
 static void *ngx_http_billing_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_billing_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_billing_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_billing_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
 static ngx_int_t ngx_http_billing_postconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_billing_init_process(ngx_cycle_t *cycle);
 static void ngx_http_billing_exit_process(ngx_cycle_t *cycle);
@@ -142,6 +145,20 @@ static ngx_command_t  ngx_http_billing_commands[] = {
       0,
       NULL },
 
+    { ngx_string("billing_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_billing_cache_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("billing_gate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_billing_gate_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("billing_webhook"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_billing_webhook,
@@ -163,8 +180,8 @@ static ngx_http_module_t  ngx_http_billing_module_ctx = {
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
 
-    NULL,                                  /* create location configuration */
-    NULL                                   /* merge location configuration */
+    ngx_http_billing_create_loc_conf,      /* create location configuration */
+    ngx_http_billing_merge_loc_conf        /* merge location configuration */
 };
 
 
@@ -258,6 +275,34 @@ ngx_http_billing_init_main_conf(ngx_conf_t *cf, void *conf)
 }
 
 
+static void *
+ngx_http_billing_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_billing_loc_conf_t  *blcf;
+
+    blcf = ngx_palloc(cf->pool, sizeof(ngx_http_billing_loc_conf_t));
+    if (blcf == NULL) {
+        return NULL;
+    }
+
+    blcf->gate = NGX_CONF_UNSET_PTR;
+
+    return blcf;
+}
+
+
+static char *
+ngx_http_billing_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_billing_loc_conf_t *prev = parent;
+    ngx_http_billing_loc_conf_t *conf = child;
+
+    ngx_conf_merge_ptr_value(conf->gate, prev->gate, NULL);
+
+    return NGX_CONF_OK;
+}
+
+
 static ngx_int_t
 ngx_http_billing_postconfiguration(ngx_conf_t *cf)
 {
@@ -306,7 +351,17 @@ ngx_http_billing_postconfiguration(ngx_conf_t *cf)
         }
     }
 
-    if (ngx_http_billing_stripe_init(cf) != NGX_OK) {
+    if (bmcf->gate_file.len && bmcf->redis_conf == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"billing_gate\" in %V:%ui needs \"billing_redis\" "
+                      "at the http level",
+                      &bmcf->gate_file, bmcf->gate_line);
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_billing_stripe_init(cf) != NGX_OK
+        || ngx_http_billing_gate_init(cf) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -317,6 +372,8 @@ ngx_http_billing_postconfiguration(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_billing_init_process(ngx_cycle_t *cycle)
 {
+    u_char                        *channel;
+    ngx_str_t                      events;
     ngx_http_billing_main_conf_t  *bmcf;
 
     /* cache managers and loaders have no use for Redis */
@@ -338,6 +395,34 @@ ngx_http_billing_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (bmcf->cache == NULL) {
+        return NGX_OK;
+    }
+
+    /* changes made on any node drop this node's cached entries */
+
+    bmcf->subscriber = ngx_http_billing_redis_create(cycle, bmcf->redis_conf);
+    if (bmcf->subscriber == NULL) {
+        return NGX_ERROR;
+    }
+
+    channel = ngx_pnalloc(cycle->pool, bmcf->redis_conf->prefix.len
+                                       + sizeof("events") - 1);
+    if (channel == NULL) {
+        return NGX_ERROR;
+    }
+
+    events.data = channel;
+    events.len = ngx_cpymem(ngx_cpymem(channel, bmcf->redis_conf->prefix.data,
+                                       bmcf->redis_conf->prefix.len),
+                            "events", sizeof("events") - 1)
+                 - channel;
+
+    ngx_http_billing_redis_subscribe(bmcf->subscriber, &events,
+                                     ngx_http_billing_gate_message,
+                                     ngx_http_billing_gate_subscribed,
+                                     bmcf->cache);
+
     return NGX_OK;
 }
 
@@ -352,6 +437,11 @@ ngx_http_billing_exit_process(ngx_cycle_t *cycle)
     if (bmcf && bmcf->redis) {
         ngx_http_billing_redis_destroy(bmcf->redis);
         bmcf->redis = NULL;
+    }
+
+    if (bmcf && bmcf->subscriber) {
+        ngx_http_billing_redis_destroy(bmcf->subscriber);
+        bmcf->subscriber = NULL;
     }
 }
 

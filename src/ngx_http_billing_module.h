@@ -20,10 +20,12 @@
 /* what a request's module context is: the first field of each */
 #define NGX_HTTP_BILLING_CTX_API     1
 #define NGX_HTTP_BILLING_CTX_STRIPE  2
+#define NGX_HTTP_BILLING_CTX_GATE    3
 
 
 typedef struct ngx_http_billing_redis_s        ngx_http_billing_redis_t;
 typedef struct ngx_http_billing_stripe_call_s  ngx_http_billing_stripe_call_t;
+typedef struct ngx_http_billing_cache_s        ngx_http_billing_cache_t;
 
 
 /* the head of a main request's context */
@@ -65,10 +67,20 @@ typedef struct {
     ngx_uint_t                      webhook_line;
     ngx_str_t                       api_file;
     ngx_uint_t                      api_line;
+    ngx_str_t                       gate_file;
+    ngx_uint_t                      gate_line;
 
-    /* this worker's connection */
+    ngx_http_billing_cache_t       *cache;
+
+    /* this worker's connections: commands, and pub/sub for the cache */
     ngx_http_billing_redis_t       *redis;
+    ngx_http_billing_redis_t       *subscriber;
 } ngx_http_billing_main_conf_t;
+
+
+typedef struct {
+    ngx_http_complex_value_t       *gate;      /* NULL: off */
+} ngx_http_billing_loc_conf_t;
 
 
 /* the whole request body in one piece, read back from a file if need be */
@@ -85,6 +97,14 @@ ngx_int_t ngx_http_billing_send_json(ngx_http_request_t *r,
 char *ngx_http_billing_webhook(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_billing_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_billing_gate_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_billing_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+ngx_int_t ngx_http_billing_gate_init(ngx_conf_t *cf);
+void ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up);
+void ngx_http_billing_gate_message(void *data, ngx_str_t *message);
 
 
 extern ngx_module_t  ngx_http_billing_module;

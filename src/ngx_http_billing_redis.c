@@ -79,6 +79,12 @@ struct ngx_http_billing_redis_s {
     ngx_event_t                         reconnect;
     ngx_event_t                         heartbeat;
 
+    /* a subscriber's channel and handlers */
+    ngx_str_t                           channel;
+    ngx_http_billing_redis_message_pt   on_message;
+    ngx_http_billing_redis_state_pt     on_state;
+    void                               *data;
+
     /* the last attempt failed and the backoff runs */
     unsigned                            down:1;
 };
@@ -89,6 +95,8 @@ static ngx_int_t ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd);
 static void ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd);
 static ngx_uint_t ngx_http_billing_redis_handshaking(
     ngx_http_billing_redis_t *rd);
+static ngx_uint_t ngx_http_billing_redis_is(redisReply *reply,
+    const char *kind);
 static void ngx_http_billing_redis_write_handler(ngx_event_t *wev);
 static void ngx_http_billing_redis_read_handler(ngx_event_t *rev);
 static ngx_int_t ngx_http_billing_redis_test_connect(
@@ -182,6 +190,18 @@ ngx_http_billing_redis_destroy(ngx_http_billing_redis_t *rd)
 
     ngx_http_billing_redis_close(rd);
     ngx_http_billing_redis_fail_all(rd, 0);
+}
+
+
+void
+ngx_http_billing_redis_subscribe(ngx_http_billing_redis_t *rd,
+    ngx_str_t *channel, ngx_http_billing_redis_message_pt message,
+    ngx_http_billing_redis_state_pt state, void *data)
+{
+    rd->channel = *channel;
+    rd->on_message = message;
+    rd->on_state = state;
+    rd->data = data;
 }
 
 
@@ -421,7 +441,7 @@ ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd)
     u_char                         db[NGX_INT_T_LEN];
     ngx_str_t                      argv[2];
     ngx_queue_t                   *head;
-    ngx_http_billing_redis_cmd_t  *cmd[2];
+    ngx_http_billing_redis_cmd_t  *cmd[3];
     ngx_uint_t                     n, i;
 
     /*
@@ -450,11 +470,19 @@ ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd)
 
         cmd[n] = ngx_http_billing_redis_format(rd, 2, argv);
         if (cmd[n] == NULL) {
-            while (n) {
-                ngx_http_billing_redis_free(cmd[--n]);
-            }
+            goto failed;
+        }
 
-            return NGX_ERROR;
+        n++;
+    }
+
+    if (rd->channel.len) {
+        ngx_str_set(&argv[0], "SUBSCRIBE");
+        argv[1] = rd->channel;
+
+        cmd[n] = ngx_http_billing_redis_format(rd, 2, argv);
+        if (cmd[n] == NULL) {
+            goto failed;
         }
 
         n++;
@@ -471,6 +499,14 @@ ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd)
     }
 
     return NGX_OK;
+
+failed:
+
+    while (n) {
+        ngx_http_billing_redis_free(cmd[--n]);
+    }
+
+    return NGX_ERROR;
 }
 
 
@@ -482,10 +518,31 @@ ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd)
     rd->down = 0;
 
     ngx_log_error(NGX_LOG_INFO, rd->log, 0,
-                  "billing redis %V: connected", rd->peer.name);
+                  "billing redis %V: connected%s", rd->peer.name,
+                  rd->channel.len ? ", subscribed" : "");
 
     /* what waited for the connection goes now */
     ngx_post_event(rd->peer.connection->write, &ngx_posted_events);
+
+    if (rd->on_state) {
+        rd->on_state(rd->data, 1);
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_billing_redis_is(redisReply *reply, const char *kind)
+{
+    size_t  len;
+
+    /* a pub/sub array: [ kind, channel, ... ] */
+
+    len = ngx_strlen(kind);
+
+    return reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2
+           && reply->element[0]->type == REDIS_REPLY_STRING
+           && reply->element[0]->len == len
+           && ngx_strncmp(reply->element[0]->str, kind, len) == 0;
 }
 
 
@@ -778,9 +835,25 @@ static ngx_int_t
 ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
     redisReply *reply)
 {
+    ngx_str_t                         message;
     ngx_queue_t                      *q;
     ngx_http_billing_redis_cmd_t     *cmd;
     ngx_http_billing_redis_script_t  *script;
+
+    if (rd->channel.len && ngx_http_billing_redis_is(reply, "message")
+        && reply->elements == 3
+        && reply->element[2]->type == REDIS_REPLY_STRING)
+    {
+        /* pushed, not a reply to a command */
+
+        message.data = (u_char *) reply->element[2]->str;
+        message.len = reply->element[2]->len;
+
+        rd->on_message(rd->data, &message);
+
+        freeReplyObject(reply);
+        return NGX_OK;
+    }
 
     q = ngx_queue_head(&rd->cmds);
     cmd = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
@@ -796,7 +869,9 @@ ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
 
     if (cmd->handshake) {
 
-        if (reply->type != REDIS_REPLY_STATUS) {
+        if (reply->type != REDIS_REPLY_STATUS
+            && !ngx_http_billing_redis_is(reply, "subscribe"))
+        {
 
             /* Redis' error text names the problem, never the password */
 
@@ -956,6 +1031,10 @@ ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd, ngx_uint_t level,
     ngx_http_billing_redis_close(rd);
 
     rd->down = 1;
+
+    if (rd->on_state) {
+        rd->on_state(rd->data, 0);
+    }
 
     if (!(ngx_exiting || ngx_terminate || ngx_quit)) {
         if (rd->reconnect.timer_set) {

@@ -29,6 +29,14 @@ typedef void (*ngx_http_billing_redis_handler_pt)(void *data,
     redisReply *reply);
 
 
+/* a message on the subscribed channel */
+typedef void (*ngx_http_billing_redis_message_pt)(void *data,
+    ngx_str_t *message);
+
+/* the subscription is up (1: messages will come) or lost (0) */
+typedef void (*ngx_http_billing_redis_state_pt)(void *data, ngx_uint_t up);
+
+
 typedef struct {
     ngx_str_t                     source;
     u_char                        sha1[40];
@@ -38,6 +46,15 @@ typedef struct {
 ngx_http_billing_redis_t *ngx_http_billing_redis_create(ngx_cycle_t *cycle,
     ngx_http_billing_redis_conf_t *conf);
 void ngx_http_billing_redis_destroy(ngx_http_billing_redis_t *rd);
+
+/*
+ * Makes rd a subscriber: every (re)connection SUBSCRIBEs to channel
+ * after AUTH and SELECT, and messages go to the handler.  Called right
+ * after ngx_http_billing_redis_create(); rd is then for nothing else.
+ */
+void ngx_http_billing_redis_subscribe(ngx_http_billing_redis_t *rd,
+    ngx_str_t *channel, ngx_http_billing_redis_message_pt message,
+    ngx_http_billing_redis_state_pt state, void *data);
 
 /*
  * Queues a command; NULL when it cannot be sent now (Redis is known to be

@@ -88,7 +88,7 @@ static const char  ngx_http_billing_invoice_lua[] =
  *
  * ARGV[1] fingerprint, ARGV[2] id, ARGV[3] consumer org, ARGV[4] email,
  * ARGV[5] name, ARGV[6] plan, ARGV[7] now, ARGV[8] period end,
- * ARGV[9] the invoice key prefix
+ * ARGV[9] the invoice key prefix, ARGV[10] the notification channel
  */
 
 static const char  ngx_http_billing_claim_lua[] =
@@ -113,6 +113,7 @@ static const char  ngx_http_billing_claim_lua[] =
     "if cust ~= '' then\n"
     "  redis.call('HSET', KEYS[1], 'customer_id', cust)\n"
     "end\n"
+    "redis.call('PUBLISH', ARGV[10], ARGV[2])\n"
     "return { 'new', 'pending', cust, '', '', ARGV[7], '' }\n";
 
 
@@ -166,7 +167,21 @@ static const char  ngx_http_billing_get_lua[] =
     "return { s, all }\n";
 
 
+/* KEYS[1] the subscription; ARGV[1] the invoice key prefix */
+
+static const char  ngx_http_billing_gate_lua[] =
+    "local s = redis.call('HMGET', KEYS[1], 'state', 'initial_invoice')\n"
+    "if not s[1] then return false end\n"
+    "local url = ''\n"
+    "if s[2] then\n"
+    "  url = redis.call('HGET', ARGV[1] .. s[2], 'hosted_invoice_url')"
+    " or ''\n"
+    "end\n"
+    "return { s[1], s[2] or '', url }\n";
+
+
 static ngx_http_billing_redis_script_t  ngx_http_billing_invoice_script;
+static ngx_http_billing_redis_script_t  ngx_http_billing_gate_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_claim_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_customer_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_attach_script;
@@ -186,6 +201,8 @@ ngx_http_billing_store_init(void)
                                        ngx_http_billing_attach_lua);
     ngx_http_billing_redis_script_init(&ngx_http_billing_get_script,
                                        ngx_http_billing_get_lua);
+    ngx_http_billing_redis_script_init(&ngx_http_billing_gate_script,
+                                       ngx_http_billing_gate_lua);
 }
 
 
@@ -289,7 +306,7 @@ ngx_http_billing_store_claim(ngx_http_request_t *r,
     ngx_http_billing_claim_t *claim, ngx_http_billing_redis_handler_pt handler,
     void *data)
 {
-    ngx_str_t  argv[11];
+    ngx_str_t  argv[12];
 
     if (ngx_http_billing_store_key(r, &argv[0], "sub:", &claim->id, NULL)
         != NGX_OK
@@ -300,6 +317,8 @@ ngx_http_billing_store_claim(ngx_http_request_t *r,
         || ngx_http_billing_store_num(r, &argv[9], claim->period_end)
            != NGX_OK
         || ngx_http_billing_store_key(r, &argv[10], "invoice:", NULL, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_key(r, &argv[11], "events", NULL, NULL)
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -313,7 +332,7 @@ ngx_http_billing_store_claim(ngx_http_request_t *r,
     argv[7] = claim->plan;
 
     return ngx_http_billing_store_run(r, &ngx_http_billing_claim_script,
-                                      2, 11, argv, handler, data);
+                                      2, 12, argv, handler, data);
 }
 
 
@@ -417,6 +436,24 @@ ngx_http_billing_store_get(ngx_http_request_t *r, ngx_str_t *sub,
 
     return ngx_http_billing_store_run(r, &ngx_http_billing_get_script,
                                       2, 3, argv, handler, data);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_gate(ngx_http_request_t *r, ngx_str_t *sub,
+    ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    ngx_str_t  argv[2];
+
+    if (ngx_http_billing_store_key(r, &argv[0], "sub:", sub, NULL) != NGX_OK
+        || ngx_http_billing_store_key(r, &argv[1], "invoice:", NULL, NULL)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_billing_store_run(r, &ngx_http_billing_gate_script,
+                                      1, 2, argv, handler, data);
 }
 
 

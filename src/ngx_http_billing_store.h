@@ -90,6 +90,10 @@ ngx_int_t ngx_http_billing_store_set(ngx_http_request_t *r, ngx_str_t *sub,
 ngx_int_t ngx_http_billing_store_get(ngx_http_request_t *r, ngx_str_t *sub,
     ngx_http_billing_redis_handler_pt handler, void *data);
 
+/* what the gate needs: nil, or { state, first invoice, its pay url } */
+ngx_int_t ngx_http_billing_store_gate(ngx_http_request_t *r, ngx_str_t *sub,
+    ngx_http_billing_redis_handler_pt handler, void *data);
+
 /* the value of field in an HGETALL reply, or NULL */
 redisReply *ngx_http_billing_store_field(redisReply *hash, const char *field);
 

@@ -19,6 +19,7 @@
 #include "ngx_http_billing_module.h"
 #include "ngx_http_billing_redis.h"
 #include "ngx_http_billing_store.h"
+#include "ngx_http_billing_cache.h"
 #include "ngx_billing_event.h"
 #include "ngx_billing_signature.h"
 #include "ngx_billing_state.h"
@@ -32,6 +33,13 @@ static ngx_int_t ngx_http_billing_webhook_signature(ngx_http_request_t *r,
 static ngx_int_t ngx_http_billing_webhook_record(ngx_http_request_t *r,
     ngx_billing_event_t *ev);
 static void ngx_http_billing_webhook_recorded(void *data, redisReply *reply);
+
+
+/* what the answer of Redis needs to know */
+typedef struct {
+    ngx_http_request_t          *request;
+    ngx_str_t                    subscription;
+} ngx_http_billing_webhook_t;
 
 
 char *
@@ -222,6 +230,7 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
 {
     json_t                      *json;
     ngx_int_t                    rc;
+    ngx_http_billing_webhook_t  *wh;
     ngx_http_billing_invoice_t   inv;
 
     if (ev->status == NGX_BILLING_INVOICE_NONE) {
@@ -272,8 +281,21 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
     inv.currency.len = ev->currency.len;
     inv.amount_due = ev->amount_due;
 
+    wh = ngx_palloc(r->pool, sizeof(ngx_http_billing_webhook_t));
+    if (wh == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    wh->request = r;
+    wh->subscription.len = ev->subscription.len;
+    wh->subscription.data = ngx_pstrdup(r->pool, &inv.subscription);
+
+    if (wh->subscription.data == NULL && wh->subscription.len) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     if (ngx_http_billing_store_invoice(r, &inv,
-                                       ngx_http_billing_webhook_recorded, r)
+                                       ngx_http_billing_webhook_recorded, wh)
         != NGX_OK)
     {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -293,12 +315,15 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
 static void
 ngx_http_billing_webhook_recorded(void *data, redisReply *reply)
 {
-    ngx_http_request_t *r = data;
+    ngx_http_billing_webhook_t  *wh = data;
 
-    json_t            *json;
-    ngx_int_t          rc;
-    ngx_connection_t  *c;
+    json_t                        *json;
+    ngx_int_t                      rc;
+    ngx_connection_t              *c;
+    ngx_http_request_t            *r;
+    ngx_http_billing_main_conf_t  *bmcf;
 
+    r = wh->request;
     c = r->connection;
 
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
@@ -329,6 +354,17 @@ ngx_http_billing_webhook_recorded(void *data, redisReply *reply)
                    (int64_t) reply->element[1]->integer,
                    reply->element[2]->type == REDIS_REPLY_STRING
                    ? reply->element[2]->str : "?");
+
+    /*
+     * This node's gate sees the change at once; other nodes drop their
+     * entries when the change is published.
+     */
+
+    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    if (bmcf->cache && wh->subscription.len) {
+        ngx_http_billing_cache_delete(bmcf->cache, &wh->subscription);
+    }
 
     json = json_pack("{s:b}", "received", 1);
     if (json == NULL) {

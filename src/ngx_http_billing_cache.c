@@ -1,0 +1,489 @@
+
+/*
+ * billing_cache: a red-black tree of subscriptions keyed by the crc32
+ * of their id, and a queue in order of use, in a shared zone, after
+ * ngx_http_limit_req_module.  Entries carry the time Redis was asked;
+ * whether that is still fresh enough is the gate's call.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_billing_module.h"
+#include "ngx_http_billing_cache.h"
+
+
+typedef struct {
+    u_char                      color;
+    u_char                      state;
+    u_short                     id_len;
+    u_short                     invoice_len;
+    u_short                     url_len;
+    ngx_queue_t                 queue;
+    ngx_msec_t                  fetched;
+    u_char                      data[1];     /* id, invoice, pay_url */
+} ngx_http_billing_cache_node_t;
+
+
+typedef struct {
+    ngx_rbtree_t                rbtree;
+    ngx_rbtree_node_t           sentinel;
+    ngx_queue_t                 queue;
+} ngx_http_billing_cache_sh_t;
+
+
+typedef struct {
+    ngx_http_billing_cache_sh_t  *sh;
+    ngx_slab_pool_t              *shpool;
+} ngx_http_billing_cache_zone_t;
+
+
+static ngx_int_t ngx_http_billing_cache_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static void ngx_http_billing_cache_rbtree_insert_value(
+    ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
+    ngx_rbtree_node_t *sentinel);
+static ngx_rbtree_node_t *ngx_http_billing_cache_lookup(
+    ngx_http_billing_cache_zone_t *zone, ngx_str_t *id, uint32_t hash);
+static void ngx_http_billing_cache_remove(ngx_http_billing_cache_zone_t *zone,
+    ngx_rbtree_node_t *node);
+
+
+char *
+ngx_http_billing_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_billing_main_conf_t  *bmcf = conf;
+
+    u_char                         *p;
+    ssize_t                         size;
+    ngx_str_t                      *value, name, s;
+    ngx_int_t                       n;
+    ngx_msec_t                     *time;
+    ngx_uint_t                      i;
+    ngx_http_billing_cache_t       *cache;
+    ngx_http_billing_cache_zone_t  *zone;
+
+    if (bmcf->cache) {
+        return "is duplicate";
+    }
+
+    cache = ngx_pcalloc(cf->pool, sizeof(ngx_http_billing_cache_t));
+    zone = ngx_pcalloc(cf->pool, sizeof(ngx_http_billing_cache_zone_t));
+    if (cache == NULL || zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    cache->ttl = 10000;
+    cache->negative_ttl = 5000;
+    cache->stale = 60000;
+
+    value = cf->args->elts;
+
+    size = 0;
+    ngx_str_null(&name);
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+
+            name.data = value[i].data + 5;
+
+            p = (u_char *) ngx_strchr(name.data, ':');
+
+            if (p == NULL) {
+                goto invalid;
+            }
+
+            name.len = p - name.data;
+
+            s.data = p + 1;
+            s.len = value[i].data + value[i].len - s.data;
+
+            size = ngx_parse_size(&s);
+
+            if (name.len == 0 || size == NGX_ERROR) {
+                goto invalid;
+            }
+
+            if (size < (ssize_t) (8 * ngx_pagesize)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "zone \"%V\" is too small in \"%V\" "
+                                   "directive", &value[i], &cmd->name);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "ttl=", 4) == 0) {
+            time = &cache->ttl;
+            s.data = value[i].data + 4;
+
+        } else if (ngx_strncmp(value[i].data, "negative_ttl=", 13) == 0) {
+            time = &cache->negative_ttl;
+            s.data = value[i].data + 13;
+
+        } else if (ngx_strncmp(value[i].data, "stale=", 6) == 0) {
+            time = &cache->stale;
+            s.data = value[i].data + 6;
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "unknown parameter \"%V\" in \"%V\" "
+                               "directive", &value[i], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        s.len = value[i].data + value[i].len - s.data;
+
+        n = ngx_parse_time(&s, 0);
+        if (n == NGX_ERROR) {
+            goto invalid;
+        }
+
+        *time = (ngx_msec_t) n;
+    }
+
+    if (name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must have \"zone\" parameter",
+                           &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    cache->shm_zone = ngx_shared_memory_add(cf, &name, size,
+                                            &ngx_http_billing_module);
+    if (cache->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (cache->shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is already used", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    cache->shm_zone->init = ngx_http_billing_cache_init_zone;
+    cache->shm_zone->data = zone;
+
+    bmcf->cache = cache;
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid parameter \"%V\" in \"%V\" directive",
+                       &value[i], &cmd->name);
+    return NGX_CONF_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_billing_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_billing_cache_zone_t  *ozone = data;
+
+    size_t                          len;
+    ngx_http_billing_cache_zone_t  *zone;
+
+    zone = shm_zone->data;
+
+    if (ozone) {
+        /* a reload: what was cached stays */
+        zone->sh = ozone->sh;
+        zone->shpool = ozone->shpool;
+        return NGX_OK;
+    }
+
+    zone->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        zone->sh = zone->shpool->data;
+        return NGX_OK;
+    }
+
+    zone->sh = ngx_slab_alloc(zone->shpool,
+                              sizeof(ngx_http_billing_cache_sh_t));
+    if (zone->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    zone->shpool->data = zone->sh;
+
+    ngx_rbtree_init(&zone->sh->rbtree, &zone->sh->sentinel,
+                    ngx_http_billing_cache_rbtree_insert_value);
+
+    ngx_queue_init(&zone->sh->queue);
+
+    len = sizeof(" in billing_cache zone \"\"") + shm_zone->shm.name.len;
+
+    zone->shpool->log_ctx = ngx_slab_alloc(zone->shpool, len);
+    if (zone->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(zone->shpool->log_ctx, " in billing_cache zone \"%V\"%Z",
+                &shm_zone->shm.name);
+
+    /* a full zone is handled by eviction: no "no memory" noise */
+
+    zone->shpool->log_nomem = 0;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache, ngx_str_t *id,
+    ngx_http_billing_entry_t *entry, ngx_pool_t *pool)
+{
+    u_char                         *p;
+    uint32_t                        hash;
+    ngx_rbtree_node_t              *node;
+    ngx_http_billing_cache_node_t  *cn;
+    ngx_http_billing_cache_zone_t  *zone;
+
+    zone = cache->shm_zone->data;
+    hash = ngx_crc32_short(id->data, id->len);
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    node = ngx_http_billing_cache_lookup(zone, id, hash);
+
+    if (node == NULL) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    cn = (ngx_http_billing_cache_node_t *) &node->color;
+
+    /* used: to the head of the queue, the last to be evicted */
+
+    ngx_queue_remove(&cn->queue);
+    ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
+
+    entry->state = cn->state;
+    entry->fetched = cn->fetched;
+
+    p = ngx_pnalloc(pool, cn->invoice_len + cn->url_len + 1);
+    if (p == NULL) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return NGX_DECLINED;
+    }
+
+    entry->invoice.data = p;
+    entry->invoice.len = cn->invoice_len;
+    p = ngx_cpymem(p, cn->data + cn->id_len, cn->invoice_len);
+
+    entry->pay_url.data = p;
+    entry->pay_url.len = cn->url_len;
+    ngx_memcpy(p, cn->data + cn->id_len + cn->invoice_len, cn->url_len);
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
+    ngx_http_billing_entry_t *entry, ngx_log_t *log)
+{
+    u_char                         *p;
+    size_t                          size;
+    uint32_t                        hash;
+    ngx_uint_t                      evicted;
+    ngx_queue_t                    *q;
+    ngx_rbtree_node_t              *node;
+    ngx_http_billing_cache_node_t  *cn;
+    ngx_http_billing_cache_zone_t  *zone;
+
+    if (id->len > 0xffff || entry->invoice.len > 0xffff
+        || entry->pay_url.len > 0xffff)
+    {
+        return;
+    }
+
+    zone = cache->shm_zone->data;
+    hash = ngx_crc32_short(id->data, id->len);
+
+    size = offsetof(ngx_rbtree_node_t, color)
+           + offsetof(ngx_http_billing_cache_node_t, data)
+           + id->len + entry->invoice.len + entry->pay_url.len;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    node = ngx_http_billing_cache_lookup(zone, id, hash);
+
+    if (node) {
+        ngx_http_billing_cache_remove(zone, node);
+    }
+
+    evicted = 0;
+
+    for ( ;; ) {
+        node = ngx_slab_alloc_locked(zone->shpool, size);
+
+        if (node || ngx_queue_empty(&zone->sh->queue)) {
+            break;
+        }
+
+        /* full: the least recently used go, a few at a time */
+
+        q = ngx_queue_last(&zone->sh->queue);
+        cn = ngx_queue_data(q, ngx_http_billing_cache_node_t, queue);
+
+        ngx_http_billing_cache_remove(zone, (ngx_rbtree_node_t *)
+                                  ((u_char *) cn
+                                   - offsetof(ngx_rbtree_node_t, color)));
+        evicted++;
+    }
+
+    if (node == NULL) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return;
+    }
+
+    node->key = hash;
+
+    cn = (ngx_http_billing_cache_node_t *) &node->color;
+
+    cn->state = (u_char) entry->state;
+    cn->fetched = entry->fetched;
+    cn->id_len = (u_short) id->len;
+    cn->invoice_len = (u_short) entry->invoice.len;
+    cn->url_len = (u_short) entry->pay_url.len;
+
+    p = ngx_cpymem(cn->data, id->data, id->len);
+    p = ngx_cpymem(p, entry->invoice.data, entry->invoice.len);
+    ngx_memcpy(p, entry->pay_url.data, entry->pay_url.len);
+
+    ngx_rbtree_insert(&zone->sh->rbtree, node);
+    ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    if (evicted) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
+                       "billing cache: %ui entries evicted", evicted);
+    }
+}
+
+
+void
+ngx_http_billing_cache_delete(ngx_http_billing_cache_t *cache, ngx_str_t *id)
+{
+    ngx_rbtree_node_t              *node;
+    ngx_http_billing_cache_zone_t  *zone;
+
+    zone = cache->shm_zone->data;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    node = ngx_http_billing_cache_lookup(zone, id,
+                                         ngx_crc32_short(id->data, id->len));
+    if (node) {
+        ngx_http_billing_cache_remove(zone, node);
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+static ngx_rbtree_node_t *
+ngx_http_billing_cache_lookup(ngx_http_billing_cache_zone_t *zone,
+    ngx_str_t *id, uint32_t hash)
+{
+    ngx_int_t                       rc;
+    ngx_rbtree_node_t              *node, *sentinel;
+    ngx_http_billing_cache_node_t  *cn;
+
+    node = zone->sh->rbtree.root;
+    sentinel = zone->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        /* hash == node->key */
+
+        cn = (ngx_http_billing_cache_node_t *) &node->color;
+
+        rc = ngx_memn2cmp(id->data, cn->data, id->len, (size_t) cn->id_len);
+
+        if (rc == 0) {
+            return node;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_billing_cache_remove(ngx_http_billing_cache_zone_t *zone,
+    ngx_rbtree_node_t *node)
+{
+    ngx_http_billing_cache_node_t  *cn;
+
+    cn = (ngx_http_billing_cache_node_t *) &node->color;
+
+    ngx_queue_remove(&cn->queue);
+    ngx_rbtree_delete(&zone->sh->rbtree, node);
+    ngx_slab_free_locked(zone->shpool, node);
+}
+
+
+static void
+ngx_http_billing_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t              **p;
+    ngx_http_billing_cache_node_t   *cn, *cnt;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+
+            p = &temp->right;
+
+        } else { /* node->key == temp->key */
+
+            cn = (ngx_http_billing_cache_node_t *) &node->color;
+            cnt = (ngx_http_billing_cache_node_t *) &temp->color;
+
+            p = (ngx_memn2cmp(cn->data, cnt->data, cn->id_len, cnt->id_len)
+                 < 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}

@@ -1,0 +1,49 @@
+
+/*
+ * billing_cache: what Redis said of subscriptions, in shared memory,
+ * for all workers.  Bounded: when the zone is full the least recently
+ * used entries go, it is never an error.
+ */
+
+
+#ifndef _NGX_HTTP_BILLING_CACHE_H_INCLUDED_
+#define _NGX_HTTP_BILLING_CACHE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_billing_module.h"
+
+
+/* a subscription as the gate needs it */
+typedef struct {
+    ngx_uint_t                  state;       /* NGX_BILLING_SUB_*, NONE: unknown */
+    ngx_str_t                   invoice;     /* the first invoice */
+    ngx_str_t                   pay_url;     /* its hosted_invoice_url */
+    ngx_msec_t                  fetched;     /* when Redis said so */
+} ngx_http_billing_entry_t;
+
+
+struct ngx_http_billing_cache_s {
+    ngx_shm_zone_t             *shm_zone;
+    ngx_msec_t                  ttl;
+    ngx_msec_t                  negative_ttl;
+    ngx_msec_t                  stale;
+};
+
+
+/* NGX_OK and the entry (strings in pool), or NGX_DECLINED */
+ngx_int_t ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
+    ngx_str_t *id, ngx_http_billing_entry_t *entry, ngx_pool_t *pool);
+
+/* stores what Redis said; makes room by evicting when the zone is full */
+void ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
+    ngx_str_t *id, ngx_http_billing_entry_t *entry, ngx_log_t *log);
+
+void ngx_http_billing_cache_delete(ngx_http_billing_cache_t *cache,
+    ngx_str_t *id);
+
+
+#endif /* _NGX_HTTP_BILLING_CACHE_H_INCLUDED_ */

@@ -1,0 +1,719 @@
+
+/*
+ * billing_gate: access to product resources, by subscription state.
+ *
+ * It answers with a status code, as nginx's access modules do.  With
+ * "satisfy all" (the default) it runs early in the rewrite phase, so
+ * that it stands in front of "return" too: every check must pass, the
+ * order only decides which denial is answered.  With "satisfy any" it
+ * runs in the access phase, where "satisfy" combines it with
+ * allow/deny, auth_request and the rest, and a denial is a 403 (a 401
+ * when there is no subscription) so that another module may still
+ * grant access.
+ * The JSON body of a denial is put in place by this file's filters when
+ * nginx sends its own error answer, so an error_page of the operator's
+ * still takes precedence.
+ *
+ * Decisions come from billing_cache when they are fresh, from Redis
+ * otherwise.  Fresh means younger than the ttl (negative_ttl for
+ * unknown ids) and known to this worker's pub/sub subscription, which
+ * drops entries as soon as any node changes them; while that
+ * subscription is down, nothing older than a second is trusted.  When
+ * Redis cannot answer, an entry up to "stale" past its ttl is used.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <jansson.h>
+
+#include "ngx_http_billing_module.h"
+#include "ngx_http_billing_cache.h"
+#include "ngx_http_billing_redis.h"
+#include "ngx_http_billing_store.h"
+#include "ngx_billing_event.h"
+#include "ngx_billing_state.h"
+
+
+/* a payment seen by another node is honoured here within this */
+#define NGX_HTTP_BILLING_GATE_UNSUBSCRIBED_TTL  1000
+
+#define NGX_HTTP_PAYMENT_REQUIRED               402
+
+
+typedef enum {
+    NGX_HTTP_BILLING_GATE_LOOKUP = 0,
+    NGX_HTTP_BILLING_GATE_KNOWN,
+    NGX_HTTP_BILLING_GATE_NO_ID,
+    NGX_HTTP_BILLING_GATE_UNAVAILABLE
+} ngx_http_billing_gate_status_e;
+
+
+typedef struct {
+    ngx_http_billing_ctx_t      base;
+
+    /* the gate decided on: a "rewrite ... last" may lead to another */
+    ngx_http_complex_value_t   *gate;
+
+    ngx_str_t                   id;
+    ngx_uint_t                  status;
+    ngx_http_billing_entry_t    entry;
+
+    /* what was cached but is too old, for when Redis cannot answer */
+    ngx_http_billing_entry_t    stale;
+    unsigned                    has_stale:1;
+    unsigned                    waiting:1;
+
+    /* the denial: its status, what the handler returned for it */
+    ngx_uint_t                  deny;
+    ngx_int_t                   returned;
+    const char                 *code;
+    const char                 *message;
+    ngx_buf_t                  *body;
+} ngx_http_billing_gate_ctx_t;
+
+
+static ngx_int_t ngx_http_billing_gate_rewrite(ngx_http_request_t *r);
+static ngx_int_t ngx_http_billing_gate_access(ngx_http_request_t *r);
+static ngx_int_t ngx_http_billing_gate_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_billing_gate_fresh(ngx_http_request_t *r,
+    ngx_http_billing_entry_t *entry);
+static void ngx_http_billing_gate_looked_up(void *data, redisReply *reply);
+static ngx_int_t ngx_http_billing_gate_verdict(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx);
+static ngx_int_t ngx_http_billing_gate_deny(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx, ngx_uint_t status, const char *code,
+    const char *message);
+static ngx_int_t ngx_http_billing_gate_body(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx);
+static ngx_http_billing_gate_ctx_t *ngx_http_billing_gate_denied(
+    ngx_http_request_t *r);
+static ngx_int_t ngx_http_billing_gate_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_billing_gate_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
+
+/* when this worker's subscription came up; 0 while it is down */
+static ngx_msec_t  ngx_http_billing_gate_since;
+
+
+char *
+ngx_http_billing_gate_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_billing_loc_conf_t  *blcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_billing_main_conf_t      *bmcf;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (blcf->gate != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        blcf->gate = NULL;
+        return NGX_CONF_OK;
+    }
+
+    bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
+
+    if (bmcf->gate_file.len == 0) {
+        bmcf->gate_file = cf->conf_file->file.name;
+        bmcf->gate_line = cf->conf_file->line;
+    }
+
+    blcf->gate = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (blcf->gate == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = blcf->gate;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_int_t
+ngx_http_billing_gate_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    /* registered after nginx's own: run before them in their phase */
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_billing_gate_rewrite;
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_billing_gate_access;
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_billing_gate_header_filter;
+
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_billing_gate_body_filter;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up)
+{
+    /* never 0 while up, so that 0 can mean down */
+
+    ngx_http_billing_gate_since = up ? ngx_current_msec | 1 : 0;
+}
+
+
+void
+ngx_http_billing_gate_message(void *data, ngx_str_t *message)
+{
+    ngx_http_billing_cache_t  *cache = data;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "billing gate: \"%V\" changed", message);
+
+    ngx_http_billing_cache_delete(cache, message);
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_rewrite(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (clcf->satisfy != NGX_HTTP_SATISFY_ALL) {
+        return NGX_DECLINED;
+    }
+
+    rc = ngx_http_billing_gate_handler(r);
+
+    /* in the rewrite phase, "go on" is NGX_DECLINED, "wait" NGX_DONE */
+
+    if (rc == NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    if (rc == NGX_AGAIN) {
+        return NGX_DONE;
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_access(ngx_http_request_t *r)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    if (clcf->satisfy == NGX_HTTP_SATISFY_ALL) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_billing_gate_handler(r);
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_handler(ngx_http_request_t *r)
+{
+    ngx_http_billing_gate_ctx_t   *ctx;
+    ngx_http_billing_loc_conf_t   *blcf;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    blcf = ngx_http_get_module_loc_conf(r, ngx_http_billing_module);
+
+    /* subrequests belong to a request that passed already */
+
+    if (blcf->gate == NULL || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    if (ctx) {
+        if (ctx->base.kind != NGX_HTTP_BILLING_CTX_GATE) {
+            return NGX_DECLINED;
+        }
+
+        if (ctx->waiting) {
+            return NGX_AGAIN;
+        }
+
+        if (ctx->gate == blcf->gate) {
+            return ngx_http_billing_gate_verdict(r, ctx);
+        }
+
+        ngx_memzero(ctx, sizeof(ngx_http_billing_gate_ctx_t));
+
+    } else {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_billing_gate_ctx_t));
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_http_set_ctx(r, ctx, ngx_http_billing_module);
+    }
+
+    ctx->base.kind = NGX_HTTP_BILLING_CTX_GATE;
+    ctx->gate = blcf->gate;
+
+    if (ngx_http_complex_value(r, blcf->gate, &ctx->id) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ctx->id.len == 0) {
+        ctx->status = NGX_HTTP_BILLING_GATE_NO_ID;
+        return ngx_http_billing_gate_verdict(r, ctx);
+    }
+
+    /* an id we could never have issued: no need to ask */
+
+    if (!ngx_billing_sub_id_valid((char *) ctx->id.data, ctx->id.len)) {
+        ctx->status = NGX_HTTP_BILLING_GATE_KNOWN;
+        ctx->entry.state = NGX_BILLING_SUB_NONE;
+        return ngx_http_billing_gate_verdict(r, ctx);
+    }
+
+    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    if (bmcf->cache
+        && ngx_http_billing_cache_get(bmcf->cache, &ctx->id, &ctx->entry,
+                                      r->pool)
+           == NGX_OK)
+    {
+        if (ngx_http_billing_gate_fresh(r, &ctx->entry) == NGX_OK) {
+            ctx->status = NGX_HTTP_BILLING_GATE_KNOWN;
+            return ngx_http_billing_gate_verdict(r, ctx);
+        }
+
+        ctx->stale = ctx->entry;
+        ctx->has_stale = 1;
+    }
+
+    if (ngx_http_billing_store_gate(r, &ctx->id,
+                                    ngx_http_billing_gate_looked_up, r)
+        != NGX_OK)
+    {
+        ctx->status = NGX_HTTP_BILLING_GATE_UNAVAILABLE;
+        return ngx_http_billing_gate_verdict(r, ctx);
+    }
+
+    /* Redis answers, or fails, within its timeout */
+
+    ctx->waiting = 1;
+    r->read_event_handler = ngx_http_test_reading;
+
+    return NGX_AGAIN;
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_fresh(ngx_http_request_t *r,
+    ngx_http_billing_entry_t *entry)
+{
+    ngx_msec_t                     age, ttl;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    age = ngx_current_msec - entry->fetched;
+
+    ttl = (entry->state == NGX_BILLING_SUB_NONE) ? bmcf->cache->negative_ttl
+                                                  : bmcf->cache->ttl;
+
+    if (ngx_http_billing_gate_since == 0
+        || ngx_http_billing_gate_since > entry->fetched)
+    {
+        /* a change may have gone unannounced to this worker */
+        ttl = ngx_min(ttl, NGX_HTTP_BILLING_GATE_UNSUBSCRIBED_TTL);
+    }
+
+    return (age < ttl) ? NGX_OK : NGX_DECLINED;
+}
+
+
+static void
+ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
+{
+    ngx_http_request_t *r = data;
+
+    redisReply                    *e;
+    ngx_connection_t              *c;
+    ngx_http_billing_entry_t      *entry;
+    ngx_http_billing_gate_ctx_t   *ctx;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    entry = &ctx->entry;
+    ngx_memzero(entry, sizeof(ngx_http_billing_entry_t));
+    entry->fetched = ngx_current_msec;
+
+    ctx->waiting = 0;
+    ctx->status = NGX_HTTP_BILLING_GATE_KNOWN;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR
+        || (reply->type != REDIS_REPLY_NIL
+            && (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3)))
+    {
+        ctx->status = NGX_HTTP_BILLING_GATE_UNAVAILABLE;
+
+    } else if (reply->type == REDIS_REPLY_ARRAY) {
+        e = reply->element[0];
+
+        if (e->type == REDIS_REPLY_STRING) {
+            entry->state = ngx_billing_sub_state_parse(e->str, e->len);
+        }
+
+        e = reply->element[1];
+
+        if (e->type == REDIS_REPLY_STRING) {
+            entry->invoice.data = (u_char *) e->str;
+            entry->invoice.len = e->len;
+        }
+
+        e = reply->element[2];
+
+        if (e->type == REDIS_REPLY_STRING) {
+            entry->pay_url.data = (u_char *) e->str;
+            entry->pay_url.len = e->len;
+        }
+    }
+
+    if (ctx->status == NGX_HTTP_BILLING_GATE_KNOWN && bmcf->cache) {
+        ngx_http_billing_cache_put(bmcf->cache, &ctx->id, entry, c->log);
+    }
+
+    /* the reply goes when this returns: keep what the answer needs */
+
+    if (entry->invoice.len || entry->pay_url.len) {
+        u_char  *p;
+
+        p = ngx_pnalloc(r->pool, entry->invoice.len + entry->pay_url.len);
+
+        if (p == NULL) {
+            ngx_str_null(&entry->invoice);
+            ngx_str_null(&entry->pay_url);
+
+        } else {
+            ngx_memcpy(p, entry->invoice.data, entry->invoice.len);
+            entry->invoice.data = p;
+            p += entry->invoice.len;
+
+            ngx_memcpy(p, entry->pay_url.data, entry->pay_url.len);
+            entry->pay_url.data = p;
+        }
+    }
+
+    r->read_event_handler = ngx_http_block_reading;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_verdict(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx)
+{
+    ngx_msec_t                     age;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    if (ctx->deny) {
+        return ctx->returned;
+    }
+
+    if (ctx->status == NGX_HTTP_BILLING_GATE_NO_ID) {
+        return ngx_http_billing_gate_deny(r, ctx, NGX_HTTP_UNAUTHORIZED,
+                                          "subscription_required",
+                                          "this resource needs a "
+                                          "subscription");
+    }
+
+    if (ctx->status == NGX_HTTP_BILLING_GATE_UNAVAILABLE) {
+        bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+        age = ngx_current_msec - ctx->stale.fetched;
+
+        if (!ctx->has_stale
+            || age >= bmcf->cache->ttl + bmcf->cache->stale)
+        {
+            return ngx_http_billing_gate_deny(r, ctx,
+                                          NGX_HTTP_SERVICE_UNAVAILABLE,
+                                          "billing_unavailable",
+                                          "billing state cannot be read "
+                                          "now, retry later");
+        }
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "billing gate: Redis unavailable, subscription "
+                      "\"%V\" decided on what was known %Mms ago",
+                      &ctx->id, age);
+
+        ctx->entry = ctx->stale;
+    }
+
+    switch (ctx->entry.state) {
+
+    case NGX_BILLING_SUB_ACTIVE:
+        return NGX_OK;
+
+    case NGX_BILLING_SUB_PENDING:
+        return ngx_http_billing_gate_deny(r, ctx, NGX_HTTP_PAYMENT_REQUIRED,
+                                          "payment_required",
+                                          "the subscription's first "
+                                          "invoice is not paid yet");
+
+    case NGX_BILLING_SUB_PAYMENT_FAILED:
+        return ngx_http_billing_gate_deny(r, ctx, NGX_HTTP_FORBIDDEN,
+                                          "payment_failed",
+                                          "the subscription's first "
+                                          "invoice was not paid");
+
+    case NGX_BILLING_SUB_CANCELLED:
+        return ngx_http_billing_gate_deny(r, ctx, NGX_HTTP_FORBIDDEN,
+                                          "subscription_cancelled",
+                                          "the subscription is cancelled");
+
+    default:
+        return ngx_http_billing_gate_deny(r, ctx, NGX_HTTP_FORBIDDEN,
+                                          "unknown_subscription",
+                                          "no such subscription");
+    }
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_deny(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx, ngx_uint_t status, const char *code,
+    const char *message)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    ctx->deny = status;
+    ctx->code = code;
+    ctx->message = message;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "billing gate: %s for subscription \"%V\"", code, &ctx->id);
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    /* "satisfy any": a plain denial, which another module may overrule */
+
+    if (clcf->satisfy == NGX_HTTP_SATISFY_ANY) {
+        ctx->returned = (status == NGX_HTTP_UNAUTHORIZED)
+                        ? NGX_HTTP_UNAUTHORIZED : NGX_HTTP_FORBIDDEN;
+
+    } else {
+        ctx->returned = status;
+    }
+
+    return ctx->returned;
+}
+
+
+static ngx_http_billing_gate_ctx_t *
+ngx_http_billing_gate_denied(ngx_http_request_t *r)
+{
+    ngx_http_billing_gate_ctx_t  *ctx;
+
+    if (r != r->main) {
+        return NULL;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    if (ctx == NULL || ctx->base.kind != NGX_HTTP_BILLING_CTX_GATE
+        || ctx->deny == 0)
+    {
+        return NULL;
+    }
+
+    return ctx;
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_header_filter(ngx_http_request_t *r)
+{
+    ngx_http_billing_gate_ctx_t  *ctx;
+
+    ctx = ngx_http_billing_gate_denied(r);
+
+    /* nginx's own answer to our denial: ours instead */
+
+    if (ctx == NULL || ctx->body
+        || r->headers_out.status != (ngx_uint_t) ctx->returned)
+    {
+        return ngx_http_next_header_filter(r);
+    }
+
+    if (ngx_http_billing_gate_body(r, ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    r->headers_out.status = ctx->deny;
+    r->headers_out.status_line.len = 0;
+
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.charset.len = 0;
+
+    r->headers_out.content_length_n = ctx->body->last - ctx->body->pos;
+
+    if (r->headers_out.content_length) {
+        r->headers_out.content_length->hash = 0;
+        r->headers_out.content_length = NULL;
+    }
+
+    ngx_http_clear_accept_ranges(r);
+    ngx_http_clear_last_modified(r);
+    ngx_http_clear_etag(r);
+
+    if (ngx_http_billing_add_header(r, "Cache-Control", "no-store")
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_buf_t                    *b;
+    ngx_chain_t                  *cl, out;
+    ngx_http_billing_gate_ctx_t  *ctx;
+
+    ctx = ngx_http_billing_gate_denied(r);
+
+    if (ctx == NULL || ctx->body == NULL) {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    /* nginx's page is dropped; ours goes once, with the first call */
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            b->pos = b->last;
+        }
+
+        if (b->in_file) {
+            b->file_pos = b->file_last;
+        }
+    }
+
+    if (ctx->body->last_buf) {
+        return NGX_OK;
+    }
+
+    ctx->body->last_buf = 1;
+    ctx->body->last_in_chain = 1;
+
+    out.buf = ctx->body;
+    out.next = NULL;
+
+    return ngx_http_next_body_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_body(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx)
+{
+    size_t                         len;
+    json_t                        *json, *v;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    json = json_pack("{s:{s:s,s:s}}", "error", "code", ctx->code,
+                     "message", ctx->message);
+    if (json == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ctx->deny == NGX_HTTP_PAYMENT_REQUIRED) {
+
+        /* where to pay: the invoice, its page, the customer portal */
+
+        v = ctx->entry.invoice.len
+            ? json_stringn((char *) ctx->entry.invoice.data,
+                           ctx->entry.invoice.len)
+            : json_null();
+        json_object_set_new(json, "invoice", v);
+
+        v = ctx->entry.pay_url.len
+            ? json_stringn((char *) ctx->entry.pay_url.data,
+                           ctx->entry.pay_url.len)
+            : json_null();
+        json_object_set_new(json, "pay_url", v);
+
+        v = bmcf->portal_url.len
+            ? json_stringn((char *) bmcf->portal_url.data,
+                           bmcf->portal_url.len)
+            : json_null();
+        json_object_set_new(json, "portal_url", v);
+    }
+
+    len = json_dumpb(json, NULL, 0, JSON_COMPACT);
+
+    ctx->body = ngx_create_temp_buf(r->pool, len + 1);
+
+    if (ctx->body == NULL
+        || json_dumpb(json, (char *) ctx->body->last, len, JSON_COMPACT)
+           != len)
+    {
+        json_decref(json);
+        return NGX_ERROR;
+    }
+
+    json_decref(json);
+
+    ctx->body->last += len;
+    *ctx->body->last++ = '\n';
+
+    return NGX_OK;
+}
