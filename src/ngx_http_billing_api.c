@@ -16,6 +16,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <ngx_md5.h>
 #include <jansson.h>
 
 #include "ngx_http_billing_module.h"
@@ -92,9 +93,13 @@ char *
 ngx_http_billing_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_core_loc_conf_t      *clcf;
+    ngx_http_billing_loc_conf_t   *blcf;
     ngx_http_billing_main_conf_t  *bmcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    blcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_billing_module);
+
+    blcf->json_errors = 1;
 
     if (clcf->handler == ngx_http_billing_api_handler) {
         return "is duplicate";
@@ -563,8 +568,9 @@ ngx_http_billing_api_stripe(ngx_http_request_t *r, const char *path,
     ngx_str_t *id, const char *suffix, ngx_billing_form_t *form,
     const char *step)
 {
-    u_char                        *p;
+    u_char                        *p, digest[16];
     size_t                         len;
+    ngx_md5_t                      md5;
     ngx_http_billing_api_ctx_t    *ctx;
     ngx_http_billing_main_conf_t  *bmcf;
 
@@ -600,12 +606,14 @@ ngx_http_billing_api_stripe(ngx_http_request_t *r, const char *path,
 
     /*
      * The idempotency key names what is created: the consumer org's
-     * customer, or a step of this subscription, claimed at "created".
+     * customer with these details (a key reused with other parameters
+     * is an error at Stripe for a day), or a step of this subscription,
+     * claimed at "created".
      */
 
     len = bmcf->redis_conf->prefix.len + sizeof("sub::") - 1 + ctx->id.len
           + ctx->created.len + 1 + ngx_strlen(step)
-          + ctx->req.consumer_org.len + sizeof("customer:") - 1;
+          + ctx->req.consumer_org.len + sizeof("customer::") - 1 + 32;
 
     p = ngx_pnalloc(r->pool, len);
     if (p == NULL) {
@@ -617,8 +625,15 @@ ngx_http_billing_api_stripe(ngx_http_request_t *r, const char *path,
                    bmcf->redis_conf->prefix.len);
 
     if (ngx_strcmp(step, "customer") == 0) {
-        p = ngx_sprintf(p, "customer:%*s", ctx->req.consumer_org.len,
+        ngx_md5_init(&md5);
+        ngx_md5_update(&md5, ctx->req.email.data, ctx->req.email.len);
+        ngx_md5_update(&md5, "\n", 1);
+        ngx_md5_update(&md5, ctx->req.name.data, ctx->req.name.len);
+        ngx_md5_final(digest, &md5);
+
+        p = ngx_sprintf(p, "customer:%*s:", ctx->req.consumer_org.len,
                         ctx->req.consumer_org.data);
+        p = ngx_hex_dump(p, digest, sizeof(digest));
 
     } else {
         p = ngx_sprintf(p, "sub:%V:%V:%s", &ctx->id, &ctx->created, step);

@@ -71,7 +71,6 @@ typedef struct {
     ngx_int_t                   returned;
     const char                 *code;
     const char                 *message;
-    ngx_buf_t                  *body;
 } ngx_http_billing_gate_ctx_t;
 
 
@@ -88,15 +87,6 @@ static ngx_int_t ngx_http_billing_gate_deny(ngx_http_request_t *r,
     const char *message);
 static ngx_int_t ngx_http_billing_gate_body(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx);
-static ngx_http_billing_gate_ctx_t *ngx_http_billing_gate_denied(
-    ngx_http_request_t *r);
-static ngx_int_t ngx_http_billing_gate_header_filter(ngx_http_request_t *r);
-static ngx_int_t ngx_http_billing_gate_body_filter(ngx_http_request_t *r,
-    ngx_chain_t *in);
-
-
-static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
-static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 
 /* when this worker's subscription came up; 0 while it is down */
 static ngx_msec_t  ngx_http_billing_gate_since;
@@ -171,12 +161,6 @@ ngx_http_billing_gate_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_billing_gate_access;
-
-    ngx_http_next_header_filter = ngx_http_top_header_filter;
-    ngx_http_top_header_filter = ngx_http_billing_gate_header_filter;
-
-    ngx_http_next_body_filter = ngx_http_top_body_filter;
-    ngx_http_top_body_filter = ngx_http_billing_gate_body_filter;
 
     return NGX_OK;
 }
@@ -545,117 +529,13 @@ ngx_http_billing_gate_deny(ngx_http_request_t *r,
         ctx->returned = status;
     }
 
-    return ctx->returned;
-}
-
-
-static ngx_http_billing_gate_ctx_t *
-ngx_http_billing_gate_denied(ngx_http_request_t *r)
-{
-    ngx_http_billing_gate_ctx_t  *ctx;
-
-    if (r != r->main) {
-        return NULL;
-    }
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
-
-    if (ctx == NULL || ctx->base.kind != NGX_HTTP_BILLING_CTX_GATE
-        || ctx->deny == 0)
-    {
-        return NULL;
-    }
-
-    return ctx;
-}
-
-
-static ngx_int_t
-ngx_http_billing_gate_header_filter(ngx_http_request_t *r)
-{
-    ngx_http_billing_gate_ctx_t  *ctx;
-
-    ctx = ngx_http_billing_gate_denied(r);
-
-    /* nginx's own answer to our denial: ours instead */
-
-    if (ctx == NULL || ctx->body
-        || r->headers_out.status != (ngx_uint_t) ctx->returned)
-    {
-        return ngx_http_next_header_filter(r);
-    }
+    /* nginx answers ctx->returned; the body is put in its place */
 
     if (ngx_http_billing_gate_body(r, ctx) != NGX_OK) {
-        return NGX_ERROR;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    r->headers_out.status = ctx->deny;
-    r->headers_out.status_line.len = 0;
-
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-    r->headers_out.charset.len = 0;
-
-    r->headers_out.content_length_n = ctx->body->last - ctx->body->pos;
-
-    if (r->headers_out.content_length) {
-        r->headers_out.content_length->hash = 0;
-        r->headers_out.content_length = NULL;
-    }
-
-    ngx_http_clear_accept_ranges(r);
-    ngx_http_clear_last_modified(r);
-    ngx_http_clear_etag(r);
-
-    if (ngx_http_billing_add_header(r, "Cache-Control", "no-store")
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return ngx_http_next_header_filter(r);
-}
-
-
-static ngx_int_t
-ngx_http_billing_gate_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
-{
-    ngx_buf_t                    *b;
-    ngx_chain_t                  *cl, out;
-    ngx_http_billing_gate_ctx_t  *ctx;
-
-    ctx = ngx_http_billing_gate_denied(r);
-
-    if (ctx == NULL || ctx->body == NULL) {
-        return ngx_http_next_body_filter(r, in);
-    }
-
-    /* nginx's page is dropped; ours goes once, with the first call */
-
-    for (cl = in; cl; cl = cl->next) {
-        b = cl->buf;
-
-        if (ngx_buf_in_memory(b)) {
-            b->pos = b->last;
-        }
-
-        if (b->in_file) {
-            b->file_pos = b->file_last;
-        }
-    }
-
-    if (ctx->body->last_buf) {
-        return NGX_OK;
-    }
-
-    ctx->body->last_buf = 1;
-    ctx->body->last_in_chain = 1;
-
-    out.buf = ctx->body;
-    out.next = NULL;
-
-    return ngx_http_next_body_filter(r, &out);
+    return ctx->returned;
 }
 
 
@@ -663,8 +543,8 @@ static ngx_int_t
 ngx_http_billing_gate_body(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx)
 {
-    size_t                         len;
     json_t                        *json, *v;
+    ngx_int_t                      rc;
     ngx_http_billing_main_conf_t  *bmcf;
 
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
@@ -698,22 +578,9 @@ ngx_http_billing_gate_body(ngx_http_request_t *r,
         json_object_set_new(json, "portal_url", v);
     }
 
-    len = json_dumpb(json, NULL, 0, JSON_COMPACT);
-
-    ctx->body = ngx_create_temp_buf(r->pool, len + 1);
-
-    if (ctx->body == NULL
-        || json_dumpb(json, (char *) ctx->body->last, len, JSON_COMPACT)
-           != len)
-    {
-        json_decref(json);
-        return NGX_ERROR;
-    }
-
+    rc = ngx_http_billing_error_replace(r, &ctx->base, ctx->returned,
+                                        ctx->deny, json);
     json_decref(json);
 
-    ctx->body->last += len;
-    *ctx->body->last++ = '\n';
-
-    return NGX_OK;
+    return rc;
 }

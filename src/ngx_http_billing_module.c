@@ -63,6 +63,15 @@ static char *ngx_http_billing_api_token(ngx_conf_t *cf, void *data,
 static char *ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_command_t *cmd,
     ngx_str_t *name, ngx_http_billing_line_pt handler, void *data);
 static void ngx_http_billing_zero(void *data);
+static ngx_int_t ngx_http_billing_error_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_billing_error_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+static void ngx_http_billing_error_code(ngx_uint_t status, const char **code,
+    const char **message);
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 
 
 static ngx_conf_post_handler_pt  ngx_http_billing_api_version_p =
@@ -286,6 +295,7 @@ ngx_http_billing_create_loc_conf(ngx_conf_t *cf)
     }
 
     blcf->gate = NGX_CONF_UNSET_PTR;
+    blcf->json_errors = NGX_CONF_UNSET;
 
     return blcf;
 }
@@ -298,6 +308,9 @@ ngx_http_billing_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_billing_loc_conf_t *conf = child;
 
     ngx_conf_merge_ptr_value(conf->gate, prev->gate, NULL);
+
+    /* only where the module itself answers: not inherited */
+    ngx_conf_init_value(conf->json_errors, 0);
 
     return NGX_CONF_OK;
 }
@@ -364,6 +377,12 @@ ngx_http_billing_postconfiguration(ngx_conf_t *cf)
     {
         return NGX_ERROR;
     }
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_billing_error_header_filter;
+
+    ngx_http_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = ngx_http_billing_error_body_filter;
 
     return NGX_OK;
 }
@@ -1172,4 +1191,219 @@ ngx_http_billing_add_header(ngx_http_request_t *r, const char *name,
     h->value.len = ngx_strlen(value);
 
     return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_billing_error_replace(ngx_http_request_t *r,
+    ngx_http_billing_ctx_t *ctx, ngx_int_t match, ngx_uint_t status,
+    void *json)
+{
+    size_t      len;
+    ngx_buf_t  *b;
+
+    len = json_dumpb(json, NULL, 0, JSON_COMPACT);
+
+    b = ngx_create_temp_buf(r->pool, len + 1);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (json_dumpb(json, (char *) b->last, len, JSON_COMPACT) != len) {
+        return NGX_ERROR;
+    }
+
+    b->last += len;
+    *b->last++ = '\n';
+
+    ctx->error_match = match;
+    ctx->error_status = status;
+    ctx->error_body = b;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_error_header_filter(ngx_http_request_t *r)
+{
+    json_t                       *json;
+    ngx_int_t                     rc;
+    const char                   *code, *message;
+    ngx_http_billing_ctx_t       *ctx;
+    ngx_http_billing_loc_conf_t  *blcf;
+
+    if (r != r->main || r->headers_out.status < NGX_HTTP_BAD_REQUEST) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    if (ctx == NULL || ctx->error_body == NULL) {
+
+        /*
+         * Where the module answers, nginx's own errors (a body over
+         * client_max_body_size, a malformed request) are made JSON too;
+         * the module's own answers are JSON already.
+         */
+
+        blcf = ngx_http_get_module_loc_conf(r, ngx_http_billing_module);
+
+        if (!blcf->json_errors
+            || (r->headers_out.content_type.len == sizeof("application/json")
+                                                   - 1
+                && ngx_strncmp(r->headers_out.content_type.data,
+                               "application/json",
+                               sizeof("application/json") - 1)
+                   == 0))
+        {
+            return ngx_http_next_header_filter(r);
+        }
+
+        if (ctx == NULL) {
+            ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_billing_ctx_t));
+            if (ctx == NULL) {
+                return NGX_ERROR;
+            }
+
+            ctx->kind = NGX_HTTP_BILLING_CTX_ERROR;
+            ngx_http_set_ctx(r, ctx, ngx_http_billing_module);
+        }
+
+        ngx_http_billing_error_code(r->headers_out.status, &code, &message);
+
+        json = json_pack("{s:{s:s,s:s}}", "error", "code", code,
+                         "message", message);
+        if (json == NULL) {
+            return NGX_ERROR;
+        }
+
+        rc = ngx_http_billing_error_replace(r, ctx, r->headers_out.status,
+                                            r->headers_out.status, json);
+        json_decref(json);
+
+        if (rc != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (r->headers_out.status != (ngx_uint_t) ctx->error_match
+        || ctx->error_body->last_in_chain)
+    {
+        return ngx_http_next_header_filter(r);
+    }
+
+    r->headers_out.status = ctx->error_status;
+    r->headers_out.status_line.len = 0;
+
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.charset.len = 0;
+
+    r->headers_out.content_length_n = ctx->error_body->last
+                                      - ctx->error_body->pos;
+
+    if (r->headers_out.content_length) {
+        r->headers_out.content_length->hash = 0;
+        r->headers_out.content_length = NULL;
+    }
+
+    ngx_http_clear_accept_ranges(r);
+    ngx_http_clear_last_modified(r);
+    ngx_http_clear_etag(r);
+
+    /* marks the swap: the body filter sends ours */
+    ctx->error_body->last_in_chain = 1;
+
+    if (ngx_http_billing_add_header(r, "Cache-Control", "no-store")
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_billing_error_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_buf_t               *b;
+    ngx_chain_t             *cl, out;
+    ngx_http_billing_ctx_t  *ctx;
+
+    ctx = (r == r->main) ? ngx_http_get_module_ctx(r, ngx_http_billing_module)
+                         : NULL;
+
+    if (ctx == NULL || ctx->error_body == NULL
+        || !ctx->error_body->last_in_chain)
+    {
+        return ngx_http_next_body_filter(r, in);
+    }
+
+    /* nginx's page is dropped; ours goes once, with the first call */
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            b->pos = b->last;
+        }
+
+        if (b->in_file) {
+            b->file_pos = b->file_last;
+        }
+    }
+
+    if (ctx->error_body->last_buf) {
+        return NGX_OK;
+    }
+
+    ctx->error_body->last_buf = 1;
+
+    out.buf = ctx->error_body;
+    out.next = NULL;
+
+    return ngx_http_next_body_filter(r, &out);
+}
+
+
+static void
+ngx_http_billing_error_code(ngx_uint_t status, const char **code,
+    const char **message)
+{
+    switch (status) {
+
+    case NGX_HTTP_UNAUTHORIZED:
+    case NGX_HTTP_FORBIDDEN:
+        *code = "unauthorized";
+        *message = "access denied";
+        return;
+
+    case NGX_HTTP_NOT_FOUND:
+        *code = "not_found";
+        *message = "no such resource";
+        return;
+
+    case NGX_HTTP_NOT_ALLOWED:
+        *code = "method_not_allowed";
+        *message = "method not allowed";
+        return;
+
+    case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
+        *code = "invalid_request";
+        *message = "the request body is too large";
+        return;
+
+    default:
+        if (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+            *code = "billing_unavailable";
+            *message = "the request could not be served, retry later";
+
+        } else {
+            *code = "invalid_request";
+            *message = "the request is malformed";
+        }
+    }
 }

@@ -21,6 +21,7 @@
 #define NGX_HTTP_BILLING_CTX_API     1
 #define NGX_HTTP_BILLING_CTX_STRIPE  2
 #define NGX_HTTP_BILLING_CTX_GATE    3
+#define NGX_HTTP_BILLING_CTX_ERROR   4
 
 
 typedef struct ngx_http_billing_redis_s        ngx_http_billing_redis_t;
@@ -32,6 +33,11 @@ typedef struct ngx_http_billing_cache_s        ngx_http_billing_cache_t;
 typedef struct {
     ngx_uint_t                        kind;
     ngx_http_billing_stripe_call_t   *call;    /* a Stripe call under way */
+
+    /* nginx's error answer "match" is to become "status" with this body */
+    ngx_int_t                         error_match;
+    ngx_uint_t                        error_status;
+    ngx_buf_t                        *error_body;
 } ngx_http_billing_ctx_t;
 
 
@@ -80,6 +86,9 @@ typedef struct {
 
 typedef struct {
     ngx_http_complex_value_t       *gate;      /* NULL: off */
+
+    /* nginx's own error answers here are made JSON */
+    ngx_flag_t                      json_errors;
 } ngx_http_billing_loc_conf_t;
 
 
@@ -93,6 +102,15 @@ ngx_int_t ngx_http_billing_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
 ngx_int_t ngx_http_billing_send_json(ngx_http_request_t *r,
     ngx_uint_t status, void *json);
+
+/*
+ * When nginx answers "match" (from a handler's return code, through its
+ * special response), the answer becomes "status" with the JSON "json"
+ * instead; an error_page of the operator's still goes first.
+ */
+ngx_int_t ngx_http_billing_error_replace(ngx_http_request_t *r,
+    ngx_http_billing_ctx_t *ctx, ngx_int_t match, ngx_uint_t status,
+    void *json);
 
 char *ngx_http_billing_webhook(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);

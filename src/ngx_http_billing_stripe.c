@@ -680,7 +680,10 @@ ngx_http_billing_stripe_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
                 return NGX_ERROR;
             }
 
-            ngx_memcpy(p, call->buf, call->len);
+            if (call->len) {
+                ngx_memcpy(p, call->buf, call->len);
+            }
+
             call->buf = p;
         }
 

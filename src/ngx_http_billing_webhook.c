@@ -46,9 +46,13 @@ char *
 ngx_http_billing_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_core_loc_conf_t      *clcf;
+    ngx_http_billing_loc_conf_t   *blcf;
     ngx_http_billing_main_conf_t  *bmcf;
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    blcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_billing_module);
+
+    blcf->json_errors = 1;
 
     if (clcf->handler == ngx_http_billing_webhook_handler) {
         return "is duplicate";
