@@ -241,7 +241,8 @@ EOF
     is scalar @$reqs, 4, '... four Stripe calls';
     is_deeply [ map { $_->{headers}{'stripe-version'} } @$reqs ],
         [ ('2023-10-16') x 4 ], '... with billing_stripe_api_version';
-    is $reqs->[0]{headers}{'idempotency-key'}, 'shop:customer:org-sub-v2',
+    like $reqs->[0]{headers}{'idempotency-key'},
+        qr/^shop:customer:org-sub-v2:[0-9a-f]{32}$/,
         '... Idempotency-Key with the Redis prefix';
     like $reqs->[1]{headers}{'idempotency-key'}, qr/^shop:sub:sub-v2:\d+:initial:invoice$/,
         '... for the invoice too';
