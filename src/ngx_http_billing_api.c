@@ -84,6 +84,7 @@ static ngx_int_t ngx_http_billing_api_copy(ngx_http_request_t *r,
     ngx_str_t *dst, redisReply *reply);
 static void ngx_http_billing_api_fail(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
+static void ngx_http_billing_api_unavailable(ngx_http_request_t *r);
 static void ngx_http_billing_api_stripe_failed(ngx_http_request_t *r,
     ngx_http_billing_stripe_call_t *call);
 static void ngx_http_billing_api_cleanup(void *data);
@@ -92,29 +93,10 @@ static void ngx_http_billing_api_cleanup(void *data);
 char *
 ngx_http_billing_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_core_loc_conf_t      *clcf;
-    ngx_http_billing_loc_conf_t   *blcf;
-    ngx_http_billing_main_conf_t  *bmcf;
+    ngx_http_billing_main_conf_t  *bmcf = conf;
 
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    blcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_billing_module);
-
-    blcf->json_errors = 1;
-
-    if (clcf->handler == ngx_http_billing_api_handler) {
-        return "is duplicate";
-    }
-
-    clcf->handler = ngx_http_billing_api_handler;
-
-    bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
-
-    if (bmcf->api_file.len == 0) {
-        bmcf->api_file = cf->conf_file->file.name;
-        bmcf->api_line = cf->conf_file->line;
-    }
-
-    return NGX_CONF_OK;
+    return ngx_http_billing_content(cf, ngx_http_billing_api_handler,
+                                    &bmcf->api_file, &bmcf->api_line);
 }
 
 
@@ -205,10 +187,7 @@ ngx_http_billing_api_handler(ngx_http_request_t *r)
     }
 
     if (ngx_http_billing_api_read(r) != NGX_OK) {
-        return ngx_http_billing_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                           "billing_unavailable",
-                                           "billing storage is not "
-                                           "available, retry later");
+        return ngx_http_billing_send_unavailable(r);
     }
 
     /* the answer comes from Redis: keep the request until then */
@@ -385,11 +364,7 @@ ngx_http_billing_api_create(ngx_http_request_t *r)
                                      r)
         != NGX_OK)
     {
-        ngx_http_finalize_request(r,
-                   ngx_http_billing_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                               "billing_unavailable",
-                                               "billing storage is not "
-                                               "available, retry later"));
+        ngx_http_billing_api_unavailable(r);
     }
 }
 
@@ -409,10 +384,7 @@ ngx_http_billing_api_claimed(void *data, redisReply *reply)
         || reply->elements < 1
         || reply->element[0]->type != REDIS_REPLY_STRING)
     {
-        ngx_http_billing_api_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "billing_unavailable",
-                                  "billing storage is not available, "
-                                  "retry later");
+        ngx_http_billing_api_unavailable(r);
         goto done;
     }
 
@@ -474,10 +446,7 @@ ngx_http_billing_api_next(ngx_http_request_t *r)
     if (ctx->finalized) {
 
         if (ngx_http_billing_api_read(r) != NGX_OK) {
-            ngx_http_billing_api_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "billing_unavailable",
-                                      "billing storage is not available, "
-                                      "retry later");
+            ngx_http_billing_api_unavailable(r);
         }
 
         return;
@@ -674,10 +643,7 @@ ngx_http_billing_api_customer(ngx_http_request_t *r,
                                         r)
         != NGX_OK)
     {
-        ngx_http_billing_api_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "billing_unavailable",
-                                  "billing storage is not available, "
-                                  "retry later");
+        ngx_http_billing_api_unavailable(r);
     }
 }
 
@@ -696,10 +662,7 @@ ngx_http_billing_api_customer_stored(void *data, redisReply *reply)
     if (ngx_http_billing_api_copy(r, &ctx->customer, reply) != NGX_OK
         || ctx->customer.len == 0)
     {
-        ngx_http_billing_api_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "billing_unavailable",
-                                  "billing storage is not available, "
-                                  "retry later");
+        ngx_http_billing_api_unavailable(r);
 
     } else {
         ngx_http_billing_api_next(r);
@@ -742,10 +705,7 @@ ngx_http_billing_api_invoice(ngx_http_request_t *r,
                                       ngx_http_billing_api_stored, r)
         != NGX_OK)
     {
-        ngx_http_billing_api_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "billing_unavailable",
-                                  "billing storage is not available, "
-                                  "retry later");
+        ngx_http_billing_api_unavailable(r);
     }
 }
 
@@ -773,10 +733,7 @@ ngx_http_billing_api_item(ngx_http_request_t *r,
                                    ngx_http_billing_api_stored, r)
         != NGX_OK)
     {
-        ngx_http_billing_api_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "billing_unavailable",
-                                  "billing storage is not available, "
-                                  "retry later");
+        ngx_http_billing_api_unavailable(r);
     }
 }
 
@@ -832,10 +789,7 @@ ngx_http_billing_api_finalize(ngx_http_request_t *r,
                                        r)
         != NGX_OK)
     {
-        ngx_http_billing_api_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "billing_unavailable",
-                                  "billing storage is not available, "
-                                  "retry later");
+        ngx_http_billing_api_unavailable(r);
     }
 }
 
@@ -850,10 +804,7 @@ ngx_http_billing_api_stored(void *data, redisReply *reply)
     c = r->connection;
 
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        ngx_http_billing_api_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "billing_unavailable",
-                                  "billing storage is not available, "
-                                  "retry later");
+        ngx_http_billing_api_unavailable(r);
 
     } else {
         ngx_http_billing_api_next(r);
@@ -894,10 +845,7 @@ ngx_http_billing_api_answer(void *data, redisReply *reply)
         || (reply->type != REDIS_REPLY_NIL
             && (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2)))
     {
-        ngx_http_billing_api_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                  "billing_unavailable",
-                                  "billing storage is not available, "
-                                  "retry later");
+        ngx_http_billing_api_unavailable(r);
         goto done;
     }
 
@@ -1093,6 +1041,13 @@ ngx_http_billing_api_fail(ngx_http_request_t *r, ngx_uint_t status,
 {
     ngx_http_finalize_request(r, ngx_http_billing_send_error(r, status, code,
                                                              message));
+}
+
+
+static void
+ngx_http_billing_api_unavailable(ngx_http_request_t *r)
+{
+    ngx_http_finalize_request(r, ngx_http_billing_send_unavailable(r));
 }
 
 

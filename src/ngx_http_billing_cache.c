@@ -357,9 +357,17 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
     cn->invoice_len = (u_short) entry->invoice.len;
     cn->url_len = (u_short) entry->pay_url.len;
 
+    /* the strings may be empty, their data NULL: no memcpy() of those */
+
     p = ngx_cpymem(cn->data, id->data, id->len);
-    p = ngx_cpymem(p, entry->invoice.data, entry->invoice.len);
-    ngx_memcpy(p, entry->pay_url.data, entry->pay_url.len);
+
+    if (entry->invoice.len) {
+        p = ngx_cpymem(p, entry->invoice.data, entry->invoice.len);
+    }
+
+    if (entry->pay_url.len) {
+        ngx_memcpy(p, entry->pay_url.data, entry->pay_url.len);
+    }
 
     ngx_rbtree_insert(&zone->sh->rbtree, node);
     ngx_queue_insert_head(&zone->sh->queue, &cn->queue);

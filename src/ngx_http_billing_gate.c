@@ -415,11 +415,17 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
             ngx_str_null(&entry->pay_url);
 
         } else {
-            ngx_memcpy(p, entry->invoice.data, entry->invoice.len);
+            if (entry->invoice.len) {
+                ngx_memcpy(p, entry->invoice.data, entry->invoice.len);
+            }
+
             entry->invoice.data = p;
             p += entry->invoice.len;
 
-            ngx_memcpy(p, entry->pay_url.data, entry->pay_url.len);
+            if (entry->pay_url.len) {
+                ngx_memcpy(p, entry->pay_url.data, entry->pay_url.len);
+            }
+
             entry->pay_url.data = p;
         }
     }

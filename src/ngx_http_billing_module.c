@@ -150,7 +150,7 @@ static ngx_command_t  ngx_http_billing_commands[] = {
     { ngx_string("billing_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_billing_api,
-      0,
+      NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
 
@@ -171,7 +171,7 @@ static ngx_command_t  ngx_http_billing_commands[] = {
     { ngx_string("billing_webhook"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_billing_webhook,
-      0,
+      NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
 
@@ -1406,4 +1406,86 @@ ngx_http_billing_error_code(ngx_uint_t status, const char **code,
             *message = "the request is malformed";
         }
     }
+}
+
+
+ngx_table_elt_t *
+ngx_http_billing_find_header(ngx_list_t *headers, const char *name,
+    ngx_uint_t *n)
+{
+    size_t            len;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *found;
+
+    len = ngx_strlen(name);
+    found = NULL;
+    *n = 0;
+
+    part = &headers->part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash == 0 || h[i].key.len != len
+            || ngx_strncasecmp(h[i].key.data, (u_char *) name, len) != 0)
+        {
+            continue;
+        }
+
+        if (found == NULL) {
+            found = &h[i];
+        }
+
+        (*n)++;
+    }
+
+    return found;
+}
+
+
+ngx_int_t
+ngx_http_billing_send_unavailable(ngx_http_request_t *r)
+{
+    return ngx_http_billing_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "billing_unavailable",
+                                       "billing storage is not available, "
+                                       "retry later");
+}
+
+
+char *
+ngx_http_billing_content(ngx_conf_t *cf, ngx_http_handler_pt h,
+    ngx_str_t *file, ngx_uint_t *line)
+{
+    ngx_http_core_loc_conf_t     *clcf;
+    ngx_http_billing_loc_conf_t  *blcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler == h) {
+        return "is duplicate";
+    }
+
+    clcf->handler = h;
+
+    blcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_billing_module);
+    blcf->json_errors = 1;
+
+    if (file->len == 0) {
+        *file = cf->conf_file->file.name;
+        *line = cf->conf_file->line;
+    }
+
+    return NGX_CONF_OK;
 }

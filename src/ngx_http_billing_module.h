@@ -98,6 +98,20 @@ ngx_int_t ngx_http_billing_request_body(ngx_http_request_t *r,
 
 ngx_int_t ngx_http_billing_add_header(ngx_http_request_t *r,
     const char *name, const char *value);
+
+/* the header of that name in a list, NULL if none; *n: how many */
+ngx_table_elt_t *ngx_http_billing_find_header(ngx_list_t *headers,
+    const char *name, ngx_uint_t *n);
+
+/* 503 billing_unavailable: Redis cannot be reached or did not answer */
+ngx_int_t ngx_http_billing_send_unavailable(ngx_http_request_t *r);
+
+/*
+ * Makes the location's content handler h (billing_webhook, billing_api),
+ * remembering where the first such directive stands for later checks.
+ */
+char *ngx_http_billing_content(ngx_conf_t *cf, ngx_http_handler_pt h,
+    ngx_str_t *file, ngx_uint_t *line);
 ngx_int_t ngx_http_billing_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
 ngx_int_t ngx_http_billing_send_json(ngx_http_request_t *r,

@@ -583,8 +583,7 @@ ngx_http_billing_stripe_of(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_billing_stripe_header_filter(ngx_http_request_t *r)
 {
-    ngx_uint_t                       i;
-    ngx_list_part_t                 *part;
+    ngx_uint_t                       n;
     ngx_table_elt_t                 *h;
     ngx_http_billing_stripe_call_t  *call;
 
@@ -598,32 +597,11 @@ ngx_http_billing_stripe_header_filter(ngx_http_request_t *r)
 
     call->status = r->headers_out.status;
 
-    part = &r->headers_out.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].hash == 0
-            || h[i].key.len != sizeof("Stripe-Should-Retry") - 1
-            || ngx_strncasecmp(h[i].key.data, (u_char *) "Stripe-Should-Retry",
-                               sizeof("Stripe-Should-Retry") - 1)
-               != 0)
-        {
-            continue;
-        }
-
-        call->should_retry = (h[i].value.len == 4
-                              && ngx_strncasecmp(h[i].value.data,
+    h = ngx_http_billing_find_header(&r->headers_out.headers,
+                                     "Stripe-Should-Retry", &n);
+    if (h) {
+        call->should_retry = (h->value.len == 4
+                              && ngx_strncasecmp(h->value.data,
                                                  (u_char *) "true", 4) == 0);
     }
 

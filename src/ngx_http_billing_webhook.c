@@ -45,29 +45,11 @@ typedef struct {
 char *
 ngx_http_billing_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_core_loc_conf_t      *clcf;
-    ngx_http_billing_loc_conf_t   *blcf;
-    ngx_http_billing_main_conf_t  *bmcf;
+    ngx_http_billing_main_conf_t  *bmcf = conf;
 
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    blcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_billing_module);
-
-    blcf->json_errors = 1;
-
-    if (clcf->handler == ngx_http_billing_webhook_handler) {
-        return "is duplicate";
-    }
-
-    clcf->handler = ngx_http_billing_webhook_handler;
-
-    bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
-
-    if (bmcf->webhook_file.len == 0) {
-        bmcf->webhook_file = cf->conf_file->file.name;
-        bmcf->webhook_line = cf->conf_file->line;
-    }
-
-    return NGX_CONF_OK;
+    return ngx_http_billing_content(cf, ngx_http_billing_webhook_handler,
+                                    &bmcf->webhook_file,
+                                    &bmcf->webhook_line);
 }
 
 
@@ -192,39 +174,20 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_billing_webhook_signature(ngx_http_request_t *r, ngx_str_t *header)
 {
-    ngx_uint_t        i, found;
-    ngx_list_part_t  *part;
+    ngx_uint_t        n;
     ngx_table_elt_t  *h;
 
     /* two headers would be two claims: neither is taken */
 
-    found = 0;
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("Stripe-Signature") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Stripe-Signature",
-                               sizeof("Stripe-Signature") - 1)
-               == 0)
-        {
-            *header = h[i].value;
-            found++;
-        }
+    h = ngx_http_billing_find_header(&r->headers_in.headers,
+                                     "Stripe-Signature", &n);
+    if (n != 1) {
+        return NGX_DECLINED;
     }
 
-    return (found == 1) ? NGX_OK : NGX_DECLINED;
+    *header = h->value;
+
+    return NGX_OK;
 }
 
 
@@ -306,10 +269,7 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
                       "billing webhook: Redis is not available, "
                       "event %*s not recorded", ev->id.len, ev->id.data);
 
-        return ngx_http_billing_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                           "billing_unavailable",
-                                           "billing storage is not "
-                                           "available, retry later");
+        return ngx_http_billing_send_unavailable(r);
     }
 
     return NGX_DONE;
@@ -343,10 +303,7 @@ ngx_http_billing_webhook_recorded(void *data, redisReply *reply)
                           "billing webhook: Redis did not record the event");
         }
 
-        rc = ngx_http_billing_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                         "billing_unavailable",
-                                         "billing storage is not "
-                                         "available, retry later");
+        rc = ngx_http_billing_send_unavailable(r);
         goto done;
     }
 
