@@ -14,6 +14,7 @@ ngx_billing_decimal_parse(ngx_billing_decimal_t *d, const char *s, size_t len)
 {
     size_t    i, digits;
     int       point;
+    unsigned  scale;
     uint64_t  m;
 
     d->mantissa = 0;
@@ -26,6 +27,7 @@ ngx_billing_decimal_parse(ngx_billing_decimal_t *d, const char *s, size_t len)
     m = 0;
     point = 0;
     digits = 0;
+    scale = 0;
 
     for (i = 0; i < len; i++) {
 
@@ -51,7 +53,7 @@ ngx_billing_decimal_parse(ngx_billing_decimal_t *d, const char *s, size_t len)
         m = m * 10 + (s[i] - '0');
         digits++;
 
-        if (point && ++d->scale > NGX_BILLING_DECIMAL_SCALE_MAX) {
+        if (point && ++scale > NGX_BILLING_DECIMAL_SCALE_MAX) {
             return -1;
         }
     }
@@ -63,6 +65,7 @@ ngx_billing_decimal_parse(ngx_billing_decimal_t *d, const char *s, size_t len)
     }
 
     d->mantissa = m;
+    d->scale = scale;
 
     return 0;
 }
@@ -109,6 +112,12 @@ ngx_billing_decimal_print(const ngx_billing_decimal_t *d, char *buf,
 
     m = d->mantissa;
     scale = d->scale;
+
+    /* digits[] holds 20 digits and a scale that parsing lets through */
+
+    if (scale > NGX_BILLING_DECIMAL_SCALE_MAX) {
+        return 0;
+    }
 
     /* trailing zeros of the fraction say nothing */
 

@@ -20,6 +20,8 @@ static int ngx_billing_only(ngx_billing_sub_request_t *r, json_t *obj,
     const char *where, const char **keys);
 static int ngx_billing_string(ngx_billing_sub_request_t *r, json_t *obj,
     const char *key, const char *where, int required, ngx_billing_str_t *out);
+static size_t ngx_billing_utf8_prefix(const char *s, size_t len);
+static void ngx_billing_utf8_fix(char *s);
 static int ngx_billing_text_valid(const char *s, size_t len);
 static int ngx_billing_unit_valid(const char *s, size_t len);
 static int64_t ngx_billing_days_from_civil(int64_t y, unsigned m, unsigned d);
@@ -323,7 +325,103 @@ ngx_billing_fail(ngx_billing_sub_request_t *r, const char *fmt, ...)
     vsnprintf(r->error, sizeof(r->error), fmt, args);
     va_end(args);
 
+    /*
+     * The message goes into a JSON answer, which must be UTF-8: jansson's
+     * quotes the input byte by byte and may stop inside a character, and
+     * vsnprintf() may cut one.
+     */
+
+    ngx_billing_utf8_fix(r->error);
+
     return -1;
+}
+
+
+/* a byte that does not start a whole UTF-8 character becomes "?" */
+
+static void
+ngx_billing_utf8_fix(char *s)
+{
+    size_t          i, n;
+    uint32_t        cp;
+    unsigned char  *p;
+
+    p = (unsigned char *) s;
+
+    while (*p) {
+
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+
+        if (*p >= 0xc2 && *p <= 0xdf) {
+            n = 1;
+            cp = *p & 0x1f;
+
+        } else if (*p >= 0xe0 && *p <= 0xef) {
+            n = 2;
+            cp = *p & 0x0f;
+
+        } else if (*p >= 0xf0 && *p <= 0xf4) {
+            n = 3;
+            cp = *p & 0x07;
+
+        } else {
+            *p++ = '?';
+            continue;
+        }
+
+        /* the NUL is no continuation byte: never read past it */
+
+        for (i = 1; i <= n; i++) {
+            if ((p[i] & 0xc0) != 0x80) {
+                break;
+            }
+
+            cp = (cp << 6) | (p[i] & 0x3f);
+        }
+
+        if (i <= n
+            || (n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff)))
+            || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+        {
+            *p++ = '?';
+            continue;
+        }
+
+        p += n + 1;
+    }
+}
+
+
+/* the length of s without an incomplete UTF-8 sequence at its end */
+
+static size_t
+ngx_billing_utf8_prefix(const char *s, size_t len)
+{
+    size_t          i, need;
+    unsigned char   c;
+
+    i = len;
+
+    while (i > 0 && ((unsigned char) s[i - 1] & 0xc0) == 0x80) {
+        i--;
+    }
+
+    if (i == 0) {
+        return len;
+    }
+
+    c = (unsigned char) s[i - 1];
+
+    if (c < 0xc0) {
+        return len;
+    }
+
+    need = (c >= 0xf0) ? 4 : (c >= 0xe0) ? 3 : 2;
+
+    return (len - (i - 1) < need) ? i - 1 : len;
 }
 
 
@@ -331,7 +429,7 @@ static int
 ngx_billing_only(ngx_billing_sub_request_t *r, json_t *obj, const char *where,
     const char **keys)
 {
-    size_t       i;
+    size_t       i, n;
     json_t      *value;
     const char  *key;
 
@@ -345,8 +443,12 @@ ngx_billing_only(ngx_billing_sub_request_t *r, json_t *obj, const char *where,
         }
 
         if (keys[i] == NULL) {
-            return ngx_billing_fail(r, "unknown field \"%.40s\" in %s",
-                                    key, where);
+            /* at most 40 bytes of it, not cut inside a character */
+
+            n = ngx_billing_utf8_prefix(key, strnlen(key, 40));
+
+            return ngx_billing_fail(r, "unknown field \"%.*s\" in %s",
+                                    (int) n, key, where);
         }
     }
 

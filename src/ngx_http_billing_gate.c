@@ -6,13 +6,12 @@
  * "satisfy all" (the default) it runs early in the rewrite phase, so
  * that it stands in front of "return" too: every check must pass, the
  * order only decides which denial is answered.  With "satisfy any" it
- * runs in the access phase, where "satisfy" combines it with
- * allow/deny, auth_request and the rest, and a denial is a 403 (a 401
- * when there is no subscription) so that another module may still
- * grant access.
- * The JSON body of a denial is put in place by this file's filters when
- * nginx sends its own error answer, so an error_page of the operator's
- * still takes precedence.
+ * runs first in the access phase, where a denial is a 403 (a 401 when
+ * there is no subscription) so that allow, auth_request and the rest
+ * may still grant access; a second handler, last in the phase and so
+ * reached only when none did, turns nginx's 403 into the gate's own
+ * status.  nginx then answers that status itself, error_page included,
+ * and the module's filter gives its page the JSON body.
  *
  * Decisions come from billing_cache when they are fresh, from Redis
  * otherwise.  Fresh means younger than the ttl (negative_ttl for
@@ -76,6 +75,7 @@ typedef struct {
 
 static ngx_int_t ngx_http_billing_gate_rewrite(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_access(ngx_http_request_t *r);
+static ngx_int_t ngx_http_billing_gate_access_last(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_fresh(ngx_http_request_t *r,
     ngx_http_billing_entry_t *entry);
@@ -141,6 +141,7 @@ ngx_http_billing_gate_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 ngx_int_t
 ngx_http_billing_gate_init(ngx_conf_t *cf)
 {
+    ngx_array_t                *handlers;
     ngx_http_handler_pt        *h;
     ngx_http_core_main_conf_t  *cmcf;
 
@@ -161,6 +162,19 @@ ngx_http_billing_gate_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_billing_gate_access;
+
+    /* and one at the front of the array: run last of the access phase */
+
+    handlers = &cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers;
+
+    h = ngx_array_push(handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h = handlers->elts;
+    ngx_memmove(&h[1], &h[0], (handlers->nelts - 1) * sizeof(*h));
+    h[0] = ngx_http_billing_gate_access_last;
 
     return NGX_OK;
 }
@@ -227,6 +241,42 @@ ngx_http_billing_gate_access(ngx_http_request_t *r)
     }
 
     return ngx_http_billing_gate_handler(r);
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_access_last(ngx_http_request_t *r)
+{
+    ngx_http_billing_gate_ctx_t  *ctx;
+
+    /*
+     * Nothing granted access.  A 401 of another module (auth_basic,
+     * auth_request) stands, so that the client may authenticate;
+     * a 403 becomes the gate's denial.
+     */
+
+    ctx = (r == r->main) ? ngx_http_get_module_ctx(r, ngx_http_billing_module)
+                         : NULL;
+
+    if (ctx == NULL || ctx->base.kind != NGX_HTTP_BILLING_CTX_GATE
+        || ctx->deny == 0 || ctx->waiting)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (r->access_code == NGX_HTTP_FORBIDDEN
+        || (r->access_code == NGX_HTTP_UNAUTHORIZED
+            && ctx->deny == NGX_HTTP_UNAUTHORIZED))
+    {
+        ctx->returned = ctx->deny;
+        r->access_code = ctx->deny;
+
+        if (ngx_http_billing_gate_body(r, ctx) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -528,12 +578,15 @@ ngx_http_billing_gate_deny(ngx_http_request_t *r,
     /* "satisfy any": a plain denial, which another module may overrule */
 
     if (clcf->satisfy == NGX_HTTP_SATISFY_ANY) {
+
+        /* the body waits: another module may yet grant access */
+
         ctx->returned = (status == NGX_HTTP_UNAUTHORIZED)
                         ? NGX_HTTP_UNAUTHORIZED : NGX_HTTP_FORBIDDEN;
-
-    } else {
-        ctx->returned = status;
+        return ctx->returned;
     }
+
+    ctx->returned = status;
 
     /* nginx answers ctx->returned; the body is put in its place */
 

@@ -799,7 +799,12 @@ sub _bad_log_lines {
     my ($self) = @_;
     my @bad;
     LINE: for my $line (split /\n/, $self->error_log) {
-        next unless $line =~ /\[(?:alert|crit|emerg)\]/;
+
+        # workers' stderr goes to error.log: sanitizer reports land here,
+        # and a worker that exits with an error is only a [notice]
+        next unless $line =~ /\[(?:alert|crit|emerg)\]/
+            || $line =~ /runtime error:|AddressSanitizer|LeakSanitizer/
+            || $line =~ /worker process \d+ exited with code [1-9]/;
         for my $re (@{ $self->{ignore} }) {
             next LINE if $line =~ $re;
         }
@@ -868,6 +873,35 @@ END {
         Test::More::diag("test directory kept: $t->{dir}") if $ENV{BILLING_KEEP};
     }
     $? = $status;
+}
+
+
+# ---------------------------------------------------------------------
+# watching what Redis is asked
+
+# a new client in MONITOR mode, for monitor_lines
+sub redis_monitor {
+    my ($self) = @_;
+    my $mon = $self->redis_client;
+    $mon->cmd('MONITOR');
+    return $mon;
+}
+
+# the commands $mon saw since the last call (MONITOR lines, in order),
+# up to an ECHO sent now on another connection: none are left behind;
+# with $re, only the lines matching it
+sub monitor_lines {
+    my ($self, $mon, $re) = @_;
+    my $marker = 'billing-test-marker-' . int(rand 1e9);
+    $self->redis('ECHO', $marker);
+    my @lines;
+    while (1) {
+        my $l = $mon->read_reply(5);
+        next unless defined $l && !ref $l;
+        last if index($l, $marker) >= 0;
+        push @lines, $l if !$re || $l =~ $re;
+    }
+    return @lines;
 }
 
 
@@ -1111,6 +1145,12 @@ to keep a request under way while doing something else.
 =item secrets(@whsec), webhook($body, secrets => [...], t => $time, signature => $header, headers => {}, path => ...)
 
 Signed POST to /stripe/webhook.
+
+=item redis_monitor, monitor_lines($mon, qr//)
+
+redis_monitor is a client in MONITOR mode; monitor_lines($mon, $re)
+returns the MONITOR lines (matching $re if given) seen since the last
+call, all of them: it waits for an ECHO of a marker sent meanwhile.
 
 =item error_log, error_log_like(qr//), ignore_log(qr//...), done
 
