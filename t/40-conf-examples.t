@@ -22,6 +22,10 @@ sub slurp {
 
 sub nginx_t {
     my ($conf, $prefix) = @_;
+
+    # an AddressSanitizer build loads only with the harness' environment
+    local %ENV = (%ENV, %{ $t->_asan_env });
+
     my $out = `/usr/sbin/nginx -t -p $prefix -c $conf 2>&1`;
     return ($? >> 8, $out);
 }
