@@ -33,13 +33,13 @@ MODULE_SRCS := config $(wildcard src/*.c src/*.h)
 PLAIN_SRCS := src/ngx_billing_signature.c src/ngx_billing_event.c \
               src/ngx_billing_state.c src/ngx_billing_money.c \
               src/ngx_billing_form.c src/ngx_billing_plan.c
-UNIT_TESTS := signature event state
+UNIT_TESTS := signature event state money form plan
 UNIT_BINS := $(UNIT_TESTS:%=$(BUILD)/unit/test_%)
 UNIT_CFLAGS := -g -O1 -Wall -Wextra -Werror -std=c99 -D_POSIX_C_SOURCE=200809L \
                -Isrc -It/unit
 UNIT_LIBS := -ljansson -lcrypto
 
-FUZZ_TARGETS := signature event
+FUZZ_TARGETS := signature event plan
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
                -fno-sanitize-recover=undefined -Isrc

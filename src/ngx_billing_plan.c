@@ -21,7 +21,7 @@ static int ngx_billing_only(ngx_billing_sub_request_t *r, json_t *obj,
 static int ngx_billing_string(ngx_billing_sub_request_t *r, json_t *obj,
     const char *key, const char *where, int required, ngx_billing_str_t *out);
 static size_t ngx_billing_utf8_prefix(const char *s, size_t len);
-static void ngx_billing_utf8_fix(char *s);
+static void ngx_billing_message_fix(char *s);
 static int ngx_billing_text_valid(const char *s, size_t len);
 static int ngx_billing_unit_valid(const char *s, size_t len);
 static int64_t ngx_billing_days_from_civil(int64_t y, unsigned m, unsigned d);
@@ -326,21 +326,22 @@ ngx_billing_fail(ngx_billing_sub_request_t *r, const char *fmt, ...)
     va_end(args);
 
     /*
-     * The message goes into a JSON answer, which must be UTF-8: jansson's
-     * quotes the input byte by byte and may stop inside a character, and
-     * vsnprintf() may cut one.
+     * The message goes into a JSON answer, which must be UTF-8, and into
+     * the error log: jansson quotes the input byte by byte and may stop
+     * inside a character, vsnprintf() may cut one, and a key may hold
+     * control characters.
      */
 
-    ngx_billing_utf8_fix(r->error);
+    ngx_billing_message_fix(r->error);
 
     return -1;
 }
 
 
-/* a byte that does not start a whole UTF-8 character becomes "?" */
+/* a control character, or a byte not of a whole UTF-8 one, becomes "?" */
 
 static void
-ngx_billing_utf8_fix(char *s)
+ngx_billing_message_fix(char *s)
 {
     size_t          i, n;
     uint32_t        cp;
@@ -349,6 +350,11 @@ ngx_billing_utf8_fix(char *s)
     p = (unsigned char *) s;
 
     while (*p) {
+
+        if (*p < ' ' || *p == 0x7f) {
+            *p++ = '?';
+            continue;
+        }
 
         if (*p < 0x80) {
             p++;

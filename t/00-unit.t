@@ -1,8 +1,8 @@
 #!/usr/bin/perl
 
-# The unit tests of the plain C parts (signature, event, state), built by
-# "make unit" into $BILLING_BUILD/unit/ (default build/unit): each binary
-# runs as a subtest whose TAP is relayed test by test.
+# The unit tests of the plain C parts (signature, event, state, money, form,
+# plan), built by "make unit" into $BILLING_BUILD/unit/ (default build/unit):
+# each binary runs as a subtest whose TAP is relayed test by test.
 
 use strict;
 use warnings;
@@ -11,7 +11,8 @@ use File::Spec;
 use FindBin;
 use Test::More;
 
-my @TESTS = qw(test_signature test_event test_state);
+my @TESTS = qw(test_signature test_event test_state test_money test_form
+               test_plan);
 my $TIMEOUT = 60;
 
 my $build = $ENV{BILLING_BUILD} // 'build';
