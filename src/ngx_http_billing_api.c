@@ -60,6 +60,8 @@ static void ngx_http_billing_api_next(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_api_stripe(ngx_http_request_t *r,
     const char *path, ngx_str_t *id, const char *suffix,
     ngx_billing_form_t *form, const char *step);
+static ngx_int_t ngx_http_billing_api_created(ngx_http_request_t *r,
+    ngx_http_billing_stripe_call_t *call, ngx_str_t *id);
 static void ngx_http_billing_api_customer(ngx_http_request_t *r,
     ngx_http_billing_stripe_call_t *call);
 static void ngx_http_billing_api_customer_stored(void *data,
@@ -618,6 +620,24 @@ ngx_http_billing_api_stripe(ngx_http_request_t *r, const char *path,
 }
 
 
+static ngx_int_t
+ngx_http_billing_api_created(ngx_http_request_t *r,
+    ngx_http_billing_stripe_call_t *call, ngx_str_t *id)
+{
+    /* the object Stripe made, or the answer is a failure to report */
+
+    if (call->json == NULL
+        || ngx_http_billing_stripe_string(call, "id", id) != NGX_OK
+        || !ngx_billing_stripe_id_valid((char *) id->data, id->len))
+    {
+        ngx_http_billing_api_stripe_failed(r, call);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 static void
 ngx_http_billing_api_customer(ngx_http_request_t *r,
     ngx_http_billing_stripe_call_t *call)
@@ -627,11 +647,7 @@ ngx_http_billing_api_customer(ngx_http_request_t *r,
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
 
-    if (call->json == NULL || ngx_http_billing_stripe_string(call, "id", &id)
-                              != NGX_OK
-        || !ngx_billing_stripe_id_valid((char *) id.data, id.len))
-    {
-        ngx_http_billing_api_stripe_failed(r, call);
+    if (ngx_http_billing_api_created(r, call, &id) != NGX_OK) {
         return;
     }
 
@@ -682,11 +698,7 @@ ngx_http_billing_api_invoice(ngx_http_request_t *r,
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
 
-    if (call->json == NULL || ngx_http_billing_stripe_string(call, "id", &id)
-                              != NGX_OK
-        || !ngx_billing_stripe_id_valid((char *) id.data, id.len))
-    {
-        ngx_http_billing_api_stripe_failed(r, call);
+    if (ngx_http_billing_api_created(r, call, &id) != NGX_OK) {
         return;
     }
 
@@ -719,11 +731,7 @@ ngx_http_billing_api_item(ngx_http_request_t *r,
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
 
-    if (call->json == NULL || ngx_http_billing_stripe_string(call, "id", &id)
-                              != NGX_OK
-        || !ngx_billing_stripe_id_valid((char *) id.data, id.len))
-    {
-        ngx_http_billing_api_stripe_failed(r, call);
+    if (ngx_http_billing_api_created(r, call, &id) != NGX_OK) {
         return;
     }
 
