@@ -40,6 +40,8 @@ sub nginx_t {
     $t->write_file('run/conf/nginx.conf',
         slurp("$repo/conf-examples/quickstart.conf"));
     $t->write_file('run/conf/whsec', "whsec_quickstarttest0123456789\n");
+    $t->write_file('run/conf/stripe.key', "sk_test_quickstart0123456789\n");
+    $t->write_file('run/conf/api.token', "quickstart-api-token-0123456789\n");
 
     my ($rc, $out) = nginx_t('conf/nginx.conf', "$run/");
     is $rc, 0, 'quickstart.conf: nginx -t passes' or diag $out;
