@@ -626,11 +626,23 @@ ngx_http_billing_api_created(ngx_http_request_t *r,
 {
     /* the object Stripe made, or the answer is a failure to report */
 
+    ngx_str_t  s;
+
     if (call->json == NULL
-        || ngx_http_billing_stripe_string(call, "id", id) != NGX_OK
-        || !ngx_billing_stripe_id_valid((char *) id->data, id->len))
+        || ngx_http_billing_stripe_string(call, "id", &s) != NGX_OK
+        || !ngx_billing_stripe_id_valid((char *) s.data, s.len))
     {
         ngx_http_billing_api_stripe_failed(r, call);
+        return NGX_ERROR;
+    }
+
+    /* Stripe's answer goes with the next call: the id must outlive it */
+
+    id->len = s.len;
+    id->data = ngx_pstrdup(r->pool, &s);
+
+    if (id->data == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return NGX_ERROR;
     }
 

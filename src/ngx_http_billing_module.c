@@ -1356,8 +1356,13 @@ ngx_http_billing_error_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         }
     }
 
+    /*
+     * Once ours went, later calls only flush what is still buffered
+     * (a full socket, an HTTP/2 window): they must go on, without data.
+     */
+
     if (ctx->error_body->last_buf) {
-        return NGX_OK;
+        return ngx_http_next_body_filter(r, NULL);
     }
 
     ctx->error_body->last_buf = 1;

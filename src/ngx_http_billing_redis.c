@@ -60,6 +60,9 @@ struct ngx_http_billing_redis_cmd_s {
 
     unsigned                            handshake:1;
     unsigned                            own_buf:1;
+
+    /* taken out of the queue by fail_all(), which frees it */
+    unsigned                            failing:1;
 };
 
 
@@ -326,7 +329,7 @@ ngx_http_billing_redis_cancel(ngx_http_billing_redis_cmd_t *cmd)
 
     /* not written yet: forget it; otherwise its reply is still due */
 
-    if (cmd->sent == 0) {
+    if (cmd->sent == 0 && !cmd->failing) {
         rd = cmd->rd;
         ngx_queue_remove(&cmd->queue);
         rd->ncmds--;
@@ -1087,6 +1090,13 @@ ngx_http_billing_redis_fail_all(ngx_http_billing_redis_t *rd,
 
     ngx_queue_init(&rd->cmds);
     rd->ncmds = 0;
+
+    for (q = ngx_queue_head(&cmds); q != ngx_queue_sentinel(&cmds);
+         q = ngx_queue_next(q))
+    {
+        cmd = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
+        cmd->failing = 1;
+    }
 
     while (!ngx_queue_empty(&cmds)) {
         q = ngx_queue_head(&cmds);

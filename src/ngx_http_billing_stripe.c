@@ -32,10 +32,10 @@
 
 static ngx_int_t ngx_http_billing_stripe_send(ngx_http_request_t *r,
     ngx_http_billing_stripe_call_t *call);
-static ngx_int_t ngx_http_billing_stripe_headers(ngx_http_request_t *sr,
-    ngx_http_billing_stripe_call_t *call);
-static ngx_int_t ngx_http_billing_stripe_header(ngx_http_request_t *sr,
-    const char *name, ngx_str_t *value);
+static ngx_int_t ngx_http_billing_stripe_headers(ngx_http_request_t *r,
+    ngx_http_billing_stripe_call_t *call, ngx_http_headers_in_t *hin);
+static ngx_int_t ngx_http_billing_stripe_header(ngx_http_request_t *r,
+    ngx_http_headers_in_t *hin, const char *name, ngx_str_t *value);
 static ngx_int_t ngx_http_billing_stripe_done(ngx_http_request_t *sr,
     void *data, ngx_int_t rc);
 static void ngx_http_billing_stripe_resume(ngx_http_request_t *r);
@@ -90,7 +90,14 @@ ngx_http_billing_stripe_call(ngx_http_request_t *r,
     call->kind = NGX_HTTP_BILLING_CTX_STRIPE;
     call->request = r;
     call->status = 0;
-    call->json = NULL;
+
+    /* a call struct serves one step after another: the last answer goes */
+
+    if (call->json) {
+        json_decref(call->json);
+        call->json = NULL;
+    }
+
     ngx_str_null(&call->error);
     call->attempts = 0;
     call->deadline = ngx_current_msec + bmcf->stripe_timeout;
@@ -129,6 +136,7 @@ ngx_http_billing_stripe_send(ngx_http_request_t *r,
     ngx_str_t                      uri;
     ngx_chain_t                   *cl;
     ngx_http_request_t            *sr;
+    ngx_http_headers_in_t         *hin;
     ngx_http_request_body_t       *rb;
     ngx_http_post_subrequest_t    *ps;
     ngx_http_billing_main_conf_t  *bmcf;
@@ -159,6 +167,39 @@ ngx_http_billing_stripe_send(ngx_http_request_t *r,
     call->len = 0;
     call->too_large = 0;
 
+    /* all that can fail is made before the subrequest exists */
+
+    hin = ngx_pcalloc(r->pool, sizeof(ngx_http_headers_in_t));
+    rb = ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t));
+    if (hin == NULL || rb == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_billing_stripe_headers(r, call, hin) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* the form, in memory, as the whole request body */
+
+    if (call->body.len) {
+        b = ngx_calloc_buf(r->pool);
+        cl = ngx_alloc_chain_link(r->pool);
+        if (b == NULL || cl == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->memory = 1;
+        b->pos = call->body.data;
+        b->last = call->body.data + call->body.len;
+        b->last_buf = 1;
+        b->last_in_chain = 1;
+
+        cl->buf = b;
+        cl->next = NULL;
+
+        rb->bufs = cl;
+    }
+
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "billing stripe: %s %V, attempt %ui",
                   call->method == NGX_HTTP_POST ? "POST" : "GET",
@@ -185,42 +226,16 @@ ngx_http_billing_stripe_send(ngx_http_request_t *r,
         ngx_str_set(&sr->method_name, "GET");
     }
 
-    if (ngx_http_billing_stripe_headers(sr, call) != NGX_OK) {
-        return NGX_ERROR;
-    }
+    /*
+     * A subrequest starts with its parent's headers: none of them goes.
+     * The list is one part, whose address changes with the copy.
+     */
 
-    /* the form, in memory, as the whole request body */
-
-    rb = ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t));
-    if (rb == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (call->body.len) {
-        b = ngx_calloc_buf(r->pool);
-        if (b == NULL) {
-            return NGX_ERROR;
-        }
-
-        b->memory = 1;
-        b->pos = call->body.data;
-        b->last = call->body.data + call->body.len;
-        b->last_buf = 1;
-        b->last_in_chain = 1;
-
-        cl = ngx_alloc_chain_link(r->pool);
-        if (cl == NULL) {
-            return NGX_ERROR;
-        }
-
-        cl->buf = b;
-        cl->next = NULL;
-
-        rb->bufs = cl;
-    }
-
+    sr->headers_in = *hin;
+    sr->headers_in.headers.last = &sr->headers_in.headers.part;
     sr->request_body = rb;
 
+    call->sr = sr;
     call->running = 1;
 
     return NGX_OK;
@@ -228,32 +243,27 @@ ngx_http_billing_stripe_send(ngx_http_request_t *r,
 
 
 static ngx_int_t
-ngx_http_billing_stripe_headers(ngx_http_request_t *sr,
-    ngx_http_billing_stripe_call_t *call)
+ngx_http_billing_stripe_headers(ngx_http_request_t *r,
+    ngx_http_billing_stripe_call_t *call, ngx_http_headers_in_t *hin)
 {
     ngx_str_t                      s;
     ngx_http_billing_main_conf_t  *bmcf;
 
-    bmcf = ngx_http_get_module_main_conf(sr, ngx_http_billing_module);
+    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
 
-    /* a subrequest starts with its parent's headers: none of them goes */
-
-    ngx_memzero(&sr->headers_in, sizeof(ngx_http_headers_in_t));
-
-    if (ngx_list_init(&sr->headers_in.headers, sr->pool, 8,
-                      sizeof(ngx_table_elt_t))
+    if (ngx_list_init(&hin->headers, r->pool, 8, sizeof(ngx_table_elt_t))
         != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    sr->headers_in.content_length_n = -1;
-    sr->headers_in.keep_alive_n = -1;
+    hin->content_length_n = -1;
+    hin->keep_alive_n = -1;
 
-    if (ngx_http_billing_stripe_header(sr, "Authorization",
+    if (ngx_http_billing_stripe_header(r, hin, "Authorization",
                                        &bmcf->stripe_authorization)
         != NGX_OK
-        || ngx_http_billing_stripe_header(sr, "Stripe-Version",
+        || ngx_http_billing_stripe_header(r, hin, "Stripe-Version",
                                           &bmcf->stripe_api_version)
            != NGX_OK)
     {
@@ -262,13 +272,14 @@ ngx_http_billing_stripe_headers(ngx_http_request_t *sr,
 
     ngx_str_set(&s, "application/json");
 
-    if (ngx_http_billing_stripe_header(sr, "Accept", &s) != NGX_OK) {
+    if (ngx_http_billing_stripe_header(r, hin, "Accept", &s) != NGX_OK) {
         return NGX_ERROR;
     }
 
     ngx_str_set(&s, "ngx_http_billing_module/" NGX_HTTP_BILLING_VERSION);
 
-    if (ngx_http_billing_stripe_header(sr, "User-Agent", &s) != NGX_OK) {
+    if (ngx_http_billing_stripe_header(r, hin, "User-Agent", &s) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -278,27 +289,27 @@ ngx_http_billing_stripe_headers(ngx_http_request_t *sr,
 
     ngx_str_set(&s, "application/x-www-form-urlencoded");
 
-    if (ngx_http_billing_stripe_header(sr, "Content-Type", &s) != NGX_OK
-        || ngx_http_billing_stripe_header(sr, "Idempotency-Key",
+    if (ngx_http_billing_stripe_header(r, hin, "Content-Type", &s) != NGX_OK
+        || ngx_http_billing_stripe_header(r, hin, "Idempotency-Key",
                                           &call->idempotency_key)
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    sr->headers_in.content_length_n = call->body.len;
+    hin->content_length_n = call->body.len;
 
     return NGX_OK;
 }
 
 
 static ngx_int_t
-ngx_http_billing_stripe_header(ngx_http_request_t *sr, const char *name,
-    ngx_str_t *value)
+ngx_http_billing_stripe_header(ngx_http_request_t *r,
+    ngx_http_headers_in_t *hin, const char *name, ngx_str_t *value)
 {
     ngx_table_elt_t  *h;
 
-    h = ngx_list_push(&sr->headers_in.headers);
+    h = ngx_list_push(&hin->headers);
     if (h == NULL) {
         return NGX_ERROR;
     }
@@ -307,7 +318,7 @@ ngx_http_billing_stripe_header(ngx_http_request_t *sr, const char *name,
     h->key.len = ngx_strlen(name);
     h->value = *value;
 
-    h->lowcase_key = ngx_pnalloc(sr->pool, h->key.len);
+    h->lowcase_key = ngx_pnalloc(r->pool, h->key.len);
     if (h->lowcase_key == NULL) {
         return NGX_ERROR;
     }
@@ -319,7 +330,7 @@ ngx_http_billing_stripe_header(ngx_http_request_t *sr, const char *name,
 #endif
 
     if (ngx_strcmp(name, "Content-Type") == 0) {
-        sr->headers_in.content_type = h;
+        hin->content_type = h;
     }
 
     return NGX_OK;
@@ -331,9 +342,12 @@ ngx_http_billing_stripe_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 {
     ngx_http_billing_stripe_call_t  *call = data;
 
-    /* a subrequest may be finalized more than once: the first counts */
+    /*
+     * A subrequest may be finalized more than once, an earlier attempt's
+     * even during a later one: only the first of the current one counts.
+     */
 
-    if (!call->running) {
+    if (!call->running || sr != call->sr) {
         return rc;
     }
 
@@ -419,6 +433,11 @@ ngx_http_billing_stripe_evaluate(ngx_http_request_t *r,
         retry = call->status == NGX_HTTP_CONFLICT || call->status == 429
                 || call->status >= NGX_HTTP_INTERNAL_SERVER_ERROR
                 || (call->status < 300 && call->json == NULL);
+    }
+
+    if (call->too_large) {
+        /* the same answer again would be as large */
+        retry = 0;
     }
 
     backoff = NGX_HTTP_BILLING_STRIPE_BACKOFF << ngx_min(call->attempts - 1, 8);

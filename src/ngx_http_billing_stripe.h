@@ -42,6 +42,7 @@ struct ngx_http_billing_stripe_call_s {
     ngx_str_t                           error;
 
     /* private */
+    ngx_http_request_t                 *sr;       /* the attempt under way */
     ngx_uint_t                          attempts;
     ngx_msec_t                          deadline;
     ngx_event_t                         retry;
