@@ -4,6 +4,10 @@
  * of their id, and a queue in order of use, in a shared zone, after
  * ngx_http_limit_req_module.  Entries carry the time Redis was asked;
  * whether that is still fresh enough is the gate's call.
+ *
+ * A change drops an entry by leaving a tombstone with the time it came:
+ * a lookup asked before then, or shortly after, may have been answered
+ * before the change and arrive later, so it is not stored.
  */
 
 
@@ -13,6 +17,12 @@
 
 #include "ngx_http_billing_module.h"
 #include "ngx_http_billing_cache.h"
+
+
+/* a lookup asked this soon after a change is not kept */
+#define NGX_HTTP_BILLING_CACHE_QUIET      1000
+
+#define NGX_HTTP_BILLING_CACHE_TOMBSTONE  0xff
 
 
 typedef struct {
@@ -260,6 +270,11 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache, ngx_str_t *id,
 
     cn = (ngx_http_billing_cache_node_t *) &node->color;
 
+    if (cn->state == NGX_HTTP_BILLING_CACHE_TOMBSTONE) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return NGX_DECLINED;
+    }
+
     /* used: to the head of the queue, the last to be evicted */
 
     ngx_queue_remove(&cn->queue);
@@ -319,6 +334,17 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
     node = ngx_http_billing_cache_lookup(zone, id, hash);
 
     if (node) {
+        cn = (ngx_http_billing_cache_node_t *) &node->color;
+
+        if (cn->state == NGX_HTTP_BILLING_CACHE_TOMBSTONE
+            && entry->state != NGX_HTTP_BILLING_CACHE_TOMBSTONE
+            && (ngx_msec_int_t) (entry->fetched - cn->fetched)
+               < NGX_HTTP_BILLING_CACHE_QUIET)
+        {
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            return;
+        }
+
         ngx_http_billing_cache_remove(zone, node);
     }
 
@@ -384,20 +410,14 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
 void
 ngx_http_billing_cache_delete(ngx_http_billing_cache_t *cache, ngx_str_t *id)
 {
-    ngx_rbtree_node_t              *node;
-    ngx_http_billing_cache_zone_t  *zone;
+    ngx_http_billing_entry_t  tombstone;
 
-    zone = cache->shm_zone->data;
+    ngx_memzero(&tombstone, sizeof(ngx_http_billing_entry_t));
 
-    ngx_shmtx_lock(&zone->shpool->mutex);
+    tombstone.state = NGX_HTTP_BILLING_CACHE_TOMBSTONE;
+    tombstone.fetched = ngx_current_msec;
 
-    node = ngx_http_billing_cache_lookup(zone, id,
-                                         ngx_crc32_short(id->data, id->len));
-    if (node) {
-        ngx_http_billing_cache_remove(zone, node);
-    }
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
+    ngx_http_billing_cache_put(cache, id, &tombstone, ngx_cycle->log);
 }
 
 

@@ -38,10 +38,14 @@ struct ngx_http_billing_cache_s {
 ngx_int_t ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
     ngx_str_t *id, ngx_http_billing_entry_t *entry, ngx_pool_t *pool);
 
-/* stores what Redis said; makes room by evicting when the zone is full */
+/*
+ * Stores what Redis said, entry->fetched being when it was asked; makes
+ * room by evicting when the zone is full.
+ */
 void ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
     ngx_str_t *id, ngx_http_billing_entry_t *entry, ngx_log_t *log);
 
+/* a change: drops the entry, and for a while what was asked before */
 void ngx_http_billing_cache_delete(ngx_http_billing_cache_t *cache,
     ngx_str_t *id);
 

@@ -65,6 +65,9 @@ typedef struct {
     unsigned                    has_stale:1;
     unsigned                    waiting:1;
 
+    /* when Redis was asked: what it says is as old as that */
+    ngx_msec_t                  asked;
+
     /* the denial: its status, what the handler returned for it */
     ngx_uint_t                  deny;
     ngx_int_t                   returned;
@@ -357,6 +360,8 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
         ctx->has_stale = 1;
     }
 
+    ctx->asked = ngx_current_msec;
+
     if (ngx_http_billing_store_gate(r, &ctx->id,
                                     ngx_http_billing_gate_looked_up, r)
         != NGX_OK)
@@ -416,7 +421,7 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
 
     entry = &ctx->entry;
     ngx_memzero(entry, sizeof(ngx_http_billing_entry_t));
-    entry->fetched = ngx_current_msec;
+    entry->fetched = ctx->asked;
 
     ctx->waiting = 0;
     ctx->status = NGX_HTTP_BILLING_GATE_KNOWN;

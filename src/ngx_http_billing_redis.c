@@ -29,6 +29,9 @@
 #define NGX_HTTP_BILLING_REDIS_BACKOFF_MAX  5000
 #define NGX_HTTP_BILLING_REDIS_STABLE       1000
 #define NGX_HTTP_BILLING_REDIS_HEARTBEAT    5000
+
+/* a subscription lost in silence must be found within about a second */
+#define NGX_HTTP_BILLING_REDIS_SUB_HEARTBEAT 300
 #define NGX_HTTP_BILLING_REDIS_MAX_CMDS     8192
 #define NGX_HTTP_BILLING_REDIS_MAX_ARGS     64
 #define NGX_HTTP_BILLING_REDIS_BUF          16384
@@ -81,6 +84,7 @@ struct ngx_http_billing_redis_s {
     ngx_msec_t                          backoff;
     ngx_event_t                         reconnect;
     ngx_event_t                         heartbeat;
+    ngx_msec_t                          heartbeat_interval;
 
     /* a subscriber's channel and handlers */
     ngx_str_t                           channel;
@@ -173,8 +177,9 @@ ngx_http_billing_redis_create(ngx_cycle_t *cycle,
     rd->heartbeat.data = rd;
     rd->heartbeat.log = rd->log;
     rd->heartbeat.cancelable = 1;
+    rd->heartbeat_interval = NGX_HTTP_BILLING_REDIS_HEARTBEAT;
 
-    ngx_add_timer(&rd->heartbeat, NGX_HTTP_BILLING_REDIS_HEARTBEAT);
+    ngx_add_timer(&rd->heartbeat, rd->heartbeat_interval);
 
     return rd;
 }
@@ -205,6 +210,8 @@ ngx_http_billing_redis_subscribe(ngx_http_billing_redis_t *rd,
     rd->on_message = message;
     rd->on_state = state;
     rd->data = data;
+
+    rd->heartbeat_interval = NGX_HTTP_BILLING_REDIS_SUB_HEARTBEAT;
 }
 
 
@@ -1139,7 +1146,7 @@ ngx_http_billing_redis_heartbeat_handler(ngx_event_t *ev)
     }
 
     if (!(ngx_exiting || ngx_terminate || ngx_quit)) {
-        ngx_add_timer(ev, NGX_HTTP_BILLING_REDIS_HEARTBEAT);
+        ngx_add_timer(ev, rd->heartbeat_interval);
     }
 }
 
