@@ -72,6 +72,7 @@ static void ngx_http_billing_api_item(ngx_http_request_t *r,
     ngx_http_billing_stripe_call_t *call);
 static void ngx_http_billing_api_finalize(ngx_http_request_t *r,
     ngx_http_billing_stripe_call_t *call);
+static void ngx_http_billing_api_attached(void *data, redisReply *reply);
 static void ngx_http_billing_api_stored(void *data, redisReply *reply);
 static ngx_int_t ngx_http_billing_api_read(ngx_http_request_t *r);
 static void ngx_http_billing_api_answer(void *data, redisReply *reply);
@@ -726,7 +727,7 @@ ngx_http_billing_api_invoice(ngx_http_request_t *r,
 
     if (ngx_http_billing_store_attach(r, &ctx->id, "initial_invoice", &inv,
                                       ngx_time(), ctx->period_end, 0,
-                                      ngx_http_billing_api_stored, r)
+                                      ngx_http_billing_api_attached, r)
         != NGX_OK)
     {
         ngx_http_billing_api_unavailable(r);
@@ -811,6 +812,32 @@ ngx_http_billing_api_finalize(ngx_http_request_t *r,
     {
         ngx_http_billing_api_unavailable(r);
     }
+}
+
+
+static void
+ngx_http_billing_api_attached(void *data, redisReply *reply)
+{
+    ngx_http_request_t *r = data;
+
+    ngx_connection_t            *c;
+    ngx_http_billing_api_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    /* the invoice the subscription has: another request's, if it won */
+
+    if (ngx_http_billing_api_copy(r, &ctx->invoice, reply) != NGX_OK
+        || ctx->invoice.len == 0)
+    {
+        ngx_http_billing_api_unavailable(r);
+
+    } else {
+        ngx_http_billing_api_next(r);
+    }
+
+    ngx_http_run_posted_requests(c);
 }
 
 
