@@ -9,16 +9,10 @@ use Test::More;
 use BillingTest qw(:all);
 use Time::HiRes qw(time sleep);
 
-sub rid {
-    my ($prefix) = @_;
-    return $prefix . join '', map { ('A'..'Z', 'a'..'z', 0..9)[rand 62] } 1 .. 20;
-}
 
-sub rnd { join '', map { ('a'..'z', 'A'..'Z', 0..9)[rand 62] } 1 .. $_[0] }
-
-my $SECRET    = 'whsec_' . rnd(32);
-my $PASSWORD  = 'redis-' . rnd(24);
-my $STRIPE_KEY = 'rk_test_' . rnd(40);
+my $SECRET    = 'whsec_' . random_id('', 32);
+my $PASSWORD  = 'redis-' . random_id('', 24);
+my $STRIPE_KEY = 'rk_test_' . random_id('', 40);
 
 my $t = BillingTest->new;
 
@@ -88,8 +82,8 @@ sub hook_until_ok {
 # password, db, prefix
 
 {
-    my $inv = rid('in_');
-    my $sub = 'sub-' . rnd(8);
+    my $inv = random_id('in_', 20);
+    my $sub = 'sub-' . random_id('', 8);
     $db2->cmd('HSET', "custom:sub:$sub", 'state', 'pending', 'initial_invoice', $inv);
 
     my $r = hook(invoice_event(type => 'invoice.paid', invoice_id => $inv,
@@ -112,7 +106,7 @@ sub hook_until_ok {
 # Redis stopped, then back
 
 {
-    my $inv = rid('in_');
+    my $inv = random_id('in_', 20);
     my $b = invoice_event(type => 'invoice.finalized', invoice_id => $inv);
 
     $t->stop_redis;
@@ -147,12 +141,12 @@ sub hook_until_ok {
 # Redis frozen: the webhook times out, the worker does not block
 
 {
-    my $inv = rid('in_');
+    my $inv = random_id('in_', 20);
     my $b = invoice_event(type => 'invoice.paid', invoice_id => $inv);
 
     # make sure the connection is up before freezing
     my $warm = hook_until_ok(invoice_event(type => 'invoice.finalized',
-        invoice_id => rid('in_')), 10);
+        invoice_id => random_id('in_', 20)), 10);
     is $warm->{status}, 200, 'connection up before freezing';
 
     $t->freeze_redis;
@@ -196,7 +190,7 @@ sub hook_until_ok {
 
 {
     # invalid attempts too: they must not echo what they compared
-    hook(invoice_event(type => 'invoice.paid'), secrets => [ 'whsec_' . rnd(32) ]);
+    hook(invoice_event(type => 'invoice.paid'), secrets => [ 'whsec_' . random_id('', 32) ]);
     hook(invoice_event(type => 'invoice.paid'), t => int(time) - 3600);
     hook('not json');
 
@@ -239,7 +233,7 @@ $t->done;
             location = /stripe/webhook { billing_webhook; }
         }
 EOF
-    my $inv = rid('in_');
+    my $inv = random_id('in_', 20);
     my $r = $u->webhook(invoice_event(type => 'invoice.voided', invoice_id => $inv));
     is $r->{status}, 200, 'unix socket: 200' or diag $r->{content};
     is $u->redis('HGET', "billing:invoice:$inv", 'status'), 'void',

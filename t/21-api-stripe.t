@@ -16,14 +16,10 @@ use StripeMock;
 
 my $t = BillingTest->new;
 
-sub rnd {
-    my ($n) = @_;
-    return join '', map { ('a'..'z', 'A'..'Z', 0..9)[rand 62] } 1 .. $n;
-}
 
-my $TOKEN  = 'api-' . rnd(32);
-my $KEY    = 'sk_test_' . rnd(40);
-my $SECRET = 'whsec_' . rnd(32);
+my $TOKEN  = 'api-' . random_id('', 32);
+my $KEY    = 'sk_test_' . random_id('', 40);
+my $SECRET = 'whsec_' . random_id('', 32);
 
 $t->write_file('api.token', "$TOKEN\n");
 $t->write_file('stripe.key', "$KEY\n");

@@ -15,22 +15,18 @@ use StripeMock;
 
 my $t = BillingTest->new;
 
-sub rnd {
-    my ($n) = @_;
-    return join '', map { ('a'..'z', 'A'..'Z', 0..9)[rand 62] } 1 .. $n;
-}
 
-my $TOKEN  = 'tok-' . rnd(28);
-my $SHORT  = 'short-' . rnd(9);             # 15 characters
-my $KEY    = 'sk_test_' . rnd(40);
-my $SECRET = 'whsec_' . rnd(32);
+my $TOKEN  = 'tok-' . random_id('', 28);
+my $SHORT  = 'short-' . random_id('', 9);             # 15 characters
+my $KEY    = 'sk_test_' . random_id('', 40);
+my $SECRET = 'whsec_' . random_id('', 32);
 
 $t->write_file('api.token', "$TOKEN\n");
-$t->write_file('api16.token', 'x' . rnd(15) . "\n");
+$t->write_file('api16.token', 'x' . random_id('', 15) . "\n");
 $t->write_file('short.token', "$SHORT\n");
 $t->write_file('empty.token', '');
-$t->write_file('space.token', "tok with spaces " . rnd(16) . "\n");
-$t->write_file('two.token', "$TOKEN\n" . rnd(20) . "\n");
+$t->write_file('space.token', "tok with spaces " . random_id('', 16) . "\n");
+$t->write_file('two.token', "$TOKEN\n" . random_id('', 20) . "\n");
 $t->write_file('stripe.key', "$KEY\n");
 $t->write_file('whsec', "$SECRET\n");
 

@@ -55,16 +55,6 @@ sub gate {
     return $t->http('GET', '/gated/x', headers => { 'X-Subscription-Id' => $id });
 }
 
-# gate lookups since the last call, by id: the script's HMGET, which
-# MONITOR shows once per run whether EVALSHA or EVAL started it
-sub lookups {
-    my %n;
-    for ($t->monitor_lines($mon, qr/\[\d+ lua\] "HMGET" "billing:sub:/)) {
-        $n{$1}++ if /"billing:sub:([^"]*)"/;
-    }
-    return \%n;
-}
-
 sub served_by {
     my ($id) = @_;
     my %pids;
@@ -80,7 +70,7 @@ sub served_by {
 
 {
     $t->redis('HSET', 'billing:sub:sub_shared', state => 'active');
-    lookups();                                      # none before
+    $t->gate_lookups($mon);                                      # none before
 
     my @st = map { gate('sub_shared')->{status} } 1 .. 40;
     is(scalar(grep { $_ == 200 } @st), 40, '40 requests on new connections: all 200');
@@ -94,7 +84,7 @@ sub served_by {
     }, 5);
     cmp_ok(scalar(keys %$pids), '>=', 2, 'served by both workers')
         or diag(explain $pids);
-    is(lookups()->{sub_shared} // 0, 1, 'Redis saw exactly one gate lookup for them');
+    is($t->gate_lookups($mon)->{sub_shared} // 0, 1, 'Redis saw exactly one gate lookup for them');
 }
 
 # ---------------------------------------------------------------------
@@ -107,7 +97,7 @@ sub served_by {
         subscription => 'sub_hook', kind => 'initial');
     my @st = map { gate('sub_hook')->{status} } 1 .. 10;
     is_deeply(\@st, [ (402) x 10 ], 'sub_hook pending: 402 on both workers');
-    is(lookups()->{sub_hook} // 0, 1, 'sub_hook: one lookup');
+    is($t->gate_lookups($mon)->{sub_hook} // 0, 1, 'sub_hook: one lookup');
 
     my $r = $t->webhook(invoice_event(type => 'invoice.paid',
         invoice_id => 'in_hook', subscription => 'sub_hook', kind => 'initial'));
@@ -122,7 +112,7 @@ sub served_by {
 # negative cache
 
 {
-    lookups();
+    $t->gate_lookups($mon);
 
     my $first = time;
     my @st;
@@ -134,7 +124,7 @@ sub served_by {
     is(scalar(grep { $_ == 403 } @st), 100, 'unknown ids, 50 requests each: all 403');
     cmp_ok($spent, '<', 1.5, 'they took less than negative_ttl (2 s)')
         or diag("took $spent s");
-    my $n = lookups();
+    my $n = $t->gate_lookups($mon);
     is($n->{neg_pub} // 0, 1, 'neg_pub: one Redis lookup for 50 requests');
     is($n->{neg_ttl} // 0, 1, 'neg_ttl: one Redis lookup for 50 requests');
     cmp_ok(scalar(keys %{ served_by('neg_pub') }), '>=', 2,

@@ -75,14 +75,6 @@ my %want;
 
 my $mon = $t->redis_monitor;
 
-sub lookups {
-    my %n;
-    for ($t->monitor_lines($mon, qr/\[\d+ lua\] "HMGET" "billing:sub:/)) {
-        $n{$1}++ if /"billing:sub:([^"]*)"/;
-    }
-    return \%n;
-}
-
 # requests one after the other on one keep-alive connection
 my $conn;
 
@@ -141,7 +133,7 @@ sub ka_get {
         or diag(explain [ (sort keys %bad)[0 .. 9] ], explain \%bad);
     note(sprintf '%d requests in %.2f s', $n, time - $start);
 
-    my $l = lookups();
+    my $l = $t->gate_lookups($mon);
     is(scalar(grep { $l->{$_} } @ids), $N, 'each was looked up in Redis once');
     is(scalar(grep { ($l->{$_} // 0) > 1 } @ids), 0, 'none twice');
 }
@@ -157,19 +149,19 @@ is(scalar(@bad), 0, 'no error, alert, crit or emerg in error.log')
     my @last = @ids[-5 .. -1];
     my %st = map { $_ => ka_get($_)->{status} } @last;
     is_deeply(\%st, { map { $_ => $want{$_} } @last }, 'the last 5 again: right');
-    my $l = lookups();
+    my $l = $t->gate_lookups($mon);
     is(scalar(grep { $l->{$_} } @last), 0, 'the last 5: answered from the cache');
 
     my @first = @ids[0 .. 49];
     %st = map { $_ => ka_get($_)->{status} } @first;
     is_deeply(\%st, { map { $_ => $want{$_} } @first }, 'the first 50 again: right');
-    $l = lookups();
+    $l = $t->gate_lookups($mon);
     is(scalar(grep { $l->{$_} } @first), 50,
         'the first 50: no longer cached, each looked up in Redis');
 
     # and they are cached anew
     %st = map { $_ => ka_get($_)->{status} } @first[0 .. 9];
-    $l = lookups();
+    $l = $t->gate_lookups($mon);
     is(scalar(grep { $l->{$_} } @first[0 .. 9]), 0,
         'the first 10, once more: cached again');
 }

@@ -28,7 +28,7 @@ use Time::HiRes qw(time sleep);
 
 our @EXPORT_OK = qw(stripe_sign stripe_signature_header invoice_event
     stripe_event stripe_fixture invoice_object json_encode json_decode
-    wait_until);
+    wait_until random_id);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $REPO = abs_path(dirname(__FILE__) . '/../..');
@@ -664,7 +664,8 @@ my %INVOICE_STATUS = (
     'invoice.created'              => 'draft',
 );
 
-sub _rand_id {
+# $prefix and $len (default 24) random letters and digits
+sub random_id {
     my ($prefix, $len) = @_;
     my @c = ('A' .. 'Z', 'a' .. 'z', '0' .. '9');
     return $prefix . join('', map { $c[rand @c] } 1 .. ($len || 24));
@@ -693,7 +694,7 @@ sub invoice_object {
     my $inv = stripe_fixture('invoice') || _minimal_invoice();
     my $type = $o{type} || 'invoice.paid';
     my $id = $o{invoice_id} || ($o{invoice} && $o{invoice}{id})
-        || _rand_id('in_1Pt', 20);
+        || random_id('in_1Pt', 20);
     my $status = $INVOICE_STATUS{$type} // 'open';
 
     $inv->{id} = $id;
@@ -743,7 +744,7 @@ sub stripe_event {
         if !$object && $type =~ /^invoice\./;
     $object ||= {};
     my $ev = {
-        id               => $o{id} || _rand_id('evt_1Pt', 20),
+        id               => $o{id} || random_id('evt_1Pt', 20),
         object           => 'event',
         api_version      => '2022-11-15',
         created          => $o{created} // int(time),
@@ -902,6 +903,17 @@ sub monitor_lines {
         push @lines, $l if !$re || $l =~ $re;
     }
     return @lines;
+}
+
+# how often the gate asked Redis about each subscription since the last
+# call: its script's HMGET, seen once a run (not the EVALSHA/EVAL pair)
+sub gate_lookups {
+    my ($self, $mon) = @_;
+    my %n;
+    for ($self->monitor_lines($mon, qr/\[\d+ lua\] "HMGET" "billing:sub:/)) {
+        $n{$1}++ if /"billing:sub:([^"]*)"/;
+    }
+    return \%n;
 }
 
 
