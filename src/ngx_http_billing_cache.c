@@ -96,20 +96,19 @@ ngx_http_billing_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "zone=", 5) == 0) {
+        if (ngx_http_billing_param(&value[i], "zone=", &s)) {
 
-            name.data = value[i].data + 5;
-
-            p = (u_char *) ngx_strchr(name.data, ':');
+            p = ngx_strlchr(s.data, s.data + s.len, ':');
 
             if (p == NULL) {
                 goto invalid;
             }
 
-            name.len = p - name.data;
+            name.data = s.data;
+            name.len = p - s.data;
 
+            s.len -= p + 1 - s.data;
             s.data = p + 1;
-            s.len = value[i].data + value[i].len - s.data;
 
             size = ngx_parse_size(&s);
 
@@ -127,17 +126,14 @@ ngx_http_billing_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
-        if (ngx_strncmp(value[i].data, "ttl=", 4) == 0) {
+        if (ngx_http_billing_param(&value[i], "ttl=", &s)) {
             time = &cache->ttl;
-            s.data = value[i].data + 4;
 
-        } else if (ngx_strncmp(value[i].data, "negative_ttl=", 13) == 0) {
+        } else if (ngx_http_billing_param(&value[i], "negative_ttl=", &s)) {
             time = &cache->negative_ttl;
-            s.data = value[i].data + 13;
 
-        } else if (ngx_strncmp(value[i].data, "stale=", 6) == 0) {
+        } else if (ngx_http_billing_param(&value[i], "stale=", &s)) {
             time = &cache->stale;
-            s.data = value[i].data + 6;
 
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -145,8 +141,6 @@ ngx_http_billing_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                "directive", &value[i], &cmd->name);
             return NGX_CONF_ERROR;
         }
-
-        s.len = value[i].data + value[i].len - s.data;
 
         n = ngx_parse_time(&s, 0);
         if (n == NGX_ERROR) {

@@ -45,8 +45,6 @@ static char *ngx_http_billing_stripe_key_file(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_billing_stripe_key(ngx_conf_t *cf, void *data,
     ngx_str_t *line);
-static ngx_uint_t ngx_http_billing_param(ngx_str_t *value, const char *name,
-    ngx_str_t *rest);
 static char *ngx_http_billing_redis_password(ngx_conf_t *cf, void *data,
     ngx_str_t *line);
 static char *ngx_http_billing_api_version(ngx_conf_t *cf, void *post,
@@ -585,7 +583,7 @@ invalid:
 }
 
 
-static ngx_uint_t
+ngx_uint_t
 ngx_http_billing_param(ngx_str_t *value, const char *name, ngx_str_t *rest)
 {
     size_t  len;

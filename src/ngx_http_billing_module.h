@@ -92,6 +92,10 @@ typedef struct {
 } ngx_http_billing_loc_conf_t;
 
 
+/* 1 if a directive's parameter is "name=...", with *rest the value */
+ngx_uint_t ngx_http_billing_param(ngx_str_t *value, const char *name,
+    ngx_str_t *rest);
+
 /* the whole request body in one piece, read back from a file if need be */
 ngx_int_t ngx_http_billing_request_body(ngx_http_request_t *r,
     ngx_str_t *body);
