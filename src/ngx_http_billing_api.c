@@ -2,13 +2,12 @@
 /*
  * billing_api: the subscription API of the marketplace backend.
  *
- * POST subscriptions claims the subscription in Redis, then runs the
- * Stripe sequence for its first invoice (customer, invoice, item,
- * finalize), recording each object as soon as Stripe made it.  A
- * sequence cut short anywhere is resumed by the same request sent
- * again: the steps done are skipped, and the idempotency keys, derived
- * from the subscription and the step, make a retried step return what
- * Stripe created the first time.
+ * POST subscriptions claims the subscription in Redis, then has the
+ * billing engine (ngx_http_billing_invoice.c) issue its first invoice,
+ * and answers once the engine is done.  The engine needs no client: a
+ * backend that goes away does not cut the sequence short.  A sequence
+ * that stopped (Stripe or Redis down) is resumed by the same request
+ * sent again, skipping the steps done.
  */
 
 
@@ -16,13 +15,13 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#include <ngx_md5.h>
 #include <jansson.h>
 
 #include "ngx_http_billing_module.h"
+#include "ngx_http_billing_api.h"
+#include "ngx_http_billing_json.h"
 #include "ngx_http_billing_store.h"
-#include "ngx_http_billing_stripe.h"
-#include "ngx_billing_form.h"
+#include "ngx_http_billing_invoice.h"
 #include "ngx_billing_plan.h"
 #include "ngx_billing_signature.h"
 #include "ngx_billing_state.h"
@@ -30,20 +29,17 @@
 
 typedef struct {
     ngx_http_billing_ctx_t           base;
-    ngx_http_billing_stripe_call_t   call;
+    ngx_http_billing_owner_t         owner;
 
     ngx_billing_sub_request_t        req;
     ngx_str_t                        id;
-
-    /* how far the first invoice got, from Redis then from Stripe */
-    ngx_str_t                        customer;
-    ngx_str_t                        invoice;
-    ngx_str_t                        item;
     ngx_str_t                        created;
-    unsigned                         finalized:1;
-    unsigned                         existed:1;     /* and was complete */
-
     time_t                           period_end;
+
+    /* the engine issuing the first invoice, while this request waits */
+    ngx_http_billing_invoice_job_t  *job;
+
+    unsigned                         existed:1;     /* and was complete */
 } ngx_http_billing_api_ctx_t;
 
 
@@ -56,24 +52,9 @@ static ngx_int_t ngx_http_billing_api_reject(ngx_http_request_t *r,
     const char *header, const char *value);
 static void ngx_http_billing_api_create(ngx_http_request_t *r);
 static void ngx_http_billing_api_claimed(void *data, redisReply *reply);
-static void ngx_http_billing_api_next(ngx_http_request_t *r);
-static ngx_int_t ngx_http_billing_api_stripe(ngx_http_request_t *r,
-    const char *path, ngx_str_t *id, const char *suffix,
-    ngx_billing_form_t *form, const char *step);
-static ngx_int_t ngx_http_billing_api_created(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call, ngx_str_t *id);
-static void ngx_http_billing_api_customer(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call);
-static void ngx_http_billing_api_customer_stored(void *data,
-    redisReply *reply);
-static void ngx_http_billing_api_invoice(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call);
-static void ngx_http_billing_api_item(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call);
-static void ngx_http_billing_api_finalize(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call);
-static void ngx_http_billing_api_attached(void *data, redisReply *reply);
-static void ngx_http_billing_api_stored(void *data, redisReply *reply);
+static void ngx_http_billing_api_issue(ngx_http_request_t *r);
+static void ngx_http_billing_api_issued(void *data,
+    ngx_http_billing_invoice_result_t *result);
 static ngx_int_t ngx_http_billing_api_read(ngx_http_request_t *r);
 static void ngx_http_billing_api_answer(void *data, redisReply *reply);
 static json_t *ngx_http_billing_api_subscription(ngx_http_request_t *r,
@@ -89,7 +70,7 @@ static void ngx_http_billing_api_fail(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
 static void ngx_http_billing_api_unavailable(ngx_http_request_t *r);
 static void ngx_http_billing_api_stripe_failed(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call);
+    ngx_http_billing_invoice_result_t *result);
 static void ngx_http_billing_api_cleanup(void *data);
 
 
@@ -138,6 +119,8 @@ ngx_http_billing_api_handler(ngx_http_request_t *r)
     ctx->base.kind = NGX_HTTP_BILLING_CTX_API;
     ngx_http_set_ctx(r, ctx, ngx_http_billing_module);
 
+    ngx_http_billing_owner_request(&ctx->owner, r);
+
     rc = ngx_http_billing_api_route(r, &id);
 
     if (rc == NGX_DECLINED) {
@@ -170,7 +153,8 @@ ngx_http_billing_api_handler(ngx_http_request_t *r)
     ctx->id = id;
 
     if (r->method == NGX_HTTP_DELETE) {
-        return ngx_http_billing_api_reject(r, 501, "not_implemented",
+        return ngx_http_billing_api_reject(r, NGX_HTTP_NOT_IMPLEMENTED,
+                                           "not_implemented",
                                            "cancelling a subscription is "
                                            "not available in this version",
                                            NULL, NULL);
@@ -363,8 +347,8 @@ ngx_http_billing_api_create(ngx_http_request_t *r)
     claim.fingerprint.len = ngx_strlen(ctx->req.fingerprint);
     claim.period_end = ctx->period_end;
 
-    if (ngx_http_billing_store_claim(r, &claim, ngx_http_billing_api_claimed,
-                                     r)
+    if (ngx_http_billing_store_claim(&ctx->owner, &claim,
+                                     ngx_http_billing_api_claimed, r)
         != NGX_OK)
     {
         ngx_http_billing_api_unavailable(r);
@@ -399,12 +383,7 @@ ngx_http_billing_api_claimed(void *data, redisReply *reply)
     }
 
     if (reply->elements != 7
-        || ngx_http_billing_api_copy(r, &ctx->customer, reply->element[2])
-           != NGX_OK
-        || ngx_http_billing_api_copy(r, &ctx->invoice, reply->element[3])
-           != NGX_OK
-        || ngx_http_billing_api_copy(r, &ctx->item, reply->element[4])
-           != NGX_OK
+        || reply->element[6]->type != REDIS_REPLY_STRING
         || ngx_http_billing_api_copy(r, &ctx->created, reply->element[5])
            != NGX_OK)
     {
@@ -414,20 +393,25 @@ ngx_http_billing_api_claimed(void *data, redisReply *reply)
         goto done;
     }
 
-    /* a status is set once Stripe finalized the invoice */
+    /*
+     * A status is set once Stripe finalized the invoice.  Done before:
+     * 200; created or completed by this request: 201.
+     */
 
-    ctx->finalized = (reply->element[6]->type == REDIS_REPLY_STRING
-                      && reply->element[6]->len > 0);
-
-    /* done before: 200; created or completed by this request: 201 */
-
-    ctx->existed = ctx->finalized;
+    ctx->existed = (reply->element[6]->len > 0);
 
     ngx_log_error(NGX_LOG_INFO, c->log, 0,
                   "billing api: subscription %V: %s", &ctx->id,
                   reply->element[0]->str);
 
-    ngx_http_billing_api_next(r);
+    if (ctx->existed) {
+        if (ngx_http_billing_api_read(r) != NGX_OK) {
+            ngx_http_billing_api_unavailable(r);
+        }
+
+    } else {
+        ngx_http_billing_api_issue(r);
+    }
 
 done:
 
@@ -436,425 +420,107 @@ done:
 
 
 static void
-ngx_http_billing_api_next(ngx_http_request_t *r)
+ngx_http_billing_api_issue(ngx_http_request_t *r)
 {
-    char                        *buf;
-    size_t                       size;
-    ngx_int_t                    rc;
-    ngx_billing_form_t           form;
-    ngx_http_billing_api_ctx_t  *ctx;
+    u_char                           *p;
+    ngx_str_t                        *prefix;
+    ngx_http_billing_api_ctx_t       *ctx;
+    ngx_http_core_loc_conf_t         *clcf;
+    ngx_http_billing_invoice_item_t   item;
+    ngx_http_billing_invoice_spec_t   spec;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
-    if (ctx->finalized) {
+    ngx_memzero(&spec, sizeof(ngx_http_billing_invoice_spec_t));
+    ngx_memzero(&item, sizeof(ngx_http_billing_invoice_item_t));
 
+    /* the keys name a step of this subscription, claimed at "created" */
+
+    prefix = &ctx->owner.bmcf->redis_conf->prefix;
+
+    spec.key.len = prefix->len + sizeof("sub:::initial") - 1 + ctx->id.len
+                   + ctx->created.len;
+    spec.key.data = ngx_pnalloc(r->pool, spec.key.len);
+    if (spec.key.data == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    p = ngx_cpymem(spec.key.data, prefix->data, prefix->len);
+    ngx_sprintf(p, "sub:%V:%V:initial", &ctx->id, &ctx->created);
+
+    spec.subscription = ctx->id;
+    ngx_str_set(&spec.kind, "initial");
+    ngx_str_set(&spec.field, "initial_invoice");
+
+    spec.consumer_org.data = (u_char *) ctx->req.consumer_org.data;
+    spec.consumer_org.len = ctx->req.consumer_org.len;
+    spec.email.data = (u_char *) ctx->req.email.data;
+    spec.email.len = ctx->req.email.len;
+    spec.name.data = (u_char *) ctx->req.name.data;
+    spec.name.len = ctx->req.name.len;
+
+    spec.currency.data = (u_char *) ctx->req.currency;
+    spec.currency.len = ngx_strlen(ctx->req.currency);
+    spec.days_until_due = ctx->req.days_until_due;
+
+    spec.period_start = ngx_time();
+    spec.period_end = ctx->period_end;
+    spec.units = 0;
+
+    ngx_str_set(&item.name, "item");
+    ngx_str_set(&item.description, "Base price");
+    item.amount = ctx->req.base_price;
+
+    spec.items = &item;
+    spec.nitems = 1;
+
+    spec.handler = ngx_http_billing_api_issued;
+    spec.data = r;
+
+    ctx->job = ngx_http_billing_invoice_issue(&spec, ctx->owner.bmcf,
+                                              ctx->owner.conf_ctx,
+                                              clcf->error_log);
+    if (ctx->job == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+    }
+}
+
+
+static void
+ngx_http_billing_api_issued(void *data,
+    ngx_http_billing_invoice_result_t *result)
+{
+    ngx_http_request_t  *r = data;
+
+    ngx_connection_t            *c;
+    ngx_http_billing_api_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    ctx->job = NULL;
+
+    switch (result->rc) {
+
+    case NGX_OK:
         if (ngx_http_billing_api_read(r) != NGX_OK) {
             ngx_http_billing_api_unavailable(r);
         }
 
-        return;
-    }
+        break;
 
-    /* each field fits twice over: values are bounded by validation */
+    case NGX_HTTP_BAD_GATEWAY:
+        ngx_http_billing_api_stripe_failed(r, result);
+        break;
 
-    size = 4096;
-    buf = ngx_pnalloc(r->pool, size);
-    if (buf == NULL) {
+    case NGX_HTTP_SERVICE_UNAVAILABLE:
+        ngx_http_billing_api_unavailable(r);
+        break;
+
+    default:
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    ngx_billing_form_init(&form, buf, size);
-
-    if (ctx->customer.len == 0) {
-        ngx_billing_form_add(&form, "email", ctx->req.email.data,
-                             ctx->req.email.len);
-
-        if (ctx->req.name.len) {
-            ngx_billing_form_add(&form, "name", ctx->req.name.data,
-                                 ctx->req.name.len);
-        }
-
-        ngx_billing_form_add(&form, "metadata[consumer_org]",
-                             ctx->req.consumer_org.data,
-                             ctx->req.consumer_org.len);
-
-        ctx->call.handler = ngx_http_billing_api_customer;
-
-        rc = ngx_http_billing_api_stripe(r, "/v1/customers", NULL, NULL,
-                                         &form, "customer");
-
-    } else if (ctx->invoice.len == 0) {
-        ngx_billing_form_add(&form, "customer", (char *) ctx->customer.data,
-                             ctx->customer.len);
-        ngx_billing_form_add(&form, "collection_method", "send_invoice",
-                             sizeof("send_invoice") - 1);
-
-        /* else Stripe takes the customer's, and the plan's item may clash */
-        ngx_billing_form_add(&form, "currency", ctx->req.currency, 3);
-        ngx_billing_form_add_int(&form, "days_until_due",
-                                 ctx->req.days_until_due);
-        ngx_billing_form_add(&form, "pending_invoice_items_behavior",
-                             "exclude", sizeof("exclude") - 1);
-        ngx_billing_form_add(&form, "metadata[billing_subscription]",
-                             (char *) ctx->id.data, ctx->id.len);
-        ngx_billing_form_add(&form, "metadata[billing_kind]", "initial",
-                             sizeof("initial") - 1);
-
-        ctx->call.handler = ngx_http_billing_api_invoice;
-
-        rc = ngx_http_billing_api_stripe(r, "/v1/invoices", NULL, NULL,
-                                         &form, "initial:invoice");
-
-    } else if (ctx->item.len == 0) {
-        ngx_billing_form_add(&form, "customer", (char *) ctx->customer.data,
-                             ctx->customer.len);
-        ngx_billing_form_add(&form, "invoice", (char *) ctx->invoice.data,
-                             ctx->invoice.len);
-        ngx_billing_form_add(&form, "currency", ctx->req.currency, 3);
-        ngx_billing_form_add_int(&form, "amount", ctx->req.base_price);
-        ngx_billing_form_add(&form, "description", "Base price",
-                             sizeof("Base price") - 1);
-
-        ctx->call.handler = ngx_http_billing_api_item;
-
-        rc = ngx_http_billing_api_stripe(r, "/v1/invoiceitems", NULL, NULL,
-                                         &form, "initial:item");
-
-    } else {
-        ctx->call.handler = ngx_http_billing_api_finalize;
-
-        rc = ngx_http_billing_api_stripe(r, "/v1/invoices/", &ctx->invoice,
-                                         "/finalize", &form,
-                                         "initial:finalize");
-    }
-
-    if (rc != NGX_OK) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-    }
-}
-
-
-static ngx_int_t
-ngx_http_billing_api_stripe(ngx_http_request_t *r, const char *path,
-    ngx_str_t *id, const char *suffix, ngx_billing_form_t *form,
-    const char *step)
-{
-    u_char                        *p, digest[16];
-    size_t                         len;
-    ngx_md5_t                      md5;
-    ngx_http_billing_api_ctx_t    *ctx;
-    ngx_http_billing_main_conf_t  *bmcf;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
-    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
-
-    if (form->overflow) {
-        return NGX_ERROR;
-    }
-
-    /* the path */
-
-    len = ngx_strlen(path) + (id ? id->len : 0)
-          + (suffix ? ngx_strlen(suffix) : 0);
-
-    p = ngx_pnalloc(r->pool, len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    ctx->call.path.data = p;
-    p = ngx_cpymem(p, path, ngx_strlen(path));
-
-    if (id) {
-        p = ngx_cpymem(p, id->data, id->len);
-    }
-
-    if (suffix) {
-        p = ngx_cpymem(p, suffix, ngx_strlen(suffix));
-    }
-
-    ctx->call.path.len = p - ctx->call.path.data;
-
-    /*
-     * The idempotency key names what is created: the consumer org's
-     * customer with these details (a key reused with other parameters
-     * is an error at Stripe for a day), or a step of this subscription,
-     * claimed at "created".
-     */
-
-    len = bmcf->redis_conf->prefix.len + sizeof("sub::") - 1 + ctx->id.len
-          + ctx->created.len + 1 + ngx_strlen(step)
-          + ctx->req.consumer_org.len + sizeof("customer::") - 1 + 32;
-
-    p = ngx_pnalloc(r->pool, len);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    ctx->call.idempotency_key.data = p;
-    p = ngx_cpymem(p, bmcf->redis_conf->prefix.data,
-                   bmcf->redis_conf->prefix.len);
-
-    if (ngx_strcmp(step, "customer") == 0) {
-        ngx_md5_init(&md5);
-        ngx_md5_update(&md5, ctx->req.email.data, ctx->req.email.len);
-        ngx_md5_update(&md5, "\n", 1);
-        ngx_md5_update(&md5, ctx->req.name.data, ctx->req.name.len);
-        ngx_md5_final(digest, &md5);
-
-        p = ngx_sprintf(p, "customer:%*s:", ctx->req.consumer_org.len,
-                        ctx->req.consumer_org.data);
-        p = ngx_hex_dump(p, digest, sizeof(digest));
-
-    } else {
-        p = ngx_sprintf(p, "sub:%V:%V:%s", &ctx->id, &ctx->created, step);
-    }
-
-    ctx->call.idempotency_key.len = p - ctx->call.idempotency_key.data;
-
-    ctx->call.method = NGX_HTTP_POST;
-    ctx->call.body.data = (u_char *) form->data;
-    ctx->call.body.len = form->len;
-
-    return ngx_http_billing_stripe_call(r, &ctx->call);
-}
-
-
-static ngx_int_t
-ngx_http_billing_api_created(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call, ngx_str_t *id)
-{
-    /* the object Stripe made, or the answer is a failure to report */
-
-    ngx_str_t  s;
-
-    if (call->json == NULL
-        || ngx_http_billing_stripe_string(call, "id", &s) != NGX_OK
-        || !ngx_billing_stripe_id_valid((char *) s.data, s.len))
-    {
-        ngx_http_billing_api_stripe_failed(r, call);
-        return NGX_ERROR;
-    }
-
-    /* Stripe's answer goes with the next call: the id must outlive it */
-
-    id->len = s.len;
-    id->data = ngx_pstrdup(r->pool, &s);
-
-    if (id->data == NULL) {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_billing_api_customer(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call)
-{
-    ngx_str_t                    id, org;
-    ngx_http_billing_api_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
-
-    if (ngx_http_billing_api_created(r, call, &id) != NGX_OK) {
-        return;
-    }
-
-    org.data = (u_char *) ctx->req.consumer_org.data;
-    org.len = ctx->req.consumer_org.len;
-
-    if (ngx_http_billing_store_customer(r, &ctx->id, &org, &id,
-                                        ngx_http_billing_api_customer_stored,
-                                        r)
-        != NGX_OK)
-    {
-        ngx_http_billing_api_unavailable(r);
-    }
-}
-
-
-static void
-ngx_http_billing_api_customer_stored(void *data, redisReply *reply)
-{
-    ngx_http_request_t *r = data;
-
-    ngx_connection_t            *c;
-    ngx_http_billing_api_ctx_t  *ctx;
-
-    c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
-
-    if (ngx_http_billing_api_copy(r, &ctx->customer, reply) != NGX_OK
-        || ctx->customer.len == 0)
-    {
-        ngx_http_billing_api_unavailable(r);
-
-    } else {
-        ngx_http_billing_api_next(r);
-    }
-
-    ngx_http_run_posted_requests(c);
-}
-
-
-static void
-ngx_http_billing_api_invoice(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call)
-{
-    ngx_str_t                    id;
-    ngx_http_billing_invoice_t   inv;
-    ngx_http_billing_api_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
-
-    if (ngx_http_billing_api_created(r, call, &id) != NGX_OK) {
-        return;
-    }
-
-    ngx_memzero(&inv, sizeof(ngx_http_billing_invoice_t));
-
-    inv.id = id;
-    ngx_str_set(&inv.kind, "initial");
-    inv.currency.data = (u_char *) ctx->req.currency;
-    inv.currency.len = 3;
-    inv.customer = ctx->customer;
-
-    ctx->invoice = id;
-
-    if (ngx_http_billing_store_attach(r, &ctx->id, "initial_invoice", &inv,
-                                      ngx_time(), ctx->period_end, 0,
-                                      ngx_http_billing_api_attached, r)
-        != NGX_OK)
-    {
-        ngx_http_billing_api_unavailable(r);
-    }
-}
-
-
-static void
-ngx_http_billing_api_item(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call)
-{
-    ngx_str_t                    id;
-    ngx_http_billing_api_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
-
-    if (ngx_http_billing_api_created(r, call, &id) != NGX_OK) {
-        return;
-    }
-
-    ctx->item = id;
-
-    if (ngx_http_billing_store_set(r, &ctx->id, "initial_item", &id,
-                                   ngx_http_billing_api_stored, r)
-        != NGX_OK)
-    {
-        ngx_http_billing_api_unavailable(r);
-    }
-}
-
-
-static void
-ngx_http_billing_api_finalize(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call)
-{
-    json_t                      *amount;
-    ngx_str_t                    status;
-    ngx_http_billing_invoice_t   inv;
-    ngx_http_billing_api_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
-
-    if (call->json == NULL
-        || ngx_http_billing_stripe_string(call, "status", &status) != NGX_OK)
-    {
-        ngx_http_billing_api_stripe_failed(r, call);
-        return;
-    }
-
-    ngx_memzero(&inv, sizeof(ngx_http_billing_invoice_t));
-
-    inv.id = ctx->invoice;
-
-    /* a zero total finalizes as "paid": that activates at once */
-
-    inv.status = ngx_billing_invoice_status_parse((char *) status.data,
-                                                  status.len);
-    if (inv.status == NGX_BILLING_INVOICE_NONE) {
-        ngx_http_billing_api_stripe_failed(r, call);
-        return;
-    }
-
-    ngx_str_set(&inv.event, "");
-    inv.created = ngx_time();
-    inv.subscription = ctx->id;
-    ngx_str_set(&inv.kind, "initial");
-    inv.customer = ctx->customer;
-
-    (void) ngx_http_billing_stripe_string(call, "hosted_invoice_url",
-                                          &inv.hosted_invoice_url);
-    (void) ngx_http_billing_stripe_string(call, "currency", &inv.currency);
-
-    amount = json_object_get(call->json, "amount_due");
-    inv.amount_due = json_is_integer(amount) ? json_integer_value(amount)
-                                             : -1;
-
-    ctx->finalized = 1;
-
-    if (ngx_http_billing_store_invoice(r, &inv, ngx_http_billing_api_stored,
-                                       r)
-        != NGX_OK)
-    {
-        ngx_http_billing_api_unavailable(r);
-    }
-}
-
-
-static void
-ngx_http_billing_api_attached(void *data, redisReply *reply)
-{
-    ngx_http_request_t *r = data;
-
-    ngx_connection_t            *c;
-    ngx_http_billing_api_ctx_t  *ctx;
-
-    c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
-
-    /* the invoice the subscription has: another request's, if it won */
-
-    if (ngx_http_billing_api_copy(r, &ctx->invoice, reply) != NGX_OK
-        || ctx->invoice.len == 0)
-    {
-        ngx_http_billing_api_unavailable(r);
-
-    } else {
-        ngx_http_billing_api_next(r);
-    }
-
-    ngx_http_run_posted_requests(c);
-}
-
-
-static void
-ngx_http_billing_api_stored(void *data, redisReply *reply)
-{
-    ngx_http_request_t *r = data;
-
-    ngx_connection_t  *c;
-
-    c = r->connection;
-
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        ngx_http_billing_api_unavailable(r);
-
-    } else {
-        ngx_http_billing_api_next(r);
     }
 
     ngx_http_run_posted_requests(c);
@@ -868,7 +534,7 @@ ngx_http_billing_api_read(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
 
-    return ngx_http_billing_store_get(r, &ctx->id,
+    return ngx_http_billing_store_get(&ctx->owner, &ctx->id,
                                       ngx_http_billing_api_answer, r);
 }
 
@@ -1098,28 +764,27 @@ ngx_http_billing_api_unavailable(ngx_http_request_t *r)
 }
 
 
+
 static void
 ngx_http_billing_api_stripe_failed(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call)
+    ngx_http_billing_invoice_result_t *result)
 {
-    json_t     *json;
+    json_t     *json, *err;
     ngx_int_t   rc;
-    ngx_str_t   message;
 
     /* Stripe's own message, for the marketplace backend to act on */
 
-    message = call->error;
+    json = ngx_http_billing_json_error("stripe_error",
+                                       (char *) result->message.data,
+                                       result->message.len);
+    err = json ? json_object_get(json, "error") : NULL;
 
-    if (message.len == 0) {
-        ngx_str_set(&message, "unexpected answer from Stripe");
-    }
-
-    json = json_pack("{s:{s:s,s:s#,s:i}}", "error",
-                     "code", "stripe_error",
-                     "message", (char *) message.data, (int) message.len,
-                     "stripe_status", (int) call->status);
-
-    if (json == NULL) {
+    if (err == NULL
+        || json_object_set_new(err, "stripe_status",
+                               json_integer(result->stripe_status))
+           != 0)
+    {
+        json_decref(json);
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
@@ -1135,6 +800,13 @@ static void
 ngx_http_billing_api_cleanup(void *data)
 {
     ngx_http_billing_api_ctx_t  *ctx = data;
+
+    /* the request goes first: the engine goes on without it */
+
+    if (ctx->job) {
+        ngx_http_billing_invoice_detach(ctx->job);
+        ctx->job = NULL;
+    }
 
     ngx_billing_sub_request_free(&ctx->req);
 }

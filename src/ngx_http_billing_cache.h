@@ -34,6 +34,10 @@ struct ngx_http_billing_cache_s {
 };
 
 
+/* billing_cache */
+char *ngx_http_billing_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
 /* NGX_OK and the entry (strings in pool), or NGX_DECLINED */
 ngx_int_t ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
     ngx_str_t *id, ngx_http_billing_entry_t *entry, ngx_pool_t *pool);

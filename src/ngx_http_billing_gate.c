@@ -29,6 +29,8 @@
 #include <jansson.h>
 
 #include "ngx_http_billing_module.h"
+#include "ngx_http_billing_gate.h"
+#include "ngx_http_billing_json.h"
 #include "ngx_http_billing_cache.h"
 #include "ngx_http_billing_redis.h"
 #include "ngx_http_billing_store.h"
@@ -39,7 +41,7 @@
 /* a payment seen by another node is honoured here within this */
 #define NGX_HTTP_BILLING_GATE_UNSUBSCRIBED_TTL  1000
 
-#define NGX_HTTP_PAYMENT_REQUIRED               402
+#define NGX_HTTP_BILLING_PAYMENT_REQUIRED       402
 
 
 typedef enum {
@@ -76,6 +78,8 @@ typedef struct {
 } ngx_http_billing_gate_ctx_t;
 
 
+static void ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up);
+static void ngx_http_billing_gate_message(void *data, ngx_str_t *message);
 static ngx_int_t ngx_http_billing_gate_rewrite(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_access(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_access_last(ngx_http_request_t *r);
@@ -183,7 +187,56 @@ ngx_http_billing_gate_init(ngx_conf_t *cf)
 }
 
 
+ngx_int_t
+ngx_http_billing_gate_init_worker(ngx_cycle_t *cycle,
+    ngx_http_billing_main_conf_t *bmcf)
+{
+    u_char     *p;
+    ngx_str_t   events;
+
+    if (bmcf->cache == NULL) {
+        return NGX_OK;
+    }
+
+    /* changes made on any node drop this node's cached entries */
+
+    bmcf->subscriber = ngx_http_billing_redis_create(cycle, bmcf->redis_conf);
+    if (bmcf->subscriber == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(cycle->pool, bmcf->redis_conf->prefix.len
+                                 + sizeof("events") - 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    events.data = p;
+    p = ngx_cpymem(p, bmcf->redis_conf->prefix.data,
+                   bmcf->redis_conf->prefix.len);
+    p = ngx_cpymem(p, "events", sizeof("events") - 1);
+    events.len = p - events.data;
+
+    ngx_http_billing_redis_subscribe(bmcf->subscriber, &events,
+                                     ngx_http_billing_gate_message,
+                                     ngx_http_billing_gate_subscribed,
+                                     bmcf->cache);
+
+    return NGX_OK;
+}
+
+
 void
+ngx_http_billing_gate_exit_worker(ngx_http_billing_main_conf_t *bmcf)
+{
+    if (bmcf->subscriber) {
+        ngx_http_billing_redis_destroy(bmcf->subscriber);
+        bmcf->subscriber = NULL;
+    }
+}
+
+
+static void
 ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up)
 {
     /* never 0 while up, so that 0 can mean down */
@@ -192,7 +245,7 @@ ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up)
 }
 
 
-void
+static void
 ngx_http_billing_gate_message(void *data, ngx_str_t *message)
 {
     ngx_http_billing_cache_t  *cache = data;
@@ -286,6 +339,7 @@ ngx_http_billing_gate_access_last(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_billing_gate_handler(ngx_http_request_t *r)
 {
+    ngx_http_billing_owner_t       owner;
     ngx_http_billing_gate_ctx_t   *ctx;
     ngx_http_billing_loc_conf_t   *blcf;
     ngx_http_billing_main_conf_t  *bmcf;
@@ -362,7 +416,9 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
 
     ctx->asked = ngx_current_msec;
 
-    if (ngx_http_billing_store_gate(r, &ctx->id,
+    ngx_http_billing_owner_request(&owner, r);
+
+    if (ngx_http_billing_store_gate(&owner, &ctx->id,
                                     ngx_http_billing_gate_looked_up, r)
         != NGX_OK)
     {
@@ -540,7 +596,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
         return NGX_OK;
 
     case NGX_BILLING_SUB_PENDING:
-        return ngx_http_billing_gate_deny(r, ctx, NGX_HTTP_PAYMENT_REQUIRED,
+        return ngx_http_billing_gate_deny(r, ctx, NGX_HTTP_BILLING_PAYMENT_REQUIRED,
                                           "payment_required",
                                           "the subscription's first "
                                           "invoice is not paid yet");
@@ -613,13 +669,13 @@ ngx_http_billing_gate_body(ngx_http_request_t *r,
 
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
 
-    json = json_pack("{s:{s:s,s:s}}", "error", "code", ctx->code,
-                     "message", ctx->message);
+    json = ngx_http_billing_json_error(ctx->code, ctx->message,
+                                       ngx_strlen(ctx->message));
     if (json == NULL) {
         return NGX_ERROR;
     }
 
-    if (ctx->deny == NGX_HTTP_PAYMENT_REQUIRED) {
+    if (ctx->deny == NGX_HTTP_BILLING_PAYMENT_REQUIRED) {
 
         /* where to pay: the invoice, its page, the customer portal */
 

@@ -1,6 +1,9 @@
 
 /*
  * ngx_http_billing_module: Stripe billing at the edge.
+ *
+ * The configuration, and what every part of the module shares.  Each
+ * part declares its own entry points in its own header.
  */
 
 
@@ -12,10 +15,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#include "ngx_billing_signature.h"
 
-
-#define NGX_HTTP_BILLING_VERSION     "0.2.0"
+#define NGX_HTTP_BILLING_VERSION     "0.3.0"
 
 /* what a request's module context is: the first field of each */
 #define NGX_HTTP_BILLING_CTX_API     1
@@ -25,14 +26,12 @@
 
 
 typedef struct ngx_http_billing_redis_s        ngx_http_billing_redis_t;
-typedef struct ngx_http_billing_stripe_call_s  ngx_http_billing_stripe_call_t;
 typedef struct ngx_http_billing_cache_s        ngx_http_billing_cache_t;
 
 
-/* the head of a main request's context */
+/* the head of a client request's context */
 typedef struct {
     ngx_uint_t                        kind;
-    ngx_http_billing_stripe_call_t   *call;    /* a Stripe call under way */
 
     /* nginx's error answer "match" is to become "status" with this body */
     ngx_int_t                         error_match;
@@ -68,7 +67,6 @@ typedef struct {
     ngx_str_t                       api_token;
 
     /* the directives that need others, for the checks at the end */
-    ngx_conf_t                     *webhook_cf;
     ngx_str_t                       webhook_file;
     ngx_uint_t                      webhook_line;
     ngx_str_t                       api_file;
@@ -92,6 +90,25 @@ typedef struct {
 } ngx_http_billing_loc_conf_t;
 
 
+/*
+ * Whom a piece of work belongs to: a client request, or a job of the
+ * module's own.  Redis commands and Stripe calls made for it allocate
+ * from its pool, log to its log, and are cancelled when the pool goes.
+ */
+typedef struct {
+    ngx_pool_t                     *pool;
+    ngx_log_t                      *log;
+    ngx_http_billing_main_conf_t   *bmcf;
+
+    /* the server whose locations its Stripe subrequests go to */
+    ngx_http_conf_ctx_t            *conf_ctx;
+} ngx_http_billing_owner_t;
+
+
+/* a client request as an owner */
+void ngx_http_billing_owner_request(ngx_http_billing_owner_t *owner,
+    ngx_http_request_t *r);
+
 /* 1 if a directive's parameter is "name=...", with *rest the value */
 ngx_uint_t ngx_http_billing_param(ngx_str_t *value, const char *name,
     ngx_str_t *rest);
@@ -100,15 +117,9 @@ ngx_uint_t ngx_http_billing_param(ngx_str_t *value, const char *name,
 ngx_int_t ngx_http_billing_request_body(ngx_http_request_t *r,
     ngx_str_t *body);
 
-ngx_int_t ngx_http_billing_add_header(ngx_http_request_t *r,
-    const char *name, const char *value);
-
 /* the header of that name in a list, NULL if none; *n: how many */
 ngx_table_elt_t *ngx_http_billing_find_header(ngx_list_t *headers,
     const char *name, ngx_uint_t *n);
-
-/* 503 billing_unavailable: Redis cannot be reached or did not answer */
-ngx_int_t ngx_http_billing_send_unavailable(ngx_http_request_t *r);
 
 /*
  * Makes the location's content handler h (billing_webhook, billing_api),
@@ -116,31 +127,6 @@ ngx_int_t ngx_http_billing_send_unavailable(ngx_http_request_t *r);
  */
 char *ngx_http_billing_content(ngx_conf_t *cf, ngx_http_handler_pt h,
     ngx_str_t *file, ngx_uint_t *line);
-ngx_int_t ngx_http_billing_send_error(ngx_http_request_t *r,
-    ngx_uint_t status, const char *code, const char *message);
-ngx_int_t ngx_http_billing_send_json(ngx_http_request_t *r,
-    ngx_uint_t status, void *json);
-
-/*
- * When nginx answers "match" (from a handler's return code, through its
- * special response), the answer becomes "status" with the JSON "json"
- * instead; an error_page of the operator's still goes first.
- */
-ngx_int_t ngx_http_billing_error_replace(ngx_http_request_t *r,
-    ngx_http_billing_ctx_t *ctx, ngx_int_t match, ngx_uint_t status,
-    void *json);
-
-char *ngx_http_billing_webhook(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-char *ngx_http_billing_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-char *ngx_http_billing_gate_conf(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-char *ngx_http_billing_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-
-ngx_int_t ngx_http_billing_gate_init(ngx_conf_t *cf);
-void ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up);
-void ngx_http_billing_gate_message(void *data, ngx_str_t *message);
 
 
 extern ngx_module_t  ngx_http_billing_module;

@@ -77,6 +77,15 @@ void ngx_http_billing_redis_cancel(ngx_http_billing_redis_cmd_t *cmd);
 ngx_int_t ngx_http_billing_redis_bind(ngx_http_billing_redis_cmd_t *cmd,
     ngx_pool_t *pool);
 
+/* billing_redis */
+char *ngx_http_billing_redis_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+/* this worker's connection for commands, bmcf->redis */
+ngx_int_t ngx_http_billing_redis_init_worker(ngx_cycle_t *cycle,
+    ngx_http_billing_main_conf_t *bmcf);
+void ngx_http_billing_redis_exit_worker(ngx_http_billing_main_conf_t *bmcf);
+
 void ngx_http_billing_redis_script_init(
     ngx_http_billing_redis_script_t *script, const char *source);
 

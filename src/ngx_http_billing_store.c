@@ -19,13 +19,13 @@
 #define NGX_HTTP_BILLING_ALLOWED_LEN  64
 
 
-static ngx_int_t ngx_http_billing_store_run(ngx_http_request_t *r,
+static ngx_int_t ngx_http_billing_store_run(ngx_http_billing_owner_t *o,
     ngx_http_billing_redis_script_t *script, ngx_uint_t nkeys,
     ngx_uint_t argc, ngx_str_t *argv,
     ngx_http_billing_redis_handler_pt handler, void *data);
-static ngx_int_t ngx_http_billing_store_key(ngx_http_request_t *r,
+static ngx_int_t ngx_http_billing_store_key(ngx_http_billing_owner_t *o,
     ngx_str_t *key, const char *kind, ngx_str_t *id, const char *suffix);
-static ngx_int_t ngx_http_billing_store_num(ngx_http_request_t *r,
+static ngx_int_t ngx_http_billing_store_num(ngx_http_billing_owner_t *o,
     ngx_str_t *s, int64_t n);
 
 
@@ -180,7 +180,41 @@ static const char  ngx_http_billing_gate_lua[] =
     "return { s[1], s[2] or '', url }\n";
 
 
+/*
+ * KEYS[1] the subscription, KEYS[2] its consumer org
+ *
+ * ARGV[1] the subscription's field that names the invoice, ARGV[2] the
+ * invoice key prefix, ARGV[3...] the names of the invoice's items.
+ * The initial invoice's item was once recorded on the subscription.
+ */
+
+static const char  ngx_http_billing_resume_lua[] =
+    "local s = redis.call('HMGET', KEYS[1], 'customer_id', ARGV[1],"
+    " 'initial_item')\n"
+    "local cust = s[1] or redis.call('HGET', KEYS[2], 'customer_id')"
+    " or ''\n"
+    "local inv = s[2] or ''\n"
+    "local r = { cust, inv, '' }\n"
+    "if inv ~= '' then\n"
+    "  r[3] = redis.call('HGET', ARGV[2] .. inv, 'status') or ''\n"
+    "end\n"
+    "for i = 3, #ARGV do\n"
+    "  local item = ''\n"
+    "  if inv ~= '' then\n"
+    "    item = redis.call('HGET', ARGV[2] .. inv, 'item:' .. ARGV[i])"
+    " or ''\n"
+    "    if item == '' and ARGV[1] == 'initial_invoice'"
+    " and ARGV[i] == 'item' then\n"
+    "      item = s[3] or ''\n"
+    "    end\n"
+    "  end\n"
+    "  r[#r + 1] = item\n"
+    "end\n"
+    "return r\n";
+
+
 static ngx_http_billing_redis_script_t  ngx_http_billing_invoice_script;
+static ngx_http_billing_redis_script_t  ngx_http_billing_resume_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_gate_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_claim_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_customer_script;
@@ -203,11 +237,13 @@ ngx_http_billing_store_init(void)
                                        ngx_http_billing_get_lua);
     ngx_http_billing_redis_script_init(&ngx_http_billing_gate_script,
                                        ngx_http_billing_gate_lua);
+    ngx_http_billing_redis_script_init(&ngx_http_billing_resume_script,
+                                       ngx_http_billing_resume_lua);
 }
 
 
 ngx_int_t
-ngx_http_billing_store_invoice(ngx_http_request_t *r,
+ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
     ngx_http_billing_invoice_t *inv, ngx_http_billing_redis_handler_pt handler,
     void *data)
 {
@@ -216,7 +252,7 @@ ngx_http_billing_store_invoice(ngx_http_request_t *r,
     ngx_str_t   argv[17], *a;
     ngx_uint_t  nkeys;
 
-    allowed = ngx_pnalloc(r->pool, 2 * NGX_HTTP_BILLING_ALLOWED_LEN);
+    allowed = ngx_pnalloc(o->pool, 2 * NGX_HTTP_BILLING_ALLOWED_LEN);
     if (allowed == NULL) {
         return NGX_ERROR;
     }
@@ -235,7 +271,7 @@ ngx_http_billing_store_invoice(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (ngx_http_billing_store_key(r, &argv[0], "invoice:", &inv->id, NULL)
+    if (ngx_http_billing_store_key(o, &argv[0], "invoice:", &inv->id, NULL)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -244,7 +280,7 @@ ngx_http_billing_store_invoice(ngx_http_request_t *r,
     nkeys = 1;
 
     if (inv->subscription.len) {
-        if (ngx_http_billing_store_key(r, &argv[1], "sub:",
+        if (ngx_http_billing_store_key(o, &argv[1], "sub:",
                                        &inv->subscription, NULL)
             != NGX_OK)
         {
@@ -279,10 +315,10 @@ ngx_http_billing_store_invoice(ngx_http_request_t *r,
     a[11].len = ngx_strlen(sub_allowed);
     a[13] = inv->id;
 
-    if (ngx_http_billing_store_num(r, &a[3], inv->created) != NGX_OK
-        || ngx_http_billing_store_key(r, &a[12], "events", NULL, NULL)
+    if (ngx_http_billing_store_num(o, &a[3], inv->created) != NGX_OK
+        || ngx_http_billing_store_key(o, &a[12], "events", NULL, NULL)
            != NGX_OK
-        || ngx_http_billing_store_num(r, &a[14], ngx_time()) != NGX_OK)
+        || ngx_http_billing_store_num(o, &a[14], ngx_time()) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -290,35 +326,35 @@ ngx_http_billing_store_invoice(ngx_http_request_t *r,
     if (inv->amount_due < 0) {
         ngx_str_set(&a[8], "");
 
-    } else if (ngx_http_billing_store_num(r, &a[8], inv->amount_due)
+    } else if (ngx_http_billing_store_num(o, &a[8], inv->amount_due)
                != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    return ngx_http_billing_store_run(r, &ngx_http_billing_invoice_script,
+    return ngx_http_billing_store_run(o, &ngx_http_billing_invoice_script,
                                       nkeys, nkeys + 15, argv, handler, data);
 }
 
 
 ngx_int_t
-ngx_http_billing_store_claim(ngx_http_request_t *r,
+ngx_http_billing_store_claim(ngx_http_billing_owner_t *o,
     ngx_http_billing_claim_t *claim, ngx_http_billing_redis_handler_pt handler,
     void *data)
 {
     ngx_str_t  argv[12];
 
-    if (ngx_http_billing_store_key(r, &argv[0], "sub:", &claim->id, NULL)
+    if (ngx_http_billing_store_key(o, &argv[0], "sub:", &claim->id, NULL)
         != NGX_OK
-        || ngx_http_billing_store_key(r, &argv[1], "org:",
+        || ngx_http_billing_store_key(o, &argv[1], "org:",
                                       &claim->consumer_org, NULL)
            != NGX_OK
-        || ngx_http_billing_store_num(r, &argv[8], ngx_time()) != NGX_OK
-        || ngx_http_billing_store_num(r, &argv[9], claim->period_end)
+        || ngx_http_billing_store_num(o, &argv[8], ngx_time()) != NGX_OK
+        || ngx_http_billing_store_num(o, &argv[9], claim->period_end)
            != NGX_OK
-        || ngx_http_billing_store_key(r, &argv[10], "invoice:", NULL, NULL)
+        || ngx_http_billing_store_key(o, &argv[10], "invoice:", NULL, NULL)
            != NGX_OK
-        || ngx_http_billing_store_key(r, &argv[11], "events", NULL, NULL)
+        || ngx_http_billing_store_key(o, &argv[11], "events", NULL, NULL)
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -331,20 +367,20 @@ ngx_http_billing_store_claim(ngx_http_request_t *r,
     argv[6] = claim->name;
     argv[7] = claim->plan;
 
-    return ngx_http_billing_store_run(r, &ngx_http_billing_claim_script,
+    return ngx_http_billing_store_run(o, &ngx_http_billing_claim_script,
                                       2, 12, argv, handler, data);
 }
 
 
 ngx_int_t
-ngx_http_billing_store_customer(ngx_http_request_t *r, ngx_str_t *sub,
+ngx_http_billing_store_customer(ngx_http_billing_owner_t *o, ngx_str_t *sub,
     ngx_str_t *org, ngx_str_t *customer,
     ngx_http_billing_redis_handler_pt handler, void *data)
 {
     ngx_str_t  argv[3];
 
-    if (ngx_http_billing_store_key(r, &argv[0], "org:", org, NULL) != NGX_OK
-        || ngx_http_billing_store_key(r, &argv[1], "sub:", sub, NULL)
+    if (ngx_http_billing_store_key(o, &argv[0], "org:", org, NULL) != NGX_OK
+        || ngx_http_billing_store_key(o, &argv[1], "sub:", sub, NULL)
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -352,23 +388,23 @@ ngx_http_billing_store_customer(ngx_http_request_t *r, ngx_str_t *sub,
 
     argv[2] = *customer;
 
-    return ngx_http_billing_store_run(r, &ngx_http_billing_customer_script,
+    return ngx_http_billing_store_run(o, &ngx_http_billing_customer_script,
                                       2, 3, argv, handler, data);
 }
 
 
 ngx_int_t
-ngx_http_billing_store_attach(ngx_http_request_t *r, ngx_str_t *sub,
-    const char *field, ngx_http_billing_invoice_t *inv, time_t period_start,
+ngx_http_billing_store_attach(ngx_http_billing_owner_t *o, ngx_str_t *sub,
+    ngx_str_t *field, ngx_http_billing_invoice_t *inv, time_t period_start,
     time_t period_end, int64_t units,
     ngx_http_billing_redis_handler_pt handler, void *data)
 {
     ngx_str_t  argv[13], *a;
 
-    if (ngx_http_billing_store_key(r, &argv[0], "sub:", sub, NULL) != NGX_OK
-        || ngx_http_billing_store_key(r, &argv[1], "invoice:", &inv->id, NULL)
+    if (ngx_http_billing_store_key(o, &argv[0], "sub:", sub, NULL) != NGX_OK
+        || ngx_http_billing_store_key(o, &argv[1], "invoice:", &inv->id, NULL)
            != NGX_OK
-        || ngx_http_billing_store_key(r, &argv[2], "sub:", sub, ":invoices")
+        || ngx_http_billing_store_key(o, &argv[2], "sub:", sub, ":invoices")
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -376,29 +412,28 @@ ngx_http_billing_store_attach(ngx_http_request_t *r, ngx_str_t *sub,
 
     a = &argv[3];
 
-    a[0].data = (u_char *) field;
-    a[0].len = ngx_strlen(field);
+    a[0] = *field;
     a[1] = inv->id;
     a[2] = *sub;
     a[3] = inv->kind;
     a[4] = inv->currency;
     a[8] = inv->customer;
 
-    if (ngx_http_billing_store_num(r, &a[5], period_start) != NGX_OK
-        || ngx_http_billing_store_num(r, &a[6], period_end) != NGX_OK
-        || ngx_http_billing_store_num(r, &a[7], units) != NGX_OK
-        || ngx_http_billing_store_num(r, &a[9], ngx_time()) != NGX_OK)
+    if (ngx_http_billing_store_num(o, &a[5], period_start) != NGX_OK
+        || ngx_http_billing_store_num(o, &a[6], period_end) != NGX_OK
+        || ngx_http_billing_store_num(o, &a[7], units) != NGX_OK
+        || ngx_http_billing_store_num(o, &a[9], ngx_time()) != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    return ngx_http_billing_store_run(r, &ngx_http_billing_attach_script,
+    return ngx_http_billing_store_run(o, &ngx_http_billing_attach_script,
                                       3, 13, argv, handler, data);
 }
 
 
 ngx_int_t
-ngx_http_billing_store_set(ngx_http_request_t *r, ngx_str_t *sub,
+ngx_http_billing_store_set(ngx_http_billing_owner_t *o, ngx_str_t *sub,
     const char *field, ngx_str_t *value,
     ngx_http_billing_redis_handler_pt handler, void *data)
 {
@@ -406,7 +441,7 @@ ngx_http_billing_store_set(ngx_http_request_t *r, ngx_str_t *sub,
 
     ngx_str_set(&argv[0], "HSET");
 
-    if (ngx_http_billing_store_key(r, &argv[1], "sub:", sub, NULL) != NGX_OK)
+    if (ngx_http_billing_store_key(o, &argv[1], "sub:", sub, NULL) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -415,44 +450,108 @@ ngx_http_billing_store_set(ngx_http_request_t *r, ngx_str_t *sub,
     argv[2].len = ngx_strlen(field);
     argv[3] = *value;
 
-    return ngx_http_billing_store_run(r, NULL, 0, 4, argv, handler, data);
+    return ngx_http_billing_store_run(o, NULL, 0, 4, argv, handler, data);
 }
 
 
 ngx_int_t
-ngx_http_billing_store_get(ngx_http_request_t *r, ngx_str_t *sub,
+ngx_http_billing_store_resume(ngx_http_billing_owner_t *o, ngx_str_t *sub,
+    ngx_str_t *org, ngx_str_t *field, ngx_str_t *items, ngx_uint_t nitems,
     ngx_http_billing_redis_handler_pt handler, void *data)
 {
-    ngx_str_t  argv[3];
+    ngx_str_t   argv[NGX_HTTP_BILLING_STORE_ITEMS + 4];
+    ngx_uint_t  i;
 
-    if (ngx_http_billing_store_key(r, &argv[0], "sub:", sub, NULL) != NGX_OK
-        || ngx_http_billing_store_key(r, &argv[1], "sub:", sub, ":invoices")
+    if (nitems > NGX_HTTP_BILLING_STORE_ITEMS) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_billing_store_key(o, &argv[0], "sub:", sub, NULL) != NGX_OK
+        || ngx_http_billing_store_key(o, &argv[1], "org:", org, NULL)
            != NGX_OK
-        || ngx_http_billing_store_key(r, &argv[2], "invoice:", NULL, NULL)
+        || ngx_http_billing_store_key(o, &argv[3], "invoice:", NULL, NULL)
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    return ngx_http_billing_store_run(r, &ngx_http_billing_get_script,
+    argv[2] = *field;
+
+    for (i = 0; i < nitems; i++) {
+        argv[4 + i] = items[i];
+    }
+
+    return ngx_http_billing_store_run(o, &ngx_http_billing_resume_script,
+                                      2, 4 + nitems, argv, handler, data);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_item(ngx_http_billing_owner_t *o, ngx_str_t *invoice,
+    ngx_str_t *name, ngx_str_t *item,
+    ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    u_char     *p;
+    ngx_str_t   argv[4];
+
+    ngx_str_set(&argv[0], "HSET");
+
+    if (ngx_http_billing_store_key(o, &argv[1], "invoice:", invoice, NULL)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(o->pool, sizeof("item:") - 1 + name->len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    argv[2].data = p;
+    p = ngx_cpymem(p, "item:", sizeof("item:") - 1);
+    p = ngx_cpymem(p, name->data, name->len);
+    argv[2].len = p - argv[2].data;
+
+    argv[3] = *item;
+
+    return ngx_http_billing_store_run(o, NULL, 0, 4, argv, handler, data);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_get(ngx_http_billing_owner_t *o, ngx_str_t *sub,
+    ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    ngx_str_t  argv[3];
+
+    if (ngx_http_billing_store_key(o, &argv[0], "sub:", sub, NULL) != NGX_OK
+        || ngx_http_billing_store_key(o, &argv[1], "sub:", sub, ":invoices")
+           != NGX_OK
+        || ngx_http_billing_store_key(o, &argv[2], "invoice:", NULL, NULL)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_billing_store_run(o, &ngx_http_billing_get_script,
                                       2, 3, argv, handler, data);
 }
 
 
 ngx_int_t
-ngx_http_billing_store_gate(ngx_http_request_t *r, ngx_str_t *sub,
+ngx_http_billing_store_gate(ngx_http_billing_owner_t *o, ngx_str_t *sub,
     ngx_http_billing_redis_handler_pt handler, void *data)
 {
     ngx_str_t  argv[2];
 
-    if (ngx_http_billing_store_key(r, &argv[0], "sub:", sub, NULL) != NGX_OK
-        || ngx_http_billing_store_key(r, &argv[1], "invoice:", NULL, NULL)
+    if (ngx_http_billing_store_key(o, &argv[0], "sub:", sub, NULL) != NGX_OK
+        || ngx_http_billing_store_key(o, &argv[1], "invoice:", NULL, NULL)
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    return ngx_http_billing_store_run(r, &ngx_http_billing_gate_script,
+    return ngx_http_billing_store_run(o, &ngx_http_billing_gate_script,
                                       1, 2, argv, handler, data);
 }
 
@@ -482,7 +581,7 @@ ngx_http_billing_store_field(redisReply *hash, const char *field)
 
 
 static ngx_int_t
-ngx_http_billing_store_run(ngx_http_request_t *r,
+ngx_http_billing_store_run(ngx_http_billing_owner_t *o,
     ngx_http_billing_redis_script_t *script, ngx_uint_t nkeys,
     ngx_uint_t argc, ngx_str_t *argv,
     ngx_http_billing_redis_handler_pt handler, void *data)
@@ -490,7 +589,7 @@ ngx_http_billing_store_run(ngx_http_request_t *r,
     ngx_http_billing_redis_cmd_t  *cmd;
     ngx_http_billing_main_conf_t  *bmcf;
 
-    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+    bmcf = o->bmcf;
 
     if (bmcf->redis == NULL) {
         return NGX_ERROR;
@@ -509,9 +608,9 @@ ngx_http_billing_store_run(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    /* the request may go first: then the reply must find nobody */
+    /* the owner may go first: then the reply must find nobody */
 
-    if (ngx_http_billing_redis_bind(cmd, r->pool) != NGX_OK) {
+    if (ngx_http_billing_redis_bind(cmd, o->pool) != NGX_OK) {
         ngx_http_billing_redis_cancel(cmd);
         return NGX_ERROR;
     }
@@ -521,21 +620,18 @@ ngx_http_billing_store_run(ngx_http_request_t *r,
 
 
 static ngx_int_t
-ngx_http_billing_store_key(ngx_http_request_t *r, ngx_str_t *key,
+ngx_http_billing_store_key(ngx_http_billing_owner_t *o, ngx_str_t *key,
     const char *kind, ngx_str_t *id, const char *suffix)
 {
     u_char                        *p;
     size_t                         klen, slen;
     ngx_str_t                     *prefix;
-    ngx_http_billing_main_conf_t  *bmcf;
 
-    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
-
-    prefix = &bmcf->redis_conf->prefix;
+    prefix = &o->bmcf->redis_conf->prefix;
     klen = ngx_strlen(kind);
     slen = suffix ? ngx_strlen(suffix) : 0;
 
-    p = ngx_pnalloc(r->pool, prefix->len + klen + (id ? id->len : 0) + slen);
+    p = ngx_pnalloc(o->pool, prefix->len + klen + (id ? id->len : 0) + slen);
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -560,9 +656,9 @@ ngx_http_billing_store_key(ngx_http_request_t *r, ngx_str_t *key,
 
 
 static ngx_int_t
-ngx_http_billing_store_num(ngx_http_request_t *r, ngx_str_t *s, int64_t n)
+ngx_http_billing_store_num(ngx_http_billing_owner_t *o, ngx_str_t *s, int64_t n)
 {
-    s->data = ngx_pnalloc(r->pool, NGX_INT64_LEN);
+    s->data = ngx_pnalloc(o->pool, NGX_INT64_LEN);
     if (s->data == NULL) {
         return NGX_ERROR;
     }

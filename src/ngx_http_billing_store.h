@@ -51,7 +51,7 @@ void ngx_http_billing_store_init(void);
  * and moves its subscription when it is the first invoice.  The reply
  * is { status, changed (0/1), subscription state or "" }.
  */
-ngx_int_t ngx_http_billing_store_invoice(ngx_http_request_t *r,
+ngx_int_t ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
     ngx_http_billing_invoice_t *inv, ngx_http_billing_redis_handler_pt handler,
     void *data);
 
@@ -60,12 +60,12 @@ ngx_int_t ngx_http_billing_store_invoice(ngx_http_request_t *r,
  * { "new" | "exists" | "conflict", state, customer id, initial invoice,
  *   initial item, created at, initial invoice status }.
  */
-ngx_int_t ngx_http_billing_store_claim(ngx_http_request_t *r,
+ngx_int_t ngx_http_billing_store_claim(ngx_http_billing_owner_t *o,
     ngx_http_billing_claim_t *claim, ngx_http_billing_redis_handler_pt handler,
     void *data);
 
 /* the consumer org's customer: the first one stored wins; reply: its id */
-ngx_int_t ngx_http_billing_store_customer(ngx_http_request_t *r,
+ngx_int_t ngx_http_billing_store_customer(ngx_http_billing_owner_t *o,
     ngx_str_t *sub, ngx_str_t *org, ngx_str_t *customer,
     ngx_http_billing_redis_handler_pt handler, void *data);
 
@@ -73,13 +73,31 @@ ngx_int_t ngx_http_billing_store_customer(ngx_http_request_t *r,
  * Ties a new (draft) invoice to its subscription as "field" (e.g.
  * initial_invoice); reply: the invoice id the subscription has there.
  */
-ngx_int_t ngx_http_billing_store_attach(ngx_http_request_t *r,
-    ngx_str_t *sub, const char *field, ngx_http_billing_invoice_t *inv,
+ngx_int_t ngx_http_billing_store_attach(ngx_http_billing_owner_t *o,
+    ngx_str_t *sub, ngx_str_t *field, ngx_http_billing_invoice_t *inv,
     time_t period_start, time_t period_end, int64_t units,
     ngx_http_billing_redis_handler_pt handler, void *data);
 
+/* the most items an invoice has */
+#define NGX_HTTP_BILLING_STORE_ITEMS  8
+
+/*
+ * How far an invoice of the subscription got, to go on from there: the
+ * reply is { customer id, invoice id (that "field" of the subscription),
+ * its status, the Stripe id of each item named }, "" for what is not.
+ */
+ngx_int_t ngx_http_billing_store_resume(ngx_http_billing_owner_t *o,
+    ngx_str_t *sub, ngx_str_t *org, ngx_str_t *field, ngx_str_t *items,
+    ngx_uint_t nitems, ngx_http_billing_redis_handler_pt handler,
+    void *data);
+
+/* records the Stripe id of the invoice's item "name" */
+ngx_int_t ngx_http_billing_store_item(ngx_http_billing_owner_t *o,
+    ngx_str_t *invoice, ngx_str_t *name, ngx_str_t *item,
+    ngx_http_billing_redis_handler_pt handler, void *data);
+
 /* HSET of one field of a subscription */
-ngx_int_t ngx_http_billing_store_set(ngx_http_request_t *r, ngx_str_t *sub,
+ngx_int_t ngx_http_billing_store_set(ngx_http_billing_owner_t *o, ngx_str_t *sub,
     const char *field, ngx_str_t *value,
     ngx_http_billing_redis_handler_pt handler, void *data);
 
@@ -87,11 +105,11 @@ ngx_int_t ngx_http_billing_store_set(ngx_http_request_t *r, ngx_str_t *sub,
  * A subscription and all its invoices in one reply: nil, or
  * { HGETALL of the subscription, { HGETALL of each invoice } }.
  */
-ngx_int_t ngx_http_billing_store_get(ngx_http_request_t *r, ngx_str_t *sub,
+ngx_int_t ngx_http_billing_store_get(ngx_http_billing_owner_t *o, ngx_str_t *sub,
     ngx_http_billing_redis_handler_pt handler, void *data);
 
 /* what the gate needs: nil, or { state, first invoice, its pay url } */
-ngx_int_t ngx_http_billing_store_gate(ngx_http_request_t *r, ngx_str_t *sub,
+ngx_int_t ngx_http_billing_store_gate(ngx_http_billing_owner_t *o, ngx_str_t *sub,
     ngx_http_billing_redis_handler_pt handler, void *data);
 
 /* the value of field in an HGETALL reply, or NULL */

@@ -2,18 +2,20 @@
 /*
  * The Stripe API client.
  *
- * A call is a subrequest to billing_stripe_location + path, with a body
- * of our own and headers of our own only: nothing of the client's
- * request (Cookie, Authorization, ...) goes to Stripe.  The answer is
- * caught by this module's header and body filters, whatever its size,
- * and never reaches the client.  The parent resumes in its own context
- * once the subrequest is over; a retryable failure is sent again after
- * a backoff, with the same Idempotency-Key, until billing_stripe_timeout.
+ * An attempt is a subrequest to billing_stripe_location + path, with a
+ * body of our own and headers of our own only, whose parent is a
+ * request of the module's own (ngx_http_billing_fake.c): nothing of a
+ * client's request (Cookie, Authorization, ...) goes to Stripe, and a
+ * client that goes away (proxy_ignore_client_abort off) does not cut a
+ * call short.  The answer is caught by the filter module, up to
+ * NGX_HTTP_BILLING_STRIPE_MAX_BODY, and goes nowhere else.  A retryable
+ * failure is sent again after a backoff, with the same Idempotency-Key,
+ * until billing_stripe_timeout.
  *
  * nginx's proxy module writes the whole upstream request header to the
  * debug log, Authorization included.  The Stripe key must never reach
- * a log, so debug logging of the connection is off from the moment a
- * call is made until Stripe's answer starts.
+ * a log, so debug logging of the attempt's connection is off from the
+ * moment it is made until Stripe's answer starts.
  */
 
 
@@ -22,74 +24,88 @@
 #include <ngx_http.h>
 
 #include "ngx_http_billing_stripe.h"
+#include "ngx_http_billing_fake.h"
 
 
-#define NGX_HTTP_BILLING_STRIPE_MAX_BODY    (4 * 1024 * 1024)
 #define NGX_HTTP_BILLING_STRIPE_BACKOFF     250
 #define NGX_HTTP_BILLING_STRIPE_BACKOFF_MAX 4000
 #define NGX_HTTP_BILLING_STRIPE_ATTEMPTS    10
 
 
-static ngx_int_t ngx_http_billing_stripe_send(ngx_http_request_t *r,
+struct ngx_http_billing_stripe_attempt_s {
+    ngx_uint_t                          kind;     /* CTX_STRIPE, first */
+
+    /* NULL once the call no longer waits for it */
+    ngx_http_billing_stripe_call_t     *call;
+
+    ngx_http_request_t                 *request;  /* the parent */
+    ngx_http_request_t                 *sr;
+
+    ngx_uint_t                          status;
+    ngx_int_t                           should_retry;
+    u_char                             *buf;
+    size_t                              len;
+    size_t                              size;
+
+    ngx_uint_t                          log_level;
+    unsigned                            masked:1;
+    unsigned                            running:1;
+    unsigned                            too_large:1;
+    unsigned                            broken:1;
+    unsigned                            over:1;
+};
+
+
+static ngx_int_t ngx_http_billing_stripe_send(
     ngx_http_billing_stripe_call_t *call);
-static ngx_int_t ngx_http_billing_stripe_headers(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call, ngx_http_headers_in_t *hin);
-static ngx_int_t ngx_http_billing_stripe_header(ngx_http_request_t *r,
+static ngx_int_t ngx_http_billing_stripe_request(
+    ngx_http_billing_stripe_call_t *call,
+    ngx_http_billing_stripe_attempt_t *at);
+static ngx_int_t ngx_http_billing_stripe_headers(
+    ngx_http_billing_stripe_call_t *call, ngx_pool_t *pool,
+    ngx_http_headers_in_t *hin);
+static ngx_int_t ngx_http_billing_stripe_add(ngx_pool_t *pool,
     ngx_http_headers_in_t *hin, const char *name, ngx_str_t *value);
 static ngx_int_t ngx_http_billing_stripe_done(ngx_http_request_t *sr,
     void *data, ngx_int_t rc);
 static void ngx_http_billing_stripe_resume(ngx_http_request_t *r);
-static void ngx_http_billing_stripe_evaluate(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call);
+static void ngx_http_billing_stripe_evaluate(
+    ngx_http_billing_stripe_call_t *call,
+    ngx_http_billing_stripe_attempt_t *at);
 static void ngx_http_billing_stripe_retry_handler(ngx_event_t *ev);
-static void ngx_http_billing_stripe_finish(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call);
+static void ngx_http_billing_stripe_detach(
+    ngx_http_billing_stripe_attempt_t *at);
+static void ngx_http_billing_stripe_gone(void *data);
 static void ngx_http_billing_stripe_cleanup(void *data);
-static void ngx_http_billing_stripe_mask(ngx_http_billing_stripe_call_t *call);
+static void ngx_http_billing_stripe_mask(
+    ngx_http_billing_stripe_attempt_t *at);
 static void ngx_http_billing_stripe_unmask(
-    ngx_http_billing_stripe_call_t *call);
-static ngx_http_billing_stripe_call_t *ngx_http_billing_stripe_of(
-    ngx_http_request_t *r);
-static ngx_int_t ngx_http_billing_stripe_header_filter(ngx_http_request_t *r);
-static ngx_int_t ngx_http_billing_stripe_body_filter(ngx_http_request_t *r,
-    ngx_chain_t *in);
-
-
-static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
-static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
+    ngx_http_billing_stripe_attempt_t *at);
 
 
 ngx_int_t
-ngx_http_billing_stripe_init(ngx_conf_t *cf)
+ngx_http_billing_stripe_call(ngx_http_billing_stripe_call_t *call)
 {
-    ngx_http_next_header_filter = ngx_http_top_header_filter;
-    ngx_http_top_header_filter = ngx_http_billing_stripe_header_filter;
+    ngx_pool_cleanup_t  *cln;
 
-    ngx_http_next_body_filter = ngx_http_top_body_filter;
-    ngx_http_top_body_filter = ngx_http_billing_stripe_body_filter;
-
-    return NGX_OK;
-}
-
-
-ngx_int_t
-ngx_http_billing_stripe_call(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call)
-{
-    ngx_http_billing_ctx_t        *ctx;
-    ngx_pool_cleanup_t            *cln;
-    ngx_http_billing_main_conf_t  *bmcf;
-
-    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
-
-    if (ctx == NULL || ctx->call) {
+    if (call->attempt || call->retry.timer_set) {
         return NGX_ERROR;
     }
 
-    call->kind = NGX_HTTP_BILLING_CTX_STRIPE;
-    call->request = r;
-    call->status = 0;
+    if (call->cleanup == NULL) {
+        cln = ngx_pool_cleanup_add(call->owner.pool, 0);
+        if (cln == NULL) {
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_billing_stripe_cleanup;
+        cln->data = call;
+        call->cleanup = cln;
+
+        call->retry.handler = ngx_http_billing_stripe_retry_handler;
+        call->retry.data = call;
+        call->retry.log = call->owner.log;
+    }
 
     /* a call struct serves one step after another: the last answer goes */
 
@@ -98,50 +114,101 @@ ngx_http_billing_stripe_call(ngx_http_request_t *r,
         call->json = NULL;
     }
 
+    call->status = 0;
     ngx_str_null(&call->error);
     call->attempts = 0;
-    call->deadline = ngx_current_msec + bmcf->stripe_timeout;
+    call->lost = 0;
+    call->deadline = ngx_current_msec + call->owner.bmcf->stripe_timeout;
 
-    if (call->retry.handler == NULL) {
-        cln = ngx_pool_cleanup_add(r->pool, 0);
-        if (cln == NULL) {
-            return NGX_ERROR;
-        }
+    return ngx_http_billing_stripe_send(call);
+}
 
-        cln->handler = ngx_http_billing_stripe_cleanup;
-        cln->data = call;
 
-        call->retry.handler = ngx_http_billing_stripe_retry_handler;
-        call->retry.data = call;
-        call->retry.log = r->connection->log;
+void
+ngx_http_billing_stripe_cancel(ngx_http_billing_stripe_call_t *call)
+{
+    if (call->retry.timer_set) {
+        ngx_del_timer(&call->retry);
     }
 
-    ctx->call = call;
+    if (call->attempt) {
+        ngx_http_billing_stripe_detach(call->attempt);
+        call->attempt = NULL;
+    }
 
-    if (ngx_http_billing_stripe_send(r, call) != NGX_OK) {
-        ctx->call = NULL;
+    if (call->json) {
+        json_decref(call->json);
+        call->json = NULL;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_billing_stripe_send(ngx_http_billing_stripe_call_t *call)
+{
+    ngx_http_request_t                 *r;
+    ngx_pool_cleanup_t                 *cln;
+    ngx_http_billing_stripe_attempt_t  *at;
+
+    call->attempts++;
+
+    r = ngx_http_billing_fake_create(call->owner.conf_ctx, call->owner.log);
+    if (r == NULL) {
         return NGX_ERROR;
     }
+
+    at = ngx_pcalloc(r->pool, sizeof(ngx_http_billing_stripe_attempt_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+
+    if (at == NULL || cln == NULL) {
+        ngx_http_billing_fake_close(r);
+        return NGX_ERROR;
+    }
+
+    at->kind = NGX_HTTP_BILLING_CTX_STRIPE;
+    at->call = call;
+    at->request = r;
+    at->should_retry = -1;
+
+    /* however the request ends, the attempt learns it */
+
+    cln->handler = ngx_http_billing_stripe_gone;
+    cln->data = at;
+
+    ngx_http_set_ctx(r, at, ngx_http_billing_module);
+    r->write_event_handler = ngx_http_billing_stripe_resume;
+
+    if (ngx_http_billing_stripe_request(call, at) != NGX_OK) {
+        at->over = 1;
+        ngx_http_billing_stripe_unmask(at);
+        ngx_http_billing_fake_close(r);
+        return NGX_ERROR;
+    }
+
+    call->attempt = at;
+
+    ngx_http_billing_fake_run(r);
 
     return NGX_OK;
 }
 
 
 static ngx_int_t
-ngx_http_billing_stripe_send(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call)
+ngx_http_billing_stripe_request(ngx_http_billing_stripe_call_t *call,
+    ngx_http_billing_stripe_attempt_t *at)
 {
     u_char                        *p;
     ngx_buf_t                     *b;
     ngx_str_t                      uri;
     ngx_chain_t                   *cl;
-    ngx_http_request_t            *sr;
+    ngx_http_request_t            *r, *sr;
     ngx_http_headers_in_t         *hin;
     ngx_http_request_body_t       *rb;
     ngx_http_post_subrequest_t    *ps;
     ngx_http_billing_main_conf_t  *bmcf;
 
-    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+    r = at->request;
+    bmcf = call->owner.bmcf;
 
     uri.len = bmcf->stripe_location.len + call->path.len;
     uri.data = ngx_pnalloc(r->pool, uri.len);
@@ -159,13 +226,7 @@ ngx_http_billing_stripe_send(ngx_http_request_t *r,
     }
 
     ps->handler = ngx_http_billing_stripe_done;
-    ps->data = call;
-
-    call->attempts++;
-    call->status = 0;
-    call->should_retry = -1;
-    call->len = 0;
-    call->too_large = 0;
+    ps->data = at;
 
     /* all that can fail is made before the subrequest exists */
 
@@ -175,7 +236,7 @@ ngx_http_billing_stripe_send(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (ngx_http_billing_stripe_headers(r, call, hin) != NGX_OK) {
+    if (ngx_http_billing_stripe_headers(call, r->pool, hin) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -205,17 +266,16 @@ ngx_http_billing_stripe_send(ngx_http_request_t *r,
                   call->method == NGX_HTTP_POST ? "POST" : "GET",
                   &call->path, call->attempts);
 
-    ngx_http_billing_stripe_mask(call);
+    ngx_http_billing_stripe_mask(at);
 
     if (ngx_http_subrequest(r, &uri, NULL, &sr, ps,
                             NGX_HTTP_SUBREQUEST_WAITED)
         != NGX_OK)
     {
-        ngx_http_billing_stripe_unmask(call);
         return NGX_ERROR;
     }
 
-    ngx_http_set_ctx(sr, call, ngx_http_billing_module);
+    ngx_http_set_ctx(sr, at, ngx_http_billing_module);
 
     if (call->method == NGX_HTTP_POST) {
         sr->method = NGX_HTTP_POST;
@@ -227,7 +287,7 @@ ngx_http_billing_stripe_send(ngx_http_request_t *r,
     }
 
     /*
-     * A subrequest starts with its parent's headers: none of them goes.
+     * A subrequest starts with its parent's headers: ours replace them.
      * The list is one part, whose address changes with the copy.
      */
 
@@ -235,23 +295,23 @@ ngx_http_billing_stripe_send(ngx_http_request_t *r,
     sr->headers_in.headers.last = &sr->headers_in.headers.part;
     sr->request_body = rb;
 
-    call->sr = sr;
-    call->running = 1;
+    at->sr = sr;
+    at->running = 1;
 
     return NGX_OK;
 }
 
 
 static ngx_int_t
-ngx_http_billing_stripe_headers(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call, ngx_http_headers_in_t *hin)
+ngx_http_billing_stripe_headers(ngx_http_billing_stripe_call_t *call,
+    ngx_pool_t *pool, ngx_http_headers_in_t *hin)
 {
     ngx_str_t                      s;
     ngx_http_billing_main_conf_t  *bmcf;
 
-    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+    bmcf = call->owner.bmcf;
 
-    if (ngx_list_init(&hin->headers, r->pool, 8, sizeof(ngx_table_elt_t))
+    if (ngx_list_init(&hin->headers, pool, 8, sizeof(ngx_table_elt_t))
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -260,11 +320,11 @@ ngx_http_billing_stripe_headers(ngx_http_request_t *r,
     hin->content_length_n = -1;
     hin->keep_alive_n = -1;
 
-    if (ngx_http_billing_stripe_header(r, hin, "Authorization",
-                                       &bmcf->stripe_authorization)
+    if (ngx_http_billing_stripe_add(pool, hin, "Authorization",
+                                    &bmcf->stripe_authorization)
         != NGX_OK
-        || ngx_http_billing_stripe_header(r, hin, "Stripe-Version",
-                                          &bmcf->stripe_api_version)
+        || ngx_http_billing_stripe_add(pool, hin, "Stripe-Version",
+                                       &bmcf->stripe_api_version)
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -272,14 +332,13 @@ ngx_http_billing_stripe_headers(ngx_http_request_t *r,
 
     ngx_str_set(&s, "application/json");
 
-    if (ngx_http_billing_stripe_header(r, hin, "Accept", &s) != NGX_OK) {
+    if (ngx_http_billing_stripe_add(pool, hin, "Accept", &s) != NGX_OK) {
         return NGX_ERROR;
     }
 
     ngx_str_set(&s, "ngx_http_billing_module/" NGX_HTTP_BILLING_VERSION);
 
-    if (ngx_http_billing_stripe_header(r, hin, "User-Agent", &s) != NGX_OK)
-    {
+    if (ngx_http_billing_stripe_add(pool, hin, "User-Agent", &s) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -289,9 +348,9 @@ ngx_http_billing_stripe_headers(ngx_http_request_t *r,
 
     ngx_str_set(&s, "application/x-www-form-urlencoded");
 
-    if (ngx_http_billing_stripe_header(r, hin, "Content-Type", &s) != NGX_OK
-        || ngx_http_billing_stripe_header(r, hin, "Idempotency-Key",
-                                          &call->idempotency_key)
+    if (ngx_http_billing_stripe_add(pool, hin, "Content-Type", &s) != NGX_OK
+        || ngx_http_billing_stripe_add(pool, hin, "Idempotency-Key",
+                                       &call->idempotency_key)
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -304,8 +363,8 @@ ngx_http_billing_stripe_headers(ngx_http_request_t *r,
 
 
 static ngx_int_t
-ngx_http_billing_stripe_header(ngx_http_request_t *r,
-    ngx_http_headers_in_t *hin, const char *name, ngx_str_t *value)
+ngx_http_billing_stripe_add(ngx_pool_t *pool, ngx_http_headers_in_t *hin,
+    const char *name, ngx_str_t *value)
 {
     ngx_table_elt_t  *h;
 
@@ -318,7 +377,7 @@ ngx_http_billing_stripe_header(ngx_http_request_t *r,
     h->key.len = ngx_strlen(name);
     h->value = *value;
 
-    h->lowcase_key = ngx_pnalloc(r->pool, h->key.len);
+    h->lowcase_key = ngx_pnalloc(pool, h->key.len);
     if (h->lowcase_key == NULL) {
         return NGX_ERROR;
     }
@@ -340,36 +399,33 @@ ngx_http_billing_stripe_header(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_billing_stripe_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 {
-    ngx_http_billing_stripe_call_t  *call = data;
+    ngx_http_billing_stripe_attempt_t  *at = data;
 
-    /*
-     * A subrequest may be finalized more than once, an earlier attempt's
-     * even during a later one: only the first of the current one counts.
-     */
+    /* a subrequest may be finalized more than once: the first counts */
 
-    if (!call->running || sr != call->sr) {
+    if (!at->running || sr != at->sr) {
         return rc;
     }
 
-    call->running = 0;
+    at->running = 0;
 
-    ngx_http_billing_stripe_unmask(call);
+    ngx_http_billing_stripe_unmask(at);
 
     if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE) {
 
         /* nginx's own failure (no connection, timeout): its status */
 
-        if (call->status < NGX_HTTP_SPECIAL_RESPONSE) {
-            call->status = (rc >= NGX_HTTP_SPECIAL_RESPONSE)
-                           ? (ngx_uint_t) rc : NGX_HTTP_BAD_GATEWAY;
-            call->len = 0;
+        if (at->status < NGX_HTTP_SPECIAL_RESPONSE) {
+            at->status = (rc >= NGX_HTTP_SPECIAL_RESPONSE)
+                         ? (ngx_uint_t) rc : NGX_HTTP_BAD_GATEWAY;
+            at->len = 0;
         }
 
-    } else if (call->status == 0) {
-        call->status = NGX_HTTP_BAD_GATEWAY;
+    } else if (at->status == 0) {
+        at->status = NGX_HTTP_BAD_GATEWAY;
     }
 
-    sr->parent->write_event_handler = ngx_http_billing_stripe_resume;
+    /* the parent is posted, and resumes in stripe_resume() */
 
     return rc;
 }
@@ -378,27 +434,43 @@ ngx_http_billing_stripe_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 static void
 ngx_http_billing_stripe_resume(ngx_http_request_t *r)
 {
-    ngx_http_billing_ctx_t  *ctx;
+    ngx_http_billing_stripe_call_t     *call;
+    ngx_http_billing_stripe_attempt_t  *at;
 
     r->write_event_handler = ngx_http_request_empty_handler;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+    at = ngx_http_get_module_ctx(r, ngx_http_billing_module);
 
-    if (ctx == NULL || ctx->call == NULL) {
+    if (at == NULL || at->over || at->running) {
         return;
     }
 
-    ngx_http_billing_stripe_evaluate(r, ctx->call);
+    at->over = 1;
+
+    /* the owner may be gone before this request's end is logged */
+    ngx_http_billing_fake_detach_log(r);
+
+    call = at->call;
+
+    if (call) {
+        call->attempt = NULL;
+        ngx_http_billing_stripe_evaluate(call, at);
+    }
+
+    /* the call may have gone on: this attempt's request is done with */
+
+    ngx_http_billing_fake_close(r);
 }
 
 
 static void
-ngx_http_billing_stripe_evaluate(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call)
+ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
+    ngx_http_billing_stripe_attempt_t *at)
 {
     json_t        *err, *msg;
+    ngx_int_t      should_retry;
     ngx_msec_t     backoff;
-    ngx_uint_t     retry;
+    ngx_uint_t     retry, too_large;
     json_error_t   error;
 
     if (call->json) {
@@ -406,36 +478,53 @@ ngx_http_billing_stripe_evaluate(ngx_http_request_t *r,
         call->json = NULL;
     }
 
-    if (call->len && !call->too_large) {
-        call->json = json_loadb((char *) call->buf, call->len, 0, &error);
+    if (at) {
+        call->status = at->status;
+        should_retry = at->should_retry;
+        too_large = at->too_large;
 
-        if (call->json && !json_is_object(call->json)) {
-            json_decref(call->json);
-            call->json = NULL;
+        if (at->broken) {
+            /* our own failure to take the answer: as if none came */
+            call->status = NGX_HTTP_BAD_GATEWAY;
+
+        } else if (at->len && !at->too_large) {
+            call->json = json_loadb((char *) at->buf, at->len, 0, &error);
+
+            if (call->json && !json_is_object(call->json)) {
+                json_decref(call->json);
+                call->json = NULL;
+            }
         }
+
+    } else {
+        /* the attempt's request was ended by nginx */
+        call->status = NGX_HTTP_BAD_GATEWAY;
+        should_retry = -1;
+        too_large = 0;
     }
 
-    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+    ngx_log_error(NGX_LOG_INFO, call->owner.log, 0,
                   "billing stripe: %V answered %ui", &call->path,
                   call->status);
 
     if (call->status >= 200 && call->status < 300 && call->json) {
-        ngx_http_billing_stripe_finish(r, call);
+        call->handler(call);
         return;
     }
 
     /* Stripe says whether to retry; else what its libraries do */
 
-    if (call->should_retry != -1) {
-        retry = call->should_retry;
+    if (should_retry != -1) {
+        retry = should_retry;
 
     } else {
-        retry = call->status == NGX_HTTP_CONFLICT || call->status == 429
+        retry = call->status == NGX_HTTP_CONFLICT
+                || call->status == NGX_HTTP_TOO_MANY_REQUESTS
                 || call->status >= NGX_HTTP_INTERNAL_SERVER_ERROR
                 || (call->status < 300 && call->json == NULL);
     }
 
-    if (call->too_large) {
+    if (too_large) {
         /* the same answer again would be as large */
         retry = 0;
     }
@@ -447,7 +536,7 @@ ngx_http_billing_stripe_evaluate(ngx_http_request_t *r,
         && call->attempts < NGX_HTTP_BILLING_STRIPE_ATTEMPTS
         && (ngx_msec_int_t) (call->deadline - ngx_current_msec - backoff) > 0)
     {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+        ngx_log_error(NGX_LOG_WARN, call->owner.log, 0,
                       "billing stripe: %V failed with %ui, "
                       "retrying in %Mms", &call->path, call->status, backoff);
 
@@ -472,12 +561,12 @@ ngx_http_billing_stripe_evaluate(ngx_http_request_t *r,
                                   "no usable answer");
     }
 
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+    ngx_log_error(NGX_LOG_ERR, call->owner.log, 0,
                   "billing stripe: %V failed with %ui after %ui attempts: "
                   "\"%V\"", &call->path, call->status, call->attempts,
                   &call->error);
 
-    ngx_http_billing_stripe_finish(r, call);
+    call->handler(call);
 }
 
 
@@ -486,32 +575,72 @@ ngx_http_billing_stripe_retry_handler(ngx_event_t *ev)
 {
     ngx_http_billing_stripe_call_t  *call = ev->data;
 
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
-
-    r = call->request;
-    c = r->connection;
-
-    if (ngx_http_billing_stripe_send(r, call) != NGX_OK) {
-        call->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        ngx_str_set(&call->error, "the Stripe call could not be made");
-        ngx_http_billing_stripe_finish(r, call);
+    if (call->lost) {
+        call->lost = 0;
+        ngx_http_billing_stripe_evaluate(call, NULL);
+        return;
     }
 
-    ngx_http_run_posted_requests(c);
+    if (ngx_http_billing_stripe_send(call) != NGX_OK) {
+        call->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ngx_str_set(&call->error, "the Stripe call could not be made");
+        call->handler(call);
+    }
 }
 
 
 static void
-ngx_http_billing_stripe_finish(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call)
+ngx_http_billing_stripe_detach(ngx_http_billing_stripe_attempt_t *at)
 {
-    ngx_http_billing_ctx_t  *ctx;
+    /*
+     * Its request still ends, from the event loop; what it logs then
+     * must not reach for an owner that may be gone.
+     */
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
-    ctx->call = NULL;
+    at->call = NULL;
+    at->over = 1;
 
-    call->handler(r, call);
+    ngx_http_billing_stripe_unmask(at);
+
+    ngx_http_billing_fake_detach_log(at->request);
+    ngx_http_billing_fake_close(at->request);
+}
+
+
+static void
+ngx_http_billing_stripe_gone(void *data)
+{
+    ngx_http_billing_stripe_attempt_t  *at = data;
+
+    ngx_http_billing_stripe_call_t  *call;
+
+    ngx_http_billing_stripe_unmask(at);
+
+    if (at->over) {
+        return;
+    }
+
+    /* ended by nginx itself (an internal error): a failed attempt */
+
+    at->over = 1;
+    call = at->call;
+
+    if (call) {
+        call->attempt = NULL;
+        call->lost = 1;
+        ngx_add_timer(&call->retry, 1);
+    }
+}
+
+
+static void
+ngx_http_billing_stripe_cleanup(void *data)
+{
+    ngx_http_billing_stripe_call_t  *call = data;
+
+    call->cleanup = NULL;
+
+    ngx_http_billing_stripe_cancel(call);
 }
 
 
@@ -536,92 +665,70 @@ ngx_http_billing_stripe_string(ngx_http_billing_stripe_call_t *call,
 
 
 static void
-ngx_http_billing_stripe_cleanup(void *data)
-{
-    ngx_http_billing_stripe_call_t  *call = data;
-
-    if (call->retry.timer_set) {
-        ngx_del_timer(&call->retry);
-    }
-
-    ngx_http_billing_stripe_unmask(call);
-
-    if (call->json) {
-        json_decref(call->json);
-        call->json = NULL;
-    }
-}
-
-
-static void
-ngx_http_billing_stripe_mask(ngx_http_billing_stripe_call_t *call)
+ngx_http_billing_stripe_mask(ngx_http_billing_stripe_attempt_t *at)
 {
     ngx_log_t  *log;
 
-    log = call->request->connection->log;
+    log = at->request->connection->log;
 
-    if (call->masked || !(log->log_level & NGX_LOG_DEBUG_ALL)) {
+    if (at->masked || !(log->log_level & NGX_LOG_DEBUG_ALL)) {
         return;
     }
 
-    call->log_level = log->log_level;
+    at->log_level = log->log_level;
     log->log_level = NGX_LOG_INFO;
-    call->masked = 1;
+    at->masked = 1;
 }
 
 
 static void
-ngx_http_billing_stripe_unmask(ngx_http_billing_stripe_call_t *call)
+ngx_http_billing_stripe_unmask(ngx_http_billing_stripe_attempt_t *at)
 {
-    if (call->masked) {
-        call->request->connection->log->log_level = call->log_level;
-        call->masked = 0;
+    if (at->masked) {
+        at->request->connection->log->log_level = at->log_level;
+        at->masked = 0;
     }
 }
 
 
-static ngx_http_billing_stripe_call_t *
-ngx_http_billing_stripe_of(ngx_http_request_t *r)
+ngx_http_billing_stripe_attempt_t *
+ngx_http_billing_stripe_attempt(ngx_http_request_t *r)
 {
-    ngx_http_billing_stripe_call_t  *call;
+    ngx_http_billing_stripe_attempt_t  *at;
 
     if (r == r->main) {
         return NULL;
     }
 
-    call = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+    at = ngx_http_get_module_ctx(r, ngx_http_billing_module);
 
-    if (call == NULL || call->kind != NGX_HTTP_BILLING_CTX_STRIPE) {
+    if (at == NULL || at->kind != NGX_HTTP_BILLING_CTX_STRIPE) {
         return NULL;
     }
 
-    return call;
+    return at;
 }
 
 
-static ngx_int_t
-ngx_http_billing_stripe_header_filter(ngx_http_request_t *r)
+ngx_int_t
+ngx_http_billing_stripe_header(ngx_http_request_t *r)
 {
-    ngx_uint_t                       n;
-    ngx_table_elt_t                 *h;
-    ngx_http_billing_stripe_call_t  *call;
+    ngx_uint_t                          n;
+    ngx_table_elt_t                    *h;
+    ngx_http_billing_stripe_attempt_t  *at;
 
-    call = ngx_http_billing_stripe_of(r);
+    at = ngx_http_billing_stripe_attempt(r);
 
-    if (call == NULL) {
-        return ngx_http_next_header_filter(r);
-    }
+    ngx_http_billing_stripe_unmask(at);
 
-    ngx_http_billing_stripe_unmask(call);
-
-    call->status = r->headers_out.status;
+    at->status = r->headers_out.status;
 
     h = ngx_http_billing_find_header(&r->headers_out.headers,
                                      "Stripe-Should-Retry", &n);
     if (h) {
-        call->should_retry = (h->value.len == 4
-                              && ngx_strncasecmp(h->value.data,
-                                                 (u_char *) "true", 4) == 0);
+        at->should_retry = (h->value.len == 4
+                            && ngx_strncasecmp(h->value.data,
+                                               (u_char *) "true", 4) == 0);
     }
 
     /* the answer is ours: nothing of it goes further */
@@ -632,71 +739,74 @@ ngx_http_billing_stripe_header_filter(ngx_http_request_t *r)
 }
 
 
-static ngx_int_t
-ngx_http_billing_stripe_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+ngx_int_t
+ngx_http_billing_stripe_body(ngx_http_request_t *r, ngx_chain_t *in)
 {
-    u_char                          *p;
-    off_t                            size;
-    ssize_t                          n;
-    ngx_buf_t                       *b;
-    ngx_chain_t                     *cl;
-    ngx_http_billing_stripe_call_t  *call;
+    u_char                             *p;
+    off_t                               size;
+    ssize_t                             n;
+    ngx_buf_t                          *b;
+    ngx_chain_t                        *cl;
+    ngx_http_billing_stripe_attempt_t  *at;
 
-    call = ngx_http_billing_stripe_of(r);
+    at = ngx_http_billing_stripe_attempt(r);
 
-    if (call == NULL) {
-        return ngx_http_next_body_filter(r, in);
-    }
+    /*
+     * Never an error: that would end the whole request (ours) from
+     * within nginx; a failure to keep the answer fails the attempt.
+     */
 
     for (cl = in; cl; cl = cl->next) {
         b = cl->buf;
         size = ngx_buf_size(b);
 
-        if (size == 0 || call->too_large) {
+        if (size == 0 || at->too_large || at->broken) {
             goto consumed;
         }
 
-        if (call->len + size > NGX_HTTP_BILLING_STRIPE_MAX_BODY) {
+        if (at->len + size > NGX_HTTP_BILLING_STRIPE_MAX_BODY) {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "billing stripe: the answer to %V is larger "
-                          "than %d bytes", &call->path,
+                          "billing stripe: the answer to \"%V\" is larger "
+                          "than %d bytes", &r->uri,
                           NGX_HTTP_BILLING_STRIPE_MAX_BODY);
-            call->too_large = 1;
+            at->too_large = 1;
             goto consumed;
         }
 
-        if (call->len + size > call->size) {
+        if (at->len + size > at->size) {
 
-            /* in the parent's pool, which outlives every subrequest */
+            /* in the parent's pool, which outlives the subrequest */
 
-            call->size = ngx_max(2 * call->size, call->len + (size_t) size);
-            call->size = ngx_max(call->size, 4096);
+            at->size = ngx_max(2 * at->size, at->len + (size_t) size);
+            at->size = ngx_max(at->size, 4096);
 
-            p = ngx_pnalloc(call->request->pool, call->size);
+            p = ngx_pnalloc(at->request->pool, at->size);
             if (p == NULL) {
-                return NGX_ERROR;
+                at->broken = 1;
+                goto consumed;
             }
 
-            if (call->len) {
-                ngx_memcpy(p, call->buf, call->len);
+            if (at->len) {
+                ngx_memcpy(p, at->buf, at->len);
             }
 
-            call->buf = p;
+            at->buf = p;
         }
 
         if (ngx_buf_in_memory(b)) {
-            ngx_memcpy(call->buf + call->len, b->pos, (size_t) size);
+            ngx_memcpy(at->buf + at->len, b->pos, (size_t) size);
 
         } else {
-            n = ngx_read_file(b->file, call->buf + call->len, (size_t) size,
+            n = ngx_read_file(b->file, at->buf + at->len, (size_t) size,
                               b->file_pos);
 
             if (n != size) {
-                return NGX_ERROR;
+                at->broken = 1;
+                goto consumed;
             }
         }
 
-        call->len += (size_t) size;
+        at->len += (size_t) size;
 
     consumed:
 

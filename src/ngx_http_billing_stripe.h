@@ -18,18 +18,24 @@
 #include "ngx_http_billing_module.h"
 
 
-typedef struct ngx_http_billing_stripe_call_s  ngx_http_billing_stripe_call_t;
+/* the largest answer taken; a larger one fails the call */
+#define NGX_HTTP_BILLING_STRIPE_MAX_BODY    (4 * 1024 * 1024)
 
-/* called in the parent request's context once the call is over */
-typedef void (*ngx_http_billing_stripe_handler_pt)(ngx_http_request_t *r,
+
+typedef struct ngx_http_billing_stripe_call_s
+    ngx_http_billing_stripe_call_t;
+typedef struct ngx_http_billing_stripe_attempt_s
+    ngx_http_billing_stripe_attempt_t;
+
+/* called once the call is over, from the event loop */
+typedef void (*ngx_http_billing_stripe_handler_pt)(
     ngx_http_billing_stripe_call_t *call);
 
 
 struct ngx_http_billing_stripe_call_s {
-    ngx_uint_t                          kind;     /* CTX_STRIPE, first */
-
-    ngx_http_request_t                 *request;  /* the parent */
+    ngx_http_billing_owner_t            owner;
     ngx_http_billing_stripe_handler_pt  handler;
+    void                               *data;
 
     ngx_uint_t                          method;   /* NGX_HTTP_POST, GET */
     ngx_str_t                           path;     /* "/v1/customers" */
@@ -42,37 +48,43 @@ struct ngx_http_billing_stripe_call_s {
     ngx_str_t                           error;
 
     /* private */
-    ngx_http_request_t                 *sr;       /* the attempt under way */
+    ngx_http_billing_stripe_attempt_t  *attempt;  /* under way */
     ngx_uint_t                          attempts;
     ngx_msec_t                          deadline;
     ngx_event_t                         retry;
-    ngx_uint_t                          log_level;
-    ngx_int_t                           should_retry;
-    u_char                             *buf;
-    size_t                              len;
-    size_t                              size;
-    unsigned                            masked:1;
-    unsigned                            running:1;
-    unsigned                            too_large:1;
+    ngx_pool_cleanup_t                 *cleanup;
+    unsigned                            lost:1;   /* the attempt died */
 };
 
 
 /*
- * Starts the call from the parent request r, retried with backoff and the same
- * idempotency key while Stripe or the way to it fails in a retryable
- * way, for at most billing_stripe_timeout.  The handler then finds
- * call->json (2xx) or call->status and call->error.
+ * Starts the call for call->owner, whose pool must outlive it (the
+ * call is cancelled when the pool goes).  Each attempt is a subrequest
+ * of a request of its own (ngx_http_billing_fake.h), so that the call
+ * needs no client and survives its owner's client.  It is retried
+ * with backoff and the same idempotency key while Stripe or the way to
+ * it fails in a retryable way, for at most billing_stripe_timeout.  The
+ * handler then finds call->json (2xx) or call->status and call->error.
+ * A call struct may serve one call after another.
  *
- * Returns NGX_OK (the handler will be called) or NGX_ERROR.
+ * Returns NGX_OK (the handler will be called, never from within this
+ * call) or NGX_ERROR.
  */
-ngx_int_t ngx_http_billing_stripe_call(ngx_http_request_t *r,
-    ngx_http_billing_stripe_call_t *call);
+ngx_int_t ngx_http_billing_stripe_call(ngx_http_billing_stripe_call_t *call);
+
+/* the handler will not be called */
+void ngx_http_billing_stripe_cancel(ngx_http_billing_stripe_call_t *call);
 
 /* a string member of Stripe's object, or an empty string */
 ngx_int_t ngx_http_billing_stripe_string(ngx_http_billing_stripe_call_t *call,
     const char *name, ngx_str_t *value);
 
-ngx_int_t ngx_http_billing_stripe_init(ngx_conf_t *cf);
+/* for the filter module: the attempt r is, or NULL; and its filters */
+ngx_http_billing_stripe_attempt_t *ngx_http_billing_stripe_attempt(
+    ngx_http_request_t *r);
+ngx_int_t ngx_http_billing_stripe_header(ngx_http_request_t *r);
+ngx_int_t ngx_http_billing_stripe_body(ngx_http_request_t *r,
+    ngx_chain_t *in);
 
 
 #endif /* _NGX_HTTP_BILLING_STRIPE_H_INCLUDED_ */

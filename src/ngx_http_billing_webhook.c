@@ -17,6 +17,8 @@
 #include <jansson.h>
 
 #include "ngx_http_billing_module.h"
+#include "ngx_http_billing_webhook.h"
+#include "ngx_http_billing_json.h"
 #include "ngx_http_billing_redis.h"
 #include "ngx_http_billing_store.h"
 #include "ngx_http_billing_cache.h"
@@ -197,6 +199,7 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
 {
     json_t                      *json;
     ngx_int_t                    rc;
+    ngx_http_billing_owner_t     owner;
     ngx_http_billing_webhook_t  *wh;
     ngx_http_billing_invoice_t   inv;
 
@@ -261,7 +264,9 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (ngx_http_billing_store_invoice(r, &inv,
+    ngx_http_billing_owner_request(&owner, r);
+
+    if (ngx_http_billing_store_invoice(&owner, &inv,
                                        ngx_http_billing_webhook_recorded, wh)
         != NGX_OK)
     {

@@ -527,9 +527,9 @@ my ($SUB42, $CUS7, $INV42);
     is $sub->{period_start}, $start, 'Redis: period_start';
     is $sub->{period_end}, $j->{current_period}{end}, 'Redis: period_end';
     is $sub->{initial_invoice}, $INV42, 'Redis: initial_invoice';
-    is $sub->{initial_item}, $s->objects('invoiceitem')->[0]{id},
-        'Redis: initial_item';
     my $ih = $t->redis_hash("billing:invoice:$INV42");
+    is $ih->{'item:item'}, $s->objects('invoiceitem')->[0]{id},
+        'Redis: the invoice item, on the invoice';
     is $ih->{status}, 'open', 'Redis: invoice open';
     is $ih->{subscription}, 'sub-42', 'Redis: invoice subscription';
     is $ih->{kind}, 'initial', 'Redis: invoice kind';

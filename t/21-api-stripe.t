@@ -221,7 +221,9 @@ for my $step (qw(customer invoice item finalize)) {
         is_deeply $g->{json}{invoices}, [], "$name: no invoice yet";
     }
     if ($step eq 'finalize') {
-        ok $sub->{initial_invoice} && $sub->{initial_item},
+        ok $sub->{initial_invoice}
+            && $t->redis_hash("billing:invoice:$sub->{initial_invoice}")
+                ->{'item:item'},
             "$name: invoice and item recorded in Redis";
         is invoices_of($id)->[0]{status}, 'draft', "$name: a draft at Stripe";
     }

@@ -1,0 +1,30 @@
+
+/*
+ * billing_gate: access to product resources, by subscription state.
+ */
+
+
+#ifndef _NGX_HTTP_BILLING_GATE_H_INCLUDED_
+#define _NGX_HTTP_BILLING_GATE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_billing_module.h"
+
+
+char *ngx_http_billing_gate_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+/* the phase handlers */
+ngx_int_t ngx_http_billing_gate_init(ngx_conf_t *cf);
+
+/* the pub/sub connection that keeps billing_cache fresh */
+ngx_int_t ngx_http_billing_gate_init_worker(ngx_cycle_t *cycle,
+    ngx_http_billing_main_conf_t *bmcf);
+void ngx_http_billing_gate_exit_worker(ngx_http_billing_main_conf_t *bmcf);
+
+
+#endif /* _NGX_HTTP_BILLING_GATE_H_INCLUDED_ */

@@ -1,0 +1,952 @@
+
+/*
+ * The billing engine: one invoice of a subscription, issued at Stripe.
+ *
+ * A job owns its pool and its log and needs no client request: the
+ * subscription API starts one for the first invoice and waits for its
+ * end, or not (a client that goes away does not stop it); timers start
+ * them for period-end and final invoices.  Its Stripe calls go through
+ * billing_stripe_location of the server it was started for, each as a
+ * subrequest of a request of its own (ngx_http_billing_stripe.c), so
+ * that the operator's proxy_pass and TLS settings govern them all.
+ *
+ * The steps: the consumer org's customer (when it has none), the
+ * invoice, its items one by one, its finalization.  Each object is
+ * recorded in Redis as soon as Stripe made it, and a job starts by
+ * reading how far an earlier one got: a sequence cut short (a worker
+ * gone, Stripe or Redis down) is resumed by the next job for the same
+ * invoice, skipping what is done.  The idempotency keys, derived from
+ * the subscription and the step, make a step retried after a lost
+ * answer return what Stripe created the first time; two jobs racing
+ * for one invoice end with the one that Redis recorded first.
+ *
+ * A job ends from the event loop (a posted event): its handler is
+ * called, then its pool is destroyed, cancelling what still runs.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <ngx_md5.h>
+
+#include "ngx_http_billing_invoice.h"
+#include "ngx_http_billing_store.h"
+#include "ngx_http_billing_stripe.h"
+#include "ngx_billing_event.h"
+#include "ngx_billing_form.h"
+#include "ngx_billing_state.h"
+
+
+/* how often a job looks again after another job's invoice won */
+#define NGX_HTTP_BILLING_INVOICE_RESTARTS  3
+
+#define NGX_HTTP_BILLING_INVOICE_FORM      4096
+
+
+struct ngx_http_billing_invoice_job_s {
+    ngx_pool_t                          *pool;
+    ngx_log_t                            log;
+    ngx_http_billing_owner_t             owner;
+    ngx_http_billing_invoice_spec_t      spec;
+
+    /* how far it got, from Redis then from Stripe */
+    ngx_str_t                            customer;
+    ngx_str_t                            invoice;
+    ngx_str_t                            status;
+    ngx_str_t                            names[NGX_HTTP_BILLING_STORE_ITEMS];
+    ngx_str_t                            ids[NGX_HTTP_BILLING_STORE_ITEMS];
+    ngx_uint_t                           item;       /* being made */
+    ngx_uint_t                           restarts;
+
+    ngx_http_billing_stripe_call_t       call;
+    ngx_http_billing_invoice_result_t    result;
+    ngx_event_t                          done;
+
+    unsigned                             detached:1;
+};
+
+
+static ngx_int_t ngx_http_billing_invoice_copy(
+    ngx_http_billing_invoice_job_t *job,
+    ngx_http_billing_invoice_spec_t *spec);
+static ngx_int_t ngx_http_billing_invoice_dup(ngx_pool_t *pool,
+    ngx_str_t *dst, ngx_str_t *src);
+static void ngx_http_billing_invoice_resume(
+    ngx_http_billing_invoice_job_t *job);
+static void ngx_http_billing_invoice_resumed(void *data, redisReply *reply);
+static void ngx_http_billing_invoice_next(
+    ngx_http_billing_invoice_job_t *job);
+static ngx_int_t ngx_http_billing_invoice_form(
+    ngx_http_billing_invoice_job_t *job, ngx_billing_form_t *form);
+static ngx_int_t ngx_http_billing_invoice_stripe(
+    ngx_http_billing_invoice_job_t *job, ngx_billing_form_t *form,
+    ngx_str_t *path, const char *step, ngx_str_t *name,
+    ngx_http_billing_stripe_handler_pt handler);
+static ngx_int_t ngx_http_billing_invoice_created(
+    ngx_http_billing_invoice_job_t *job, ngx_str_t *id);
+static void ngx_http_billing_invoice_customer(
+    ngx_http_billing_stripe_call_t *call);
+static void ngx_http_billing_invoice_customer_stored(void *data,
+    redisReply *reply);
+static void ngx_http_billing_invoice_created_invoice(
+    ngx_http_billing_stripe_call_t *call);
+static void ngx_http_billing_invoice_attached(void *data, redisReply *reply);
+static void ngx_http_billing_invoice_item(
+    ngx_http_billing_stripe_call_t *call);
+static void ngx_http_billing_invoice_item_stored(void *data,
+    redisReply *reply);
+static void ngx_http_billing_invoice_finalized(
+    ngx_http_billing_stripe_call_t *call);
+static void ngx_http_billing_invoice_recorded(void *data, redisReply *reply);
+static ngx_int_t ngx_http_billing_invoice_string(ngx_pool_t *pool,
+    ngx_str_t *dst, redisReply *reply);
+static void ngx_http_billing_invoice_stripe_failed(
+    ngx_http_billing_invoice_job_t *job);
+static void ngx_http_billing_invoice_unavailable(
+    ngx_http_billing_invoice_job_t *job);
+static void ngx_http_billing_invoice_finish(
+    ngx_http_billing_invoice_job_t *job, ngx_int_t rc);
+static void ngx_http_billing_invoice_done(ngx_event_t *ev);
+static u_char *ngx_http_billing_invoice_log_handler(ngx_log_t *log,
+    u_char *buf, size_t len);
+
+
+ngx_http_billing_invoice_job_t *
+ngx_http_billing_invoice_issue(ngx_http_billing_invoice_spec_t *spec,
+    ngx_http_billing_main_conf_t *bmcf, ngx_http_conf_ctx_t *conf_ctx,
+    ngx_log_t *log)
+{
+    ngx_pool_t                      *pool;
+    ngx_http_billing_invoice_job_t  *job;
+
+    if (spec->nitems == 0 || spec->nitems > NGX_HTTP_BILLING_STORE_ITEMS) {
+        return NULL;
+    }
+
+    pool = ngx_create_pool(4096, log);
+    if (pool == NULL) {
+        return NULL;
+    }
+
+    job = ngx_pcalloc(pool, sizeof(ngx_http_billing_invoice_job_t));
+    if (job == NULL) {
+        ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    job->pool = pool;
+
+    job->log = *log;
+    job->log.handler = ngx_http_billing_invoice_log_handler;
+    job->log.data = job;
+    job->log.action = NULL;
+    pool->log = &job->log;
+
+    if (ngx_http_billing_invoice_copy(job, spec) != NGX_OK) {
+        ngx_destroy_pool(pool);
+        return NULL;
+    }
+
+    job->owner.pool = pool;
+    job->owner.log = &job->log;
+    job->owner.bmcf = bmcf;
+    job->owner.conf_ctx = conf_ctx;
+
+    job->call.owner = job->owner;
+    job->call.data = job;
+
+    job->done.handler = ngx_http_billing_invoice_done;
+    job->done.data = job;
+    job->done.log = &job->log;
+
+    ngx_log_error(NGX_LOG_INFO, &job->log, 0, "billing invoice: started");
+
+    ngx_http_billing_invoice_resume(job);
+
+    return job;
+}
+
+
+void
+ngx_http_billing_invoice_detach(ngx_http_billing_invoice_job_t *job)
+{
+    job->detached = 1;
+}
+
+
+static ngx_int_t
+ngx_http_billing_invoice_copy(ngx_http_billing_invoice_job_t *job,
+    ngx_http_billing_invoice_spec_t *spec)
+{
+    ngx_uint_t                        i;
+    ngx_pool_t                       *pool;
+    ngx_http_billing_invoice_item_t  *item;
+    ngx_http_billing_invoice_meta_t  *meta;
+
+    pool = job->pool;
+
+    job->spec = *spec;
+
+    if (ngx_http_billing_invoice_dup(pool, &job->spec.subscription,
+                                     &spec->subscription) != NGX_OK
+        || ngx_http_billing_invoice_dup(pool, &job->spec.kind, &spec->kind)
+           != NGX_OK
+        || ngx_http_billing_invoice_dup(pool, &job->spec.field,
+                                        &spec->field) != NGX_OK
+        || ngx_http_billing_invoice_dup(pool, &job->spec.key, &spec->key)
+           != NGX_OK
+        || ngx_http_billing_invoice_dup(pool, &job->spec.consumer_org,
+                                        &spec->consumer_org) != NGX_OK
+        || ngx_http_billing_invoice_dup(pool, &job->spec.email,
+                                        &spec->email) != NGX_OK
+        || ngx_http_billing_invoice_dup(pool, &job->spec.name, &spec->name)
+           != NGX_OK
+        || ngx_http_billing_invoice_dup(pool, &job->spec.currency,
+                                        &spec->currency) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    item = ngx_palloc(pool, spec->nitems
+                            * sizeof(ngx_http_billing_invoice_item_t));
+    if (item == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < spec->nitems; i++) {
+        item[i] = spec->items[i];
+
+        if (ngx_http_billing_invoice_dup(pool, &item[i].name,
+                                         &spec->items[i].name) != NGX_OK
+            || ngx_http_billing_invoice_dup(pool, &item[i].description,
+                                            &spec->items[i].description)
+               != NGX_OK
+            || ngx_http_billing_invoice_dup(pool,
+                                       &item[i].unit_amount_decimal,
+                                       &spec->items[i].unit_amount_decimal)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        job->names[i] = item[i].name;
+    }
+
+    job->spec.items = item;
+
+    if (spec->nmetadata == 0) {
+        job->spec.metadata = NULL;
+        return NGX_OK;
+    }
+
+    meta = ngx_palloc(pool, spec->nmetadata
+                            * sizeof(ngx_http_billing_invoice_meta_t));
+    if (meta == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < spec->nmetadata; i++) {
+        if (ngx_http_billing_invoice_dup(pool, &meta[i].key,
+                                         &spec->metadata[i].key) != NGX_OK
+            || ngx_http_billing_invoice_dup(pool, &meta[i].value,
+                                            &spec->metadata[i].value)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    job->spec.metadata = meta;
+
+    return NGX_OK;
+}
+
+
+/* a copy ending with '\0', as form keys and log lines want */
+
+static ngx_int_t
+ngx_http_billing_invoice_dup(ngx_pool_t *pool, ngx_str_t *dst, ngx_str_t *src)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, src->len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (src->len) {
+        ngx_memcpy(p, src->data, src->len);
+    }
+
+    p[src->len] = '\0';
+
+    dst->data = p;
+    dst->len = src->len;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_invoice_resume(ngx_http_billing_invoice_job_t *job)
+{
+    if (ngx_http_billing_store_resume(&job->owner, &job->spec.subscription,
+                                      &job->spec.consumer_org,
+                                      &job->spec.field, job->names,
+                                      job->spec.nitems,
+                                      ngx_http_billing_invoice_resumed, job)
+        != NGX_OK)
+    {
+        ngx_http_billing_invoice_unavailable(job);
+    }
+}
+
+
+static void
+ngx_http_billing_invoice_resumed(void *data, redisReply *reply)
+{
+    ngx_http_billing_invoice_job_t  *job = data;
+
+    ngx_uint_t  i;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 3 + job->spec.nitems)
+    {
+        ngx_http_billing_invoice_unavailable(job);
+        return;
+    }
+
+    if (ngx_http_billing_invoice_string(job->pool, &job->customer,
+                                        reply->element[0]) != NGX_OK
+        || ngx_http_billing_invoice_string(job->pool, &job->invoice,
+                                           reply->element[1]) != NGX_OK
+        || ngx_http_billing_invoice_string(job->pool, &job->status,
+                                           reply->element[2]) != NGX_OK)
+    {
+        ngx_http_billing_invoice_unavailable(job);
+        return;
+    }
+
+    for (i = 0; i < job->spec.nitems; i++) {
+        if (ngx_http_billing_invoice_string(job->pool, &job->ids[i],
+                                            reply->element[3 + i])
+            != NGX_OK)
+        {
+            ngx_http_billing_invoice_unavailable(job);
+            return;
+        }
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, &job->log, 0,
+                   "billing invoice: customer \"%V\", invoice \"%V\", "
+                   "status \"%V\"", &job->customer, &job->invoice,
+                   &job->status);
+
+    ngx_http_billing_invoice_next(job);
+}
+
+
+static void
+ngx_http_billing_invoice_next(ngx_http_billing_invoice_job_t *job)
+{
+    u_char                           *buf;
+    ngx_int_t                         rc;
+    ngx_str_t                         path, *name;
+    ngx_uint_t                        i;
+    ngx_billing_form_t                form;
+    ngx_http_billing_invoice_item_t  *item;
+
+    /* a status is set once Stripe finalized the invoice */
+
+    if (job->status.len) {
+        ngx_http_billing_invoice_finish(job, NGX_OK);
+        return;
+    }
+
+    buf = ngx_pnalloc(job->pool, NGX_HTTP_BILLING_INVOICE_FORM);
+    if (buf == NULL) {
+        ngx_http_billing_invoice_finish(job, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_billing_form_init(&form, (char *) buf, NGX_HTTP_BILLING_INVOICE_FORM);
+
+    if (job->customer.len == 0) {
+        ngx_billing_form_add(&form, "email", (char *) job->spec.email.data,
+                             job->spec.email.len);
+
+        if (job->spec.name.len) {
+            ngx_billing_form_add(&form, "name", (char *) job->spec.name.data,
+                                 job->spec.name.len);
+        }
+
+        ngx_billing_form_add(&form, "metadata[consumer_org]",
+                             (char *) job->spec.consumer_org.data,
+                             job->spec.consumer_org.len);
+
+        ngx_str_set(&path, "/v1/customers");
+
+        rc = ngx_http_billing_invoice_stripe(job, &form, &path, "customer",
+                                             NULL,
+                                           ngx_http_billing_invoice_customer);
+
+    } else if (job->invoice.len == 0) {
+        rc = ngx_http_billing_invoice_form(job, &form);
+
+        ngx_str_set(&path, "/v1/invoices");
+
+        if (rc == NGX_OK) {
+            rc = ngx_http_billing_invoice_stripe(job, &form, &path, "invoice",
+                                                 NULL,
+                                    ngx_http_billing_invoice_created_invoice);
+        }
+
+    } else {
+        for (i = 0; i < job->spec.nitems; i++) {
+            if (job->ids[i].len == 0) {
+                break;
+            }
+        }
+
+        if (i < job->spec.nitems) {
+            item = &job->spec.items[i];
+            name = &item->name;
+            job->item = i;
+
+            ngx_billing_form_add(&form, "customer",
+                                 (char *) job->customer.data,
+                                 job->customer.len);
+            ngx_billing_form_add(&form, "invoice", (char *) job->invoice.data,
+                                 job->invoice.len);
+            ngx_billing_form_add(&form, "currency",
+                                 (char *) job->spec.currency.data,
+                                 job->spec.currency.len);
+
+            if (item->amount >= 0) {
+                ngx_billing_form_add_int(&form, "amount", item->amount);
+
+            } else {
+                ngx_billing_form_add_int(&form, "quantity", item->quantity);
+                ngx_billing_form_add(&form, "unit_amount_decimal",
+                                (char *) item->unit_amount_decimal.data,
+                                item->unit_amount_decimal.len);
+            }
+
+            ngx_billing_form_add(&form, "description",
+                                 (char *) item->description.data,
+                                 item->description.len);
+
+            if (item->period_end) {
+                ngx_billing_form_add_int(&form, "period[start]",
+                                         item->period_start);
+                ngx_billing_form_add_int(&form, "period[end]",
+                                         item->period_end);
+            }
+
+            ngx_str_set(&path, "/v1/invoiceitems");
+
+            rc = ngx_http_billing_invoice_stripe(job, &form, &path, NULL,
+                                                 name,
+                                               ngx_http_billing_invoice_item);
+
+        } else {
+            path.len = sizeof("/v1/invoices//finalize") - 1
+                       + job->invoice.len;
+            path.data = ngx_pnalloc(job->pool, path.len);
+
+            if (path.data == NULL) {
+                rc = NGX_ERROR;
+
+            } else {
+                ngx_sprintf(path.data, "/v1/invoices/%V/finalize",
+                            &job->invoice);
+
+                rc = ngx_http_billing_invoice_stripe(job, &form, &path,
+                                                     "finalize", NULL,
+                                         ngx_http_billing_invoice_finalized);
+            }
+        }
+    }
+
+    if (rc != NGX_OK) {
+        ngx_http_billing_invoice_finish(job, NGX_HTTP_INTERNAL_SERVER_ERROR);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_billing_invoice_form(ngx_http_billing_invoice_job_t *job,
+    ngx_billing_form_t *form)
+{
+    u_char                           *key;
+    size_t                            len;
+    ngx_uint_t                        i;
+    ngx_http_billing_invoice_meta_t  *meta;
+
+    ngx_billing_form_add(form, "customer", (char *) job->customer.data,
+                         job->customer.len);
+    ngx_billing_form_add(form, "collection_method", "send_invoice",
+                         sizeof("send_invoice") - 1);
+
+    /* else Stripe takes the customer's, and the items' may clash */
+    ngx_billing_form_add(form, "currency", (char *) job->spec.currency.data,
+                         job->spec.currency.len);
+    ngx_billing_form_add_int(form, "days_until_due", job->spec.days_until_due);
+    ngx_billing_form_add(form, "pending_invoice_items_behavior", "exclude",
+                         sizeof("exclude") - 1);
+    ngx_billing_form_add(form, "metadata[billing_subscription]",
+                         (char *) job->spec.subscription.data,
+                         job->spec.subscription.len);
+    ngx_billing_form_add(form, "metadata[billing_kind]",
+                         (char *) job->spec.kind.data, job->spec.kind.len);
+
+    for (i = 0; i < job->spec.nmetadata; i++) {
+        meta = &job->spec.metadata[i];
+
+        len = sizeof("metadata[]") + meta->key.len;
+
+        key = ngx_pnalloc(job->pool, len);
+        if (key == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_sprintf(key, "metadata[%V]%Z", &meta->key);
+
+        ngx_billing_form_add(form, (char *) key, (char *) meta->value.data,
+                             meta->value.len);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The idempotency key names what is created: the consumer org's
+ * customer with these details (a key reused with other parameters is
+ * an error at Stripe for a day), or a step of this invoice.
+ */
+
+static ngx_int_t
+ngx_http_billing_invoice_stripe(ngx_http_billing_invoice_job_t *job,
+    ngx_billing_form_t *form, ngx_str_t *path, const char *step,
+    ngx_str_t *name, ngx_http_billing_stripe_handler_pt handler)
+{
+    u_char                          *p, digest[16];
+    size_t                           len;
+    ngx_md5_t                        md5;
+    ngx_http_billing_stripe_call_t  *call;
+
+    if (form->overflow) {
+        ngx_log_error(NGX_LOG_ALERT, &job->log, 0,
+                      "billing invoice: the form for %V is too large",
+                      path);
+        return NGX_ERROR;
+    }
+
+    call = &job->call;
+
+    len = job->owner.bmcf->redis_conf->prefix.len
+          + sizeof("customer::") - 1 + job->spec.consumer_org.len + 32
+          + job->spec.key.len + 1 + (step ? ngx_strlen(step) : 0)
+          + (name ? name->len : 0);
+
+    p = ngx_pnalloc(job->pool, len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    call->idempotency_key.data = p;
+
+    if (step && ngx_strcmp(step, "customer") == 0) {
+        ngx_md5_init(&md5);
+        ngx_md5_update(&md5, job->spec.email.data, job->spec.email.len);
+        ngx_md5_update(&md5, "\n", 1);
+        ngx_md5_update(&md5, job->spec.name.data, job->spec.name.len);
+        ngx_md5_final(digest, &md5);
+
+        p = ngx_cpymem(p, job->owner.bmcf->redis_conf->prefix.data,
+                       job->owner.bmcf->redis_conf->prefix.len);
+        p = ngx_sprintf(p, "customer:%V:", &job->spec.consumer_org);
+        p = ngx_hex_dump(p, digest, sizeof(digest));
+
+    } else if (step) {
+        p = ngx_sprintf(p, "%V:%s", &job->spec.key, step);
+
+    } else {
+        p = ngx_sprintf(p, "%V:%V", &job->spec.key, name);
+    }
+
+    call->idempotency_key.len = p - call->idempotency_key.data;
+
+    call->method = NGX_HTTP_POST;
+    call->path = *path;
+    call->body.data = (u_char *) form->data;
+    call->body.len = form->len;
+    call->handler = handler;
+
+    return ngx_http_billing_stripe_call(call);
+}
+
+
+/* the object Stripe made, or the answer is a failure to report */
+
+static ngx_int_t
+ngx_http_billing_invoice_created(ngx_http_billing_invoice_job_t *job,
+    ngx_str_t *id)
+{
+    ngx_str_t  s;
+
+    if (job->call.json == NULL
+        || ngx_http_billing_stripe_string(&job->call, "id", &s) != NGX_OK
+        || !ngx_billing_stripe_id_valid((char *) s.data, s.len))
+    {
+        ngx_http_billing_invoice_stripe_failed(job);
+        return NGX_ERROR;
+    }
+
+    /* Stripe's answer goes with the next call: the id must outlive it */
+
+    if (ngx_http_billing_invoice_dup(job->pool, id, &s) != NGX_OK) {
+        ngx_http_billing_invoice_finish(job, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_invoice_customer(ngx_http_billing_stripe_call_t *call)
+{
+    ngx_http_billing_invoice_job_t  *job = call->data;
+
+    ngx_str_t  id;
+
+    if (ngx_http_billing_invoice_created(job, &id) != NGX_OK) {
+        return;
+    }
+
+    /* the first customer recorded for the org is the org's */
+
+    if (ngx_http_billing_store_customer(&job->owner, &job->spec.subscription,
+                                   &job->spec.consumer_org, &id,
+                                   ngx_http_billing_invoice_customer_stored,
+                                   job)
+        != NGX_OK)
+    {
+        ngx_http_billing_invoice_unavailable(job);
+    }
+}
+
+
+static void
+ngx_http_billing_invoice_customer_stored(void *data, redisReply *reply)
+{
+    ngx_http_billing_invoice_job_t  *job = data;
+
+    if (ngx_http_billing_invoice_string(job->pool, &job->customer, reply)
+        != NGX_OK
+        || job->customer.len == 0)
+    {
+        ngx_http_billing_invoice_unavailable(job);
+        return;
+    }
+
+    ngx_http_billing_invoice_next(job);
+}
+
+
+static void
+ngx_http_billing_invoice_created_invoice(ngx_http_billing_stripe_call_t *call)
+{
+    ngx_http_billing_invoice_job_t  *job = call->data;
+
+    ngx_str_t                   id;
+    ngx_http_billing_invoice_t  inv;
+
+    if (ngx_http_billing_invoice_created(job, &id) != NGX_OK) {
+        return;
+    }
+
+    ngx_memzero(&inv, sizeof(ngx_http_billing_invoice_t));
+
+    inv.id = id;
+    inv.kind = job->spec.kind;
+    inv.currency = job->spec.currency;
+    inv.customer = job->customer;
+
+    job->invoice = id;
+
+    if (ngx_http_billing_store_attach(&job->owner, &job->spec.subscription,
+                                      &job->spec.field, &inv,
+                                      job->spec.period_start,
+                                      job->spec.period_end, job->spec.units,
+                                      ngx_http_billing_invoice_attached, job)
+        != NGX_OK)
+    {
+        ngx_http_billing_invoice_unavailable(job);
+    }
+}
+
+
+static void
+ngx_http_billing_invoice_attached(void *data, redisReply *reply)
+{
+    ngx_http_billing_invoice_job_t  *job = data;
+
+    ngx_str_t  id;
+
+    if (ngx_http_billing_invoice_string(job->pool, &id, reply) != NGX_OK
+        || id.len == 0)
+    {
+        ngx_http_billing_invoice_unavailable(job);
+        return;
+    }
+
+    if (id.len == job->invoice.len
+        && ngx_strncmp(id.data, job->invoice.data, id.len) == 0)
+    {
+        ngx_http_billing_invoice_next(job);
+        return;
+    }
+
+    /*
+     * Another job's invoice was recorded first: it is the one, and how
+     * far that job got is read again.  Ours stays a draft at Stripe.
+     */
+
+    ngx_log_error(NGX_LOG_WARN, &job->log, 0,
+                  "billing invoice: %V was made, but %V was recorded "
+                  "first and is kept", &job->invoice, &id);
+
+    if (++job->restarts > NGX_HTTP_BILLING_INVOICE_RESTARTS) {
+        ngx_http_billing_invoice_unavailable(job);
+        return;
+    }
+
+    ngx_http_billing_invoice_resume(job);
+}
+
+
+static void
+ngx_http_billing_invoice_item(ngx_http_billing_stripe_call_t *call)
+{
+    ngx_http_billing_invoice_job_t  *job = call->data;
+
+    ngx_str_t  id;
+
+    if (ngx_http_billing_invoice_created(job, &id) != NGX_OK) {
+        return;
+    }
+
+    job->ids[job->item] = id;
+
+    if (ngx_http_billing_store_item(&job->owner, &job->invoice,
+                                    &job->names[job->item], &id,
+                                    ngx_http_billing_invoice_item_stored, job)
+        != NGX_OK)
+    {
+        ngx_http_billing_invoice_unavailable(job);
+    }
+}
+
+
+static void
+ngx_http_billing_invoice_item_stored(void *data, redisReply *reply)
+{
+    ngx_http_billing_invoice_job_t  *job = data;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_billing_invoice_unavailable(job);
+        return;
+    }
+
+    ngx_http_billing_invoice_next(job);
+}
+
+
+static void
+ngx_http_billing_invoice_finalized(ngx_http_billing_stripe_call_t *call)
+{
+    ngx_http_billing_invoice_job_t  *job = call->data;
+
+    json_t                      *amount;
+    ngx_str_t                    status;
+    ngx_http_billing_invoice_t   inv;
+
+    if (call->json == NULL
+        || ngx_http_billing_stripe_string(call, "status", &status) != NGX_OK)
+    {
+        ngx_http_billing_invoice_stripe_failed(job);
+        return;
+    }
+
+    ngx_memzero(&inv, sizeof(ngx_http_billing_invoice_t));
+
+    inv.id = job->invoice;
+
+    /* a zero total finalizes as "paid": that activates at once */
+
+    inv.status = ngx_billing_invoice_status_parse((char *) status.data,
+                                                  status.len);
+    if (inv.status == NGX_BILLING_INVOICE_NONE) {
+        ngx_http_billing_invoice_stripe_failed(job);
+        return;
+    }
+
+    ngx_str_set(&inv.event, "");
+    inv.created = ngx_time();
+    inv.subscription = job->spec.subscription;
+    inv.kind = job->spec.kind;
+    inv.customer = job->customer;
+
+    (void) ngx_http_billing_stripe_string(call, "hosted_invoice_url",
+                                          &inv.hosted_invoice_url);
+    (void) ngx_http_billing_stripe_string(call, "currency", &inv.currency);
+
+    amount = json_object_get(call->json, "amount_due");
+    inv.amount_due = json_is_integer(amount) ? json_integer_value(amount)
+                                             : -1;
+
+    if (ngx_http_billing_store_invoice(&job->owner, &inv,
+                                       ngx_http_billing_invoice_recorded, job)
+        != NGX_OK)
+    {
+        ngx_http_billing_invoice_unavailable(job);
+    }
+}
+
+
+static void
+ngx_http_billing_invoice_recorded(void *data, redisReply *reply)
+{
+    ngx_http_billing_invoice_job_t  *job = data;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 3)
+    {
+        ngx_http_billing_invoice_unavailable(job);
+        return;
+    }
+
+    ngx_http_billing_invoice_finish(job, NGX_OK);
+}
+
+
+static ngx_int_t
+ngx_http_billing_invoice_string(ngx_pool_t *pool, ngx_str_t *dst,
+    redisReply *reply)
+{
+    ngx_str_t  s;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_STRING) {
+        return NGX_ERROR;
+    }
+
+    s.data = (u_char *) reply->str;
+    s.len = reply->len;
+
+    return ngx_http_billing_invoice_dup(pool, dst, &s);
+}
+
+
+static void
+ngx_http_billing_invoice_stripe_failed(ngx_http_billing_invoice_job_t *job)
+{
+    ngx_str_t  message;
+
+    /* Stripe's own message, for the marketplace backend to act on */
+
+    message = job->call.error;
+
+    if (message.len == 0) {
+        ngx_str_set(&message, "unexpected answer from Stripe");
+    }
+
+    if (ngx_http_billing_invoice_dup(job->pool, &job->result.message,
+                                     &message)
+        != NGX_OK)
+    {
+        ngx_str_set(&job->result.message, "unexpected answer from Stripe");
+    }
+
+    job->result.stripe_status = job->call.status;
+
+    ngx_http_billing_invoice_finish(job, NGX_HTTP_BAD_GATEWAY);
+}
+
+
+static void
+ngx_http_billing_invoice_unavailable(ngx_http_billing_invoice_job_t *job)
+{
+    ngx_log_error(NGX_LOG_ERR, &job->log, 0,
+                  "billing invoice: Redis is not available, stopped");
+
+    ngx_http_billing_invoice_finish(job, NGX_HTTP_SERVICE_UNAVAILABLE);
+}
+
+
+static void
+ngx_http_billing_invoice_finish(ngx_http_billing_invoice_job_t *job,
+    ngx_int_t rc)
+{
+    if (job->done.posted) {
+        return;
+    }
+
+    job->result.rc = rc;
+    job->result.invoice = job->invoice;
+
+    if (rc == NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, &job->log, 0,
+                      "billing invoice: %V is finalized", &job->invoice);
+
+    } else if (rc == NGX_HTTP_BAD_GATEWAY) {
+        ngx_log_error(NGX_LOG_ERR, &job->log, 0,
+                      "billing invoice: Stripe refused or failed, stopped");
+    }
+
+    ngx_post_event(&job->done, &ngx_posted_events);
+}
+
+
+static void
+ngx_http_billing_invoice_done(ngx_event_t *ev)
+{
+    ngx_http_billing_invoice_job_t  *job = ev->data;
+
+    if (!job->detached) {
+        job->spec.handler(job->spec.data, &job->result);
+    }
+
+    /* what still runs (a Stripe call, a Redis command) is cancelled */
+
+    ngx_destroy_pool(job->pool);
+}
+
+
+static u_char *
+ngx_http_billing_invoice_log_handler(ngx_log_t *log, u_char *buf, size_t len)
+{
+    u_char                          *p;
+    ngx_http_billing_invoice_job_t  *job;
+
+    p = buf;
+
+    if (log->action) {
+        p = ngx_snprintf(buf, len, " while %s", log->action);
+        len -= p - buf;
+        buf = p;
+    }
+
+    job = log->data;
+
+    if (job == NULL) {
+        return p;
+    }
+
+    return ngx_snprintf(buf, len, ", billing: %V invoice of subscription "
+                        "\"%V\"", &job->spec.kind, &job->spec.subscription);
+}
