@@ -57,7 +57,6 @@ sub setup {
     $t->redis('HSET', 'billing:sub:stopped_pending', state => 'pending',
         initial_invoice => 'in_sp');
     $t->redis('HSET', 'billing:invoice:in_sp', hosted_invoice_url => 'https://pay/in_sp');
-    $t->redis('HSET', 'billing:sub:ttl', state => 'active');
 }
 
 sub gate {
@@ -87,18 +86,53 @@ setup();
 # ---------------------------------------------------------------------
 # Redis up: an entry is asked again once its ttl has passed
 
+#
+# "Within the ttl" holds when the request after the change was answered
+# less than the ttl after the one that filled the cache was sent (the
+# entry is as old as its lookup, which came after). A machine too slow
+# for that once gets the scenario again, on a new id, up to 10 times:
+# the check waits for its condition instead of skipping.
+
 {
-    is(gate('ttl')->{status}, 200, 'ttl: active 200');
-    my $at = time;
-    $t->redis('HSET', 'billing:sub:ttl', state => 'cancelled');     # no notice
-    SKIP: {
-        skip 'too slow', 1 if time - $at > 0.7;
-        is(gate('ttl')->{status}, 200, 'ttl: changed without notice, within ttl: 200');
+    my ($held, @slow);
+
+    for my $try (1 .. 10) {
+        my $id = "ttl_$try";
+        $t->redis('HSET', "billing:sub:$id", state => 'active');
+
+        my $before = time;
+        my $first = gate($id)->{status};
+        $t->redis('HSET', "billing:sub:$id", state => 'cancelled');  # no notice
+        my $second = gate($id)->{status};
+        my $spent = time - $before;
+
+        if ($first == 200 && $spent >= 0.9) {
+            push @slow, sprintf('%.3f s', $spent);
+            next;
+        }
+
+        $held = { id => $id, before => $before, first => $first,
+                  second => $second };
+        last;
     }
-    my $st;
-    my $ok = wait_until(sub { ($st = gate('ttl')->{status}) == 403 }, 3, 0.05);
-    ok($ok, 'ttl: after the ttl, the change is seen (403)');
-    cmp_ok(time - $at, '>=', 0.9, 'ttl: not before the ttl');
+
+    note('ttl: too slow for the ttl, tried again after ' . join ', ', @slow)
+        if @slow;
+
+    ok($held, 'ttl: a change within the ttl of a lookup (10 tries at most)')
+        or diag('every try took 0.9 s or more: ' . join ', ', @slow);
+
+    if ($held) {
+        my $id = $held->{id};
+        is($held->{first}, 200, 'ttl: active 200');
+        is($held->{second}, 200, 'ttl: changed without notice, within ttl: 200');
+
+        my $ok = wait_until(sub { gate($id)->{status} == 403 }, 10, 0.05);
+        ok($ok, 'ttl: after the ttl, the change is seen (403)');
+
+        # the entry is younger than its lookup: it cannot be stale sooner
+        cmp_ok(time - $held->{before}, '>=', 0.95, 'ttl: not before the ttl');
+    }
 }
 
 # ---------------------------------------------------------------------

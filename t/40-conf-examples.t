@@ -1,7 +1,12 @@
 # The configurations in conf-examples/ are ready to use: each passes
 # "nginx -t" with the module just built, once its paths point at files
 # that exist here (secrets, a TLS certificate) and its hosts resolve
-# offline.
+# offline, and nginx -t says nothing at [alert], [crit] or [emerg].
+#
+# nginx -t writes to its output (stderr), to the log given with -e
+# (everything said before the configuration's own error_log is open:
+# here the test directory's error.log, which $t->done checks too) and
+# to the error_log files the configuration names; all are checked.
 
 use strict;
 use warnings;
@@ -20,14 +25,88 @@ sub slurp {
     return <$fh>;
 }
 
+# nginx -t -p $prefix -c $conf -e $elog: its exit code and its output
 sub nginx_t {
-    my ($conf, $prefix) = @_;
+    my ($conf, $prefix, $elog) = @_;
 
     # an AddressSanitizer build loads only with the harness' environment
     local %ENV = (%ENV, %{ $t->_asan_env });
 
-    my $out = `/usr/sbin/nginx -t -p $prefix -c $conf 2>&1`;
+    my $pid = open(my $fh, '-|') // die "fork: $!";
+
+    if ($pid == 0) {
+        open(STDERR, '>&', \*STDOUT) or die "dup: $!";
+        exec { '/usr/sbin/nginx' } '/usr/sbin/nginx', '-t', '-p', $prefix,
+            '-c', $conf, '-e', $elog
+            or do { print "exec /usr/sbin/nginx: $!\n"; exit 127 };
+    }
+
+    my $out = do { local $/; <$fh> } // '';
+    close $fh;
+
     return ($? >> 8, $out);
+}
+
+# the error_log files $conf_text names, as paths (relative ones are
+# relative to the prefix)
+sub error_logs {
+    my ($conf_text, $prefix) = @_;
+    my @logs;
+    for my $path ($conf_text =~ /^\s*error_log\s+([^\s;]+)/mg) {
+        next if $path eq 'stderr' || $path =~ /^(?:syslog|memory):/;
+        push @logs, $path =~ m{^/} ? $path : "$prefix/$path";
+    }
+    return @logs;
+}
+
+# Checks what nginx -t said, in $out and in the logs, for [alert], [crit]
+# and [emerg]; every log must exist (nginx -t opens them all, so a path
+# that is not there is a path this test got wrong). Returns the lines
+# found.
+sub alarms {
+    my ($name, $out, @logs) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+
+    my $said = $out;
+    for my $log (@logs) {
+        ok(-f $log, "$name: nginx -t opened $log");
+        $said .= "\n" . (slurp_if($log) // '');
+    }
+
+    return grep { /\[(?:alert|crit|emerg)\]/ } split /\n/, $said;
+}
+
+sub slurp_if {
+    my ($path) = @_;
+    return -f $path ? slurp($path) : undef;
+}
+
+# nginx's time ("10s", "500ms", "1m") in milliseconds
+sub msec {
+    my ($v) = @_;
+    my %unit = (ms => 1, s => 1000, m => 60_000, h => 3_600_000);
+    $v =~ /^(\d+)(ms|s|m|h)?$/ or die "not a time: $v";
+    return $1 * $unit{ $2 // 's' };
+}
+
+# README, billing_stripe_timeout: the proxy_read_timeout of the Stripe
+# location well below it (at most half), or one stalled attempt leaves
+# no time for a retry
+sub stripe_timeouts {
+    my ($name, $conf) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+
+    my ($call) = $conf =~ /^\s*billing_stripe_timeout\s+(\S+);/m;
+    my ($loc) = $conf =~ m{^\s*location\s+/_billing_stripe/\s*\{(.*?)^\s*\}}ms;
+    my ($read) = ($loc // '') =~ /^\s*proxy_read_timeout\s+(\S+);/m;
+
+    ok(defined $call && defined $read,
+        "$name: billing_stripe_timeout and the Stripe location's "
+        . 'proxy_read_timeout are set')
+        or return;
+    cmp_ok(2 * msec($read), '<=', msec($call),
+        "$name: proxy_read_timeout ($read) well below "
+        . "billing_stripe_timeout ($call)");
 }
 
 # quickstart.conf, laid out as tools/quickstart lays it out
@@ -37,20 +116,50 @@ sub nginx_t {
     mkdir $_ for $run, "$run/conf", "$run/logs", "$run/tmp", "$run/modules";
     symlink $t->module, "$run/modules/ngx_http_billing_module.so"
         or die "symlink: $!";
-    $t->write_file('run/conf/nginx.conf',
-        slurp("$repo/conf-examples/quickstart.conf"));
+    my $conf = slurp("$repo/conf-examples/quickstart.conf");
+    $t->write_file('run/conf/nginx.conf', $conf);
     $t->write_file('run/conf/whsec', "whsec_quickstarttest0123456789\n");
     $t->write_file('run/conf/stripe.key', "sk_test_quickstart0123456789\n");
     $t->write_file('run/conf/api.token', "quickstart-api-token-0123456789\n");
 
-    my ($rc, $out) = nginx_t('conf/nginx.conf', "$run/");
+    stripe_timeouts('quickstart.conf', $conf);
+
+    my @logs = error_logs($conf, $run);
+    ok(@logs, 'quickstart.conf names its error_log');
+
+    my ($rc, $out) = nginx_t('conf/nginx.conf', "$run/", "$dir/error.log");
     is $rc, 0, 'quickstart.conf: nginx -t passes' or diag $out;
+
+    my @bad = alarms('quickstart.conf', $out, "$dir/error.log", @logs);
+    ok(!@bad, 'quickstart.conf: no alert/crit/emerg from nginx -t')
+        or diag(join "\n", @bad);
+
+    # the same check sees what a broken configuration makes nginx -t say
+    # (in a log of its own: $t->done checks error.log)
+
+    (my $broken = $conf)
+        =~ s/^(\s*billing_redis\s+\S+)/$1 no_such_parameter=1/m
+        or die 'quickstart.conf has no billing_redis line';
+    $t->write_file('run/conf/broken.conf', $broken);
+
+    ($rc, $out) = nginx_t('conf/broken.conf', "$run/", "$dir/broken.log");
+    isnt $rc, 0, 'a broken quickstart.conf: nginx -t fails';
+
+    @bad = alarms('a broken quickstart.conf', $out, "$dir/broken.log");
+    ok(scalar(grep { /\[emerg\].*no_such_parameter/ } @bad),
+        'a broken quickstart.conf: the check finds its [emerg]')
+        or diag $out;
+    like(slurp_if("$dir/broken.log") // '',
+        qr/\[emerg\].*no_such_parameter/,
+        'a broken quickstart.conf: the [emerg] is in the log given with -e');
 }
 
 # production.conf, with its files made here
 
 {
     my $conf = slurp("$repo/conf-examples/production.conf");
+
+    stripe_timeouts('production.conf', $conf);
 
     my %files = (
         'redis.pass' => "redis-password-for-tests\n",
@@ -87,14 +196,24 @@ sub nginx_t {
     like $conf, qr{billing_api_token_file $dir/billing/api\.token;},
         'production.conf names every secret file';
 
-    $t->write_file('production.conf',
-        "error_log $dir/production-error.log;\n"
-        . "pid $dir/production.pid;\n" . $conf);
+    $conf = "error_log $dir/production-error.log;\n"
+        . "pid $dir/production.pid;\n" . $conf;
+    $t->write_file('production.conf', $conf);
 
-    my ($rc, $out) = nginx_t("$dir/production.conf", "$dir/");
+    my @logs = error_logs($conf, $dir);
+
+    my ($rc, $out) = nginx_t("$dir/production.conf", "$dir/",
+        "$dir/error.log");
     is $rc, 0, 'production.conf: nginx -t passes' or diag $out;
-    unlike $out, qr/whsec_|rk_live_|redis-password|api-token/,
-        'production.conf: no secret in the output of nginx -t';
+
+    my @bad = alarms('production.conf', $out, "$dir/error.log", @logs);
+    ok(!@bad, 'production.conf: no alert/crit/emerg from nginx -t')
+        or diag(join "\n", @bad);
+
+    my $said = join "\n", $out, map { slurp_if($_) // '' }
+        "$dir/error.log", @logs;
+    unlike $said, qr/whsec_|rk_live_|redis-password|api-token/,
+        'production.conf: no secret in what nginx -t says';
 }
 
 $t->done;

@@ -32,6 +32,12 @@
 
 #define S(s)      (const unsigned char *) (s), sizeof(s) - 1
 
+/* bearer tokens of billing_api_token_file, as long as a typical one */
+#define TOKEN                                                                \
+    "api-token-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOP"
+#define OTHER_TOKEN                                                          \
+    "api-token-0123456789abcdefghijklmnopqrstuvwxyz-ABCDEFGHIJKLMNOQ"
+
 
 static const ngx_billing_secret_t  secret_a[] = {
     { (const unsigned char *) SECRET_A, sizeof(SECRET_A) - 1 }
@@ -1035,6 +1041,183 @@ test_strerror(void)
 }
 
 
+/*
+ * ngx_billing_secure_equal(): the comparison of the API's bearer token.
+ * Only the answers are checked here; its time is not (a timing
+ * assertion has no place in a unit test), but every input shape it
+ * may be given is.
+ */
+
+static int
+secure_eq(const void *a, size_t a_len, const void *b, size_t b_len)
+{
+    int  ab, ba;
+
+    ab = ngx_billing_secure_equal(a, a_len, b, b_len);
+    ba = ngx_billing_secure_equal(b, b_len, a, a_len);
+
+    if (ab != ba) {
+        diag("secure_equal not symmetric: %d one way, %d the other", ab, ba);
+        return -1;
+    }
+
+    return ab;
+}
+
+
+static void
+test_secure_equal(void)
+{
+    int            all;
+    size_t         i, len, m;
+    unsigned char  a[64], b[64], *big, *big2;
+
+    static const unsigned char  masks[] = { 0x01, 0x80, 0xff };
+
+    /* equal: the same bytes in two buffers, and one buffer with itself */
+
+    memcpy(a, TOKEN, sizeof(TOKEN) - 1);
+    memcpy(b, TOKEN, sizeof(TOKEN) - 1);
+
+    is_int(secure_eq(a, sizeof(TOKEN) - 1, b, sizeof(TOKEN) - 1), 1,
+           "secure_equal: equal tokens in two buffers: 1");
+    is_int(secure_eq(a, sizeof(TOKEN) - 1, a, sizeof(TOKEN) - 1), 1,
+           "secure_equal: a token and itself: 1");
+    is_int(secure_eq("x", 1, "x", 1), 1, "secure_equal: one equal byte: 1");
+
+    /* different content, same length */
+
+    is_int(secure_eq(S(TOKEN), S(OTHER_TOKEN)), 0,
+           "secure_equal: another token of the same length: 0");
+    is_int(secure_eq("x", 1, "y", 1), 0, "secure_equal: one byte, other: 0");
+
+    /* different lengths */
+
+    is_int(secure_eq(S(TOKEN), S(TOKEN "x")), 0,
+           "secure_equal: one byte longer: 0");
+    is_int(secure_eq(S(TOKEN), S("x" TOKEN)), 0,
+           "secure_equal: one byte more in front: 0");
+    is_int(secure_eq(S("abc"), S("abcabc")), 0,
+           "secure_equal: the token twice: 0");
+
+    /* every proper prefix, the empty one included */
+
+    all = 1;
+
+    for (len = 0; len < sizeof(TOKEN) - 1; len++) {
+        if (secure_eq(TOKEN, len, S(TOKEN)) != 0) {
+            diag("the prefix of %zu bytes compares equal", len);
+            all = 0;
+        }
+    }
+
+    ok(all, "secure_equal: every prefix of the token (0 to %zu bytes): 0",
+       sizeof(TOKEN) - 2);
+
+    /* empty */
+
+    is_int(secure_eq("", 0, "", 0), 1, "secure_equal: empty and empty: 1");
+    is_int(secure_eq("", 0, "x", 1), 0, "secure_equal: empty and a byte: 0");
+    is_int(secure_eq("", 0, S(TOKEN)), 0,
+           "secure_equal: empty and a token: 0");
+
+    /* an unset ngx_str_t is { 0, NULL }: no dereference, no crash */
+
+    is_int(secure_eq(NULL, 0, NULL, 0), 1,
+           "secure_equal: NULL, 0 and NULL, 0: 1");
+    is_int(secure_eq(NULL, 0, "", 0), 1, "secure_equal: NULL, 0 and \"\": 1");
+    is_int(secure_eq(NULL, 0, S(TOKEN)), 0,
+           "secure_equal: NULL, 0 and a token: 0");
+
+    /* the length counts, not a NUL */
+
+    is_int(secure_eq("a\0b", 3, "a\0c", 3), 0,
+           "secure_equal: a difference after a NUL: 0");
+    is_int(secure_eq("a\0b", 3, "a\0b", 3), 1,
+           "secure_equal: equal across a NUL: 1");
+    is_int(secure_eq("a\0", 2, "a", 1), 0,
+           "secure_equal: a trailing NUL makes a difference: 0");
+
+    /* one byte differing, at each position, by one bit, the top bit, all */
+
+    for (i = 0; i < sizeof(a); i++) {
+        a[i] = (unsigned char) ('!' + (i * 5) % 90);
+    }
+
+    for (m = 0; m < sizeof(masks); m++) {
+        all = 1;
+
+        for (i = 0; i < sizeof(a); i++) {
+            memcpy(b, a, sizeof(a));
+            b[i] ^= masks[m];
+
+            if (secure_eq(a, sizeof(a), b, sizeof(b)) != 0) {
+                diag("byte %zu ^ 0x%02x compares equal", i, masks[m]);
+                all = 0;
+            }
+        }
+
+        ok(all, "secure_equal: 64 bytes, byte i ^ 0x%02x, each i: 0",
+           masks[m]);
+    }
+
+    /* and in short inputs, where every byte is a first or last one */
+
+    all = 1;
+
+    for (len = 1; len <= 8; len++) {
+        for (i = 0; i < len; i++) {
+            memcpy(b, a, len);
+            b[i] ^= 0x20;
+
+            if (secure_eq(a, len, b, len) != 0
+                || secure_eq(a, len, a, len) != 1)
+            {
+                diag("length %zu, byte %zu: wrong answer", len, i);
+                all = 0;
+            }
+        }
+    }
+
+    ok(all, "secure_equal: lengths 1 to 8, each byte differing: 0, "
+       "unchanged: 1");
+
+    /* longer than a digest and than a hash block: the whole is compared */
+
+    big = malloc(100000);
+    big2 = malloc(100000);
+    if (big == NULL || big2 == NULL) {
+        abort();
+    }
+
+    for (i = 0; i < 100000; i++) {
+        big[i] = (unsigned char) (i * 7 + 3);
+    }
+
+    memcpy(big2, big, 100000);
+
+    is_int(secure_eq(big, 100000, big2, 100000), 1,
+           "secure_equal: 100000 equal bytes: 1");
+
+    big2[99999] ^= 1;
+    is_int(secure_eq(big, 100000, big2, 100000), 0,
+           "secure_equal: 100000 bytes, the last differing: 0");
+
+    big2[99999] ^= 1;
+    big2[0] ^= 1;
+    is_int(secure_eq(big, 100000, big2, 100000), 0,
+           "secure_equal: 100000 bytes, the first differing: 0");
+
+    is_int(secure_eq(big, 100000, big, 99999), 0,
+           "secure_equal: 100000 bytes and their first 99999: 0");
+    is_int(secure_eq(big, 33, big, 32), 0,
+           "secure_equal: 33 bytes and their first 32: 0");
+
+    free(big);
+    free(big2);
+}
+
+
 int
 main(void)
 {
@@ -1054,6 +1237,7 @@ main(void)
     test_time();
     test_check_order();
     test_strerror();
+    test_secure_equal();
 
     return done_testing();
 }
