@@ -71,11 +71,63 @@ ngx_billing_decimal_parse(ngx_billing_decimal_t *d, const char *s, size_t len)
 }
 
 
+/*
+ * q, r = a * b / d, a * b % d, in 64-bit arithmetic only (32-bit
+ * targets have no 128-bit type); -1 when q needs more than 64 bits.
+ */
+
+static int
+ngx_billing_mul_div(uint64_t a, uint64_t b, uint64_t d, uint64_t *q,
+    uint64_t *r)
+{
+    int       i;
+    uint64_t  hi, lo, mid, p00, p01, p10, p11, rem, quo, top;
+
+    /* the 128-bit product, from 32-bit halves */
+
+    p00 = (a & 0xffffffff) * (b & 0xffffffff);
+    p01 = (a & 0xffffffff) * (b >> 32);
+    p10 = (a >> 32) * (b & 0xffffffff);
+    p11 = (a >> 32) * (b >> 32);
+
+    mid = (p00 >> 32) + (p01 & 0xffffffff) + (p10 & 0xffffffff);
+    lo = (p00 & 0xffffffff) | (mid << 32);
+    hi = p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
+
+    if (hi >= d) {
+        return -1;
+    }
+
+    /* long division, a bit at a time: rem < d throughout */
+
+    rem = hi;
+    quo = 0;
+
+    for (i = 63; i >= 0; i--) {
+        top = rem >> 63;
+        rem = (rem << 1) | ((lo >> i) & 1);
+        quo <<= 1;
+
+        /* with the top bit out, the true value is above 2^64 > d */
+
+        if (top || rem >= d) {
+            rem -= d;
+            quo |= 1;
+        }
+    }
+
+    *q = quo;
+    *r = rem;
+
+    return 0;
+}
+
+
 int64_t
 ngx_billing_amount(uint64_t units, const ngx_billing_decimal_t *price)
 {
-    unsigned            i;
-    unsigned __int128   product, divisor, q, r;
+    unsigned  i;
+    uint64_t  divisor, q, r;
 
     divisor = 1;
 
@@ -83,18 +135,17 @@ ngx_billing_amount(uint64_t units, const ngx_billing_decimal_t *price)
         divisor *= 10;
     }
 
-    /* both below 2^64: the product fits in 128 bits */
+    if (ngx_billing_mul_div(units, price->mantissa, divisor, &q, &r) != 0) {
+        return -1;
+    }
 
-    product = (unsigned __int128) units * price->mantissa;
+    /* half up */
 
-    q = product / divisor;
-    r = product % divisor;
-
-    if (r * 2 >= divisor && divisor > 1) {
+    if (divisor > 1 && r >= divisor - r) {
         q++;
     }
 
-    if (q > (unsigned __int128) NGX_BILLING_AMOUNT_MAX) {
+    if (q > (uint64_t) NGX_BILLING_AMOUNT_MAX) {
         return -1;
     }
 

@@ -380,12 +380,73 @@ test_print(void)
 }
 
 
+/*
+ * The amount is computed without a 128-bit type; on a target that has
+ * one, it must agree with the obvious computation, across the range.
+ */
+
+static void
+test_amount_wide(void)
+{
+#ifdef __SIZEOF_INT128__
+    int                    i, bad;
+    int64_t                got, want;
+    uint64_t               units, x;
+    unsigned __int128      product, divisor, q;
+    ngx_billing_decimal_t  d;
+
+    bad = 0;
+    x = 0x9e3779b97f4a7c15ULL;
+
+    for (i = 0; i < 200000; i++) {
+
+        /* xorshift: spread over every magnitude of both factors */
+
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+
+        units = x >> (x % 64);
+        d.mantissa = (x * 0x2545f4914f6cdd1dULL) >> ((x >> 8) % 64);
+        d.scale = (unsigned) ((x >> 16) % (NGX_BILLING_DECIMAL_SCALE_MAX + 1));
+
+        divisor = 1;
+        for (unsigned k = 0; k < d.scale; k++) {
+            divisor *= 10;
+        }
+
+        product = (unsigned __int128) units * d.mantissa;
+        q = product / divisor;
+
+        if (divisor > 1 && (product % divisor) * 2 >= divisor) {
+            q++;
+        }
+
+        want = (q > NGX_BILLING_AMOUNT_MAX) ? -1 : (int64_t) q;
+        got = ngx_billing_amount(units, &d);
+
+        if (got != want && bad++ < 5) {
+            diag("units %llu, mantissa %llu, scale %u: %lld, not %lld",
+                 (unsigned long long) units,
+                 (unsigned long long) d.mantissa, d.scale,
+                 (long long) got, (long long) want);
+        }
+    }
+
+    is_int(bad, 0, "200000 amounts as 128-bit arithmetic computes them");
+#else
+    ok(1, "no 128-bit type here to compare with");
+#endif
+}
+
+
 int
 main(void)
 {
     test_parse_valid();
     test_parse_invalid();
     test_amount();
+    test_amount_wide();
     test_print();
 
     return done_testing();
