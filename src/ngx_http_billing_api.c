@@ -359,7 +359,7 @@ ngx_http_billing_api_create(ngx_http_request_t *r)
 static void
 ngx_http_billing_api_claimed(void *data, redisReply *reply)
 {
-    ngx_http_request_t *r = data;
+    ngx_http_request_t  *r = data;
 
     ngx_connection_t            *c;
     ngx_http_billing_api_ctx_t  *ctx;
@@ -542,7 +542,7 @@ ngx_http_billing_api_read(ngx_http_request_t *r)
 static void
 ngx_http_billing_api_answer(void *data, redisReply *reply)
 {
-    ngx_http_request_t *r = data;
+    ngx_http_request_t  *r = data;
 
     size_t                       i;
     json_t                      *json, *invoices, *inv, *kind;

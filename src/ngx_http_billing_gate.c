@@ -463,7 +463,7 @@ ngx_http_billing_gate_fresh(ngx_http_request_t *r,
 static void
 ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
 {
-    ngx_http_request_t *r = data;
+    ngx_http_request_t  *r = data;
 
     redisReply                    *e;
     ngx_connection_t              *c;

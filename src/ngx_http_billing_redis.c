@@ -13,6 +13,9 @@
  * While that backoff runs, new commands fail at once, so callers answer
  * quickly instead of piling up.  Each (re)connection starts with AUTH
  * and SELECT before anything else is written.
+ *
+ * This file holds the connection; queueing, formatting and cancelling
+ * commands is in ngx_http_billing_redis_cmd.c.
  */
 
 
@@ -20,9 +23,8 @@
 #include <ngx_core.h>
 #include <ngx_event.h>
 #include <ngx_event_connect.h>
-#include <ngx_sha1.h>
 
-#include "ngx_http_billing_redis.h"
+#include "ngx_http_billing_redis_int.h"
 
 
 #define NGX_HTTP_BILLING_REDIS_BACKOFF_MIN  100
@@ -32,72 +34,9 @@
 
 /* a subscription lost in silence must be found within about a second */
 #define NGX_HTTP_BILLING_REDIS_SUB_HEARTBEAT 300
-#define NGX_HTTP_BILLING_REDIS_MAX_CMDS     8192
-#define NGX_HTTP_BILLING_REDIS_MAX_ARGS     64
 #define NGX_HTTP_BILLING_REDIS_BUF          16384
 
 
-typedef enum {
-    NGX_HTTP_BILLING_REDIS_DISCONNECTED = 0,
-    NGX_HTTP_BILLING_REDIS_CONNECTING,
-    NGX_HTTP_BILLING_REDIS_HANDSHAKE,
-    NGX_HTTP_BILLING_REDIS_READY
-} ngx_http_billing_redis_state_e;
-
-
-struct ngx_http_billing_redis_cmd_s {
-    ngx_queue_t                         queue;
-    ngx_http_billing_redis_t           *rd;
-
-    /* NULL once cancelled: the reply is then read and dropped */
-    ngx_http_billing_redis_handler_pt   handler;
-    void                               *data;
-    ngx_pool_cleanup_t                 *cleanup;
-
-    char                               *buf;
-    size_t                              len;
-    size_t                              sent;
-
-    /* an EVALSHA that becomes an EVAL on NOSCRIPT */
-    ngx_http_billing_redis_script_t    *script;
-
-    unsigned                            handshake:1;
-    unsigned                            own_buf:1;
-
-    /* taken out of the queue by fail_all(), which frees it */
-    unsigned                            failing:1;
-};
-
-
-struct ngx_http_billing_redis_s {
-    ngx_http_billing_redis_conf_t      *conf;
-    ngx_log_t                          *log;
-
-    ngx_peer_connection_t               peer;
-    redisReader                        *reader;
-    ngx_uint_t                          state;
-    ngx_msec_t                          connected_at;
-
-    ngx_queue_t                         cmds;
-    ngx_uint_t                          ncmds;
-
-    ngx_msec_t                          backoff;
-    ngx_event_t                         reconnect;
-    ngx_event_t                         heartbeat;
-    ngx_msec_t                          heartbeat_interval;
-
-    /* a subscriber's channel and handlers */
-    ngx_str_t                           channel;
-    ngx_http_billing_redis_message_pt   on_message;
-    ngx_http_billing_redis_state_pt     on_state;
-    void                               *data;
-
-    /* the last attempt failed and the backoff runs */
-    unsigned                            down:1;
-};
-
-
-static void ngx_http_billing_redis_connect(ngx_http_billing_redis_t *rd);
 static ngx_int_t ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd);
 static void ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd);
 static ngx_uint_t ngx_http_billing_redis_handshaking(
@@ -111,9 +50,6 @@ static ngx_int_t ngx_http_billing_redis_test_connect(
 static ngx_int_t ngx_http_billing_redis_flush(ngx_http_billing_redis_t *rd);
 static ngx_int_t ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
     redisReply *reply);
-static ngx_int_t ngx_http_billing_redis_to_eval(
-    ngx_http_billing_redis_cmd_t *cmd,
-    ngx_http_billing_redis_script_t *script);
 static void ngx_http_billing_redis_arm(ngx_http_billing_redis_t *rd);
 static void ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd,
     ngx_uint_t level, const char *reason);
@@ -123,13 +59,6 @@ static void ngx_http_billing_redis_fail_all(ngx_http_billing_redis_t *rd,
 static void ngx_http_billing_redis_reconnect_handler(ngx_event_t *ev);
 static void ngx_http_billing_redis_heartbeat_handler(ngx_event_t *ev);
 static void ngx_http_billing_redis_pong(void *data, redisReply *reply);
-static ngx_http_billing_redis_cmd_t *ngx_http_billing_redis_format(
-    ngx_http_billing_redis_t *rd, ngx_uint_t argc, ngx_str_t *argv);
-static void ngx_http_billing_redis_free(ngx_http_billing_redis_cmd_t *cmd);
-static void ngx_http_billing_redis_free_buf(
-    ngx_http_billing_redis_cmd_t *cmd);
-static void ngx_http_billing_redis_unbind(ngx_http_billing_redis_cmd_t *cmd);
-static void ngx_http_billing_redis_cleanup(void *data);
 
 
 ngx_http_billing_redis_t *
@@ -216,177 +145,6 @@ ngx_http_billing_redis_subscribe(ngx_http_billing_redis_t *rd,
 
 
 void
-ngx_http_billing_redis_script_init(ngx_http_billing_redis_script_t *script,
-    const char *source)
-{
-    u_char      digest[20];
-    ngx_sha1_t  sha1;
-
-    script->source.data = (u_char *) source;
-    script->source.len = ngx_strlen(source);
-
-    ngx_sha1_init(&sha1);
-    ngx_sha1_update(&sha1, script->source.data, script->source.len);
-    ngx_sha1_final(digest, &sha1);
-
-    ngx_hex_dump(script->sha1, digest, sizeof(digest));
-}
-
-
-ngx_http_billing_redis_cmd_t *
-ngx_http_billing_redis_send(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
-    ngx_str_t *argv, ngx_http_billing_redis_handler_pt handler, void *data)
-{
-    ngx_http_billing_redis_cmd_t  *cmd;
-
-    if (rd->ncmds >= NGX_HTTP_BILLING_REDIS_MAX_CMDS) {
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "billing redis %V: too many commands queued",
-                      rd->peer.name);
-        return NULL;
-    }
-
-    if (rd->state == NGX_HTTP_BILLING_REDIS_DISCONNECTED) {
-
-        if (rd->down) {
-            /* known to be down: fail fast until the next attempt */
-            return NULL;
-        }
-
-        if (rd->reconnect.timer_set) {
-            ngx_del_timer(&rd->reconnect);
-        }
-
-        ngx_http_billing_redis_connect(rd);
-
-        if (rd->state == NGX_HTTP_BILLING_REDIS_DISCONNECTED) {
-            return NULL;
-        }
-    }
-
-    cmd = ngx_http_billing_redis_format(rd, argc, argv);
-    if (cmd == NULL) {
-        return NULL;
-    }
-
-    cmd->handler = handler;
-    cmd->data = data;
-
-    ngx_queue_insert_tail(&rd->cmds, &cmd->queue);
-    rd->ncmds++;
-
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, rd->log, 0,
-                   "billing redis: queued %V, %ui args, %ui pending",
-                   &argv[0], argc, rd->ncmds);
-
-    /* written from the event loop, so that a batch goes in one send() */
-
-    if (rd->state == NGX_HTTP_BILLING_REDIS_READY) {
-        ngx_post_event(rd->peer.connection->write, &ngx_posted_events);
-    }
-
-    return cmd;
-}
-
-
-ngx_http_billing_redis_cmd_t *
-ngx_http_billing_redis_eval(ngx_http_billing_redis_t *rd,
-    ngx_http_billing_redis_script_t *script, ngx_uint_t nkeys,
-    ngx_uint_t argc, ngx_str_t *argv,
-    ngx_http_billing_redis_handler_pt handler, void *data)
-{
-    u_char                        nkeys_buf[NGX_INT_T_LEN];
-    ngx_str_t                     args[NGX_HTTP_BILLING_REDIS_MAX_ARGS];
-    ngx_uint_t                    i;
-    ngx_http_billing_redis_cmd_t  *cmd;
-
-    if (argc + 3 > NGX_HTTP_BILLING_REDIS_MAX_ARGS) {
-        return NULL;
-    }
-
-    ngx_str_set(&args[0], "EVALSHA");
-    args[1].data = script->sha1;
-    args[1].len = sizeof(script->sha1);
-    args[2].data = nkeys_buf;
-    args[2].len = ngx_sprintf(nkeys_buf, "%ui", nkeys) - nkeys_buf;
-
-    for (i = 0; i < argc; i++) {
-        args[i + 3] = argv[i];
-    }
-
-    cmd = ngx_http_billing_redis_send(rd, argc + 3, args, handler, data);
-
-    if (cmd) {
-        cmd->script = script;
-    }
-
-    return cmd;
-}
-
-
-void
-ngx_http_billing_redis_cancel(ngx_http_billing_redis_cmd_t *cmd)
-{
-    ngx_http_billing_redis_t  *rd;
-
-    ngx_http_billing_redis_unbind(cmd);
-
-    cmd->handler = NULL;
-    cmd->data = NULL;
-
-    /* not written yet: forget it; otherwise its reply is still due */
-
-    if (cmd->sent == 0 && !cmd->failing) {
-        rd = cmd->rd;
-        ngx_queue_remove(&cmd->queue);
-        rd->ncmds--;
-        ngx_http_billing_redis_free(cmd);
-    }
-}
-
-
-ngx_int_t
-ngx_http_billing_redis_bind(ngx_http_billing_redis_cmd_t *cmd,
-    ngx_pool_t *pool)
-{
-    ngx_pool_cleanup_t  *cln;
-
-    cln = ngx_pool_cleanup_add(pool, 0);
-    if (cln == NULL) {
-        return NGX_ERROR;
-    }
-
-    cln->handler = ngx_http_billing_redis_cleanup;
-    cln->data = cmd;
-    cmd->cleanup = cln;
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_billing_redis_unbind(ngx_http_billing_redis_cmd_t *cmd)
-{
-    /* the command is done with: its pool no longer needs to cancel it */
-
-    if (cmd->cleanup) {
-        cmd->cleanup->handler = NULL;
-        cmd->cleanup = NULL;
-    }
-}
-
-
-static void
-ngx_http_billing_redis_cleanup(void *data)
-{
-    ngx_http_billing_redis_cmd_t  *cmd = data;
-
-    cmd->cleanup = NULL;
-    ngx_http_billing_redis_cancel(cmd);
-}
-
-
-static void
 ngx_http_billing_redis_connect(ngx_http_billing_redis_t *rd)
 {
     ngx_int_t          rc;
@@ -945,58 +703,6 @@ ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
 }
 
 
-static ngx_int_t
-ngx_http_billing_redis_to_eval(ngx_http_billing_redis_cmd_t *cmd,
-    ngx_http_billing_redis_script_t *script)
-{
-    u_char  *buf, *p, *end, *rest;
-    size_t   head, tail;
-
-    /*
-     * hiredis formats "*N\r\n$7\r\nEVALSHA\r\n$40\r\n<sha1>\r\n<rest>";
-     * the EVAL differs only in its name and the script in place of sha1.
-     */
-
-    end = (u_char *) cmd->buf + cmd->len;
-
-    p = ngx_strlchr((u_char *) cmd->buf, end, '\n');
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    head = p + 1 - (u_char *) cmd->buf;
-    rest = p + 1 + sizeof("$7\r\nEVALSHA\r\n$40\r\n") - 1 + 40 + 2;
-
-    if (rest > end) {
-        return NGX_ERROR;
-    }
-
-    tail = end - rest;
-
-    buf = ngx_alloc(head + sizeof("$4\r\nEVAL\r\n$\r\n\r\n") - 1
-                    + NGX_SIZE_T_LEN + script->source.len + tail,
-                    cmd->rd->log);
-    if (buf == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(buf, cmd->buf, head);
-    p = ngx_cpymem(p, "$4\r\nEVAL\r\n", sizeof("$4\r\nEVAL\r\n") - 1);
-    p = ngx_sprintf(p, "$%uz\r\n%V\r\n", script->source.len,
-                    &script->source);
-    p = ngx_cpymem(p, rest, tail);
-
-    ngx_http_billing_redis_free_buf(cmd);
-
-    cmd->buf = (char *) buf;
-    cmd->len = p - buf;
-    cmd->sent = 0;
-    cmd->own_buf = 1;
-
-    return NGX_OK;
-}
-
-
 static void
 ngx_http_billing_redis_arm(ngx_http_billing_redis_t *rd)
 {
@@ -1155,69 +861,4 @@ static void
 ngx_http_billing_redis_pong(void *data, redisReply *reply)
 {
     /* a lost connection was handled already: nothing more to do */
-}
-
-
-static ngx_http_billing_redis_cmd_t *
-ngx_http_billing_redis_format(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
-    ngx_str_t *argv)
-{
-    int                            len;
-    char                          *buf;
-    size_t                         lens[NGX_HTTP_BILLING_REDIS_MAX_ARGS];
-    ngx_uint_t                     i;
-    const char                    *args[NGX_HTTP_BILLING_REDIS_MAX_ARGS];
-    ngx_http_billing_redis_cmd_t  *cmd;
-
-    if (argc == 0 || argc > NGX_HTTP_BILLING_REDIS_MAX_ARGS) {
-        return NULL;
-    }
-
-    for (i = 0; i < argc; i++) {
-        args[i] = (const char *) argv[i].data;
-        lens[i] = argv[i].len;
-    }
-
-    len = redisFormatCommandArgv(&buf, (int) argc, args, lens);
-    if (len < 0) {
-        return NULL;
-    }
-
-    cmd = ngx_calloc(sizeof(ngx_http_billing_redis_cmd_t), rd->log);
-    if (cmd == NULL) {
-        redisFreeCommand(buf);
-        return NULL;
-    }
-
-    cmd->rd = rd;
-    cmd->buf = buf;
-    cmd->len = len;
-
-    return cmd;
-}
-
-
-static void
-ngx_http_billing_redis_free(ngx_http_billing_redis_cmd_t *cmd)
-{
-    ngx_http_billing_redis_free_buf(cmd);
-    ngx_free(cmd);
-}
-
-
-static void
-ngx_http_billing_redis_free_buf(ngx_http_billing_redis_cmd_t *cmd)
-{
-    if (cmd->buf == NULL) {
-        return;
-    }
-
-    if (cmd->own_buf) {
-        ngx_free(cmd->buf);
-
-    } else {
-        redisFreeCommand(cmd->buf);
-    }
-
-    cmd->buf = NULL;
 }

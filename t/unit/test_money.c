@@ -390,6 +390,7 @@ test_amount_wide(void)
 {
 #ifdef __SIZEOF_INT128__
     int                    i, bad;
+    unsigned               k;
     int64_t                got, want;
     uint64_t               units, x;
     unsigned __int128      product, divisor, q;
@@ -411,7 +412,7 @@ test_amount_wide(void)
         d.scale = (unsigned) ((x >> 16) % (NGX_BILLING_DECIMAL_SCALE_MAX + 1));
 
         divisor = 1;
-        for (unsigned k = 0; k < d.scale; k++) {
+        for (k = 0; k < d.scale; k++) {
             divisor *= 10;
         }
 
