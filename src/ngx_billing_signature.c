@@ -47,7 +47,8 @@ ngx_billing_sig_parse(ngx_billing_sig_t *sig, const unsigned char *header,
         /* key: [a-z0-9]+ */
 
         key = p;
-        while (p < end && ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')))
+        while (p < end
+               && ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9')))
         {
             p++;
         }

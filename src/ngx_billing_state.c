@@ -33,8 +33,9 @@ static const char  *ngx_billing_sub_names[] = {
  * can still be paid or voided, "open" can become anything else.
  */
 
-static const unsigned char  ngx_billing_invoice_moves[NGX_BILLING_INVOICE_NSTATES]
-    [NGX_BILLING_INVOICE_NSTATES] =
+static const unsigned char
+    ngx_billing_invoice_moves[NGX_BILLING_INVOICE_NSTATES]
+                             [NGX_BILLING_INVOICE_NSTATES] =
 {
     /* to:            none open paid void uncoll */
     /* none */        { 0,   1,   1,   1,   1 },

@@ -423,6 +423,7 @@ static void
 ngx_http_billing_api_issue(ngx_http_request_t *r)
 {
     u_char                           *p;
+    ngx_log_t                         log;
     ngx_str_t                        *prefix;
     ngx_http_billing_api_ctx_t       *ctx;
     ngx_http_core_loc_conf_t         *clcf;
@@ -479,12 +480,25 @@ ngx_http_billing_api_issue(ngx_http_request_t *r)
     spec.handler = ngx_http_billing_api_issued;
     spec.data = r;
 
+    /* the location's error_log, with the client's connection number */
+
+    log = *clcf->error_log;
+    log.connection = r->connection->number;
+
     ctx->job = ngx_http_billing_invoice_issue(&spec, ctx->owner.bmcf,
-                                              ctx->owner.conf_ctx,
-                                              clcf->error_log);
+                                              ctx->owner.conf_ctx, &log);
     if (ctx->job == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
     }
+
+    /*
+     * The job goes on without the client: a client that goes away now
+     * is noticed, its request closed (and logged as 499), the job
+     * detached.
+     */
+
+    r->read_event_handler = ngx_http_test_reading;
 }
 
 

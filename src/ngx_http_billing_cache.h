@@ -19,7 +19,7 @@
 
 /* a subscription as the gate needs it */
 typedef struct {
-    ngx_uint_t                  state;       /* NGX_BILLING_SUB_*, NONE: unknown */
+    ngx_uint_t                  state;    /* NGX_BILLING_SUB_*; NONE: unknown */
     ngx_str_t                   invoice;     /* the first invoice */
     ngx_str_t                   pay_url;     /* its hosted_invoice_url */
     ngx_msec_t                  fetched;     /* when Redis said so */

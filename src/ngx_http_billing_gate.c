@@ -596,7 +596,8 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
         return NGX_OK;
 
     case NGX_BILLING_SUB_PENDING:
-        return ngx_http_billing_gate_deny(r, ctx, NGX_HTTP_BILLING_PAYMENT_REQUIRED,
+        return ngx_http_billing_gate_deny(r, ctx,
+                                          NGX_HTTP_BILLING_PAYMENT_REQUIRED,
                                           "payment_required",
                                           "the subscription's first "
                                           "invoice is not paid yet");

@@ -82,8 +82,7 @@ static ngx_int_t ngx_http_billing_invoice_form(
     ngx_http_billing_invoice_job_t *job, ngx_billing_form_t *form);
 static ngx_int_t ngx_http_billing_invoice_stripe(
     ngx_http_billing_invoice_job_t *job, ngx_billing_form_t *form,
-    ngx_str_t *path, const char *step, ngx_str_t *name,
-    ngx_http_billing_stripe_handler_pt handler);
+    ngx_str_t *path, const char *step, ngx_str_t *name);
 static ngx_int_t ngx_http_billing_invoice_created(
     ngx_http_billing_invoice_job_t *job, ngx_str_t *id);
 static void ngx_http_billing_invoice_customer(
@@ -387,20 +386,20 @@ ngx_http_billing_invoice_next(ngx_http_billing_invoice_job_t *job)
                              job->spec.consumer_org.len);
 
         ngx_str_set(&path, "/v1/customers");
+        job->call.handler = ngx_http_billing_invoice_customer;
 
         rc = ngx_http_billing_invoice_stripe(job, &form, &path, "customer",
-                                             NULL,
-                                           ngx_http_billing_invoice_customer);
+                                             NULL);
 
     } else if (job->invoice.len == 0) {
         rc = ngx_http_billing_invoice_form(job, &form);
 
         ngx_str_set(&path, "/v1/invoices");
+        job->call.handler = ngx_http_billing_invoice_created_invoice;
 
         if (rc == NGX_OK) {
             rc = ngx_http_billing_invoice_stripe(job, &form, &path, "invoice",
-                                                 NULL,
-                                    ngx_http_billing_invoice_created_invoice);
+                                                 NULL);
         }
 
     } else {
@@ -446,10 +445,10 @@ ngx_http_billing_invoice_next(ngx_http_billing_invoice_job_t *job)
             }
 
             ngx_str_set(&path, "/v1/invoiceitems");
+            job->call.handler = ngx_http_billing_invoice_item;
 
             rc = ngx_http_billing_invoice_stripe(job, &form, &path, NULL,
-                                                 name,
-                                               ngx_http_billing_invoice_item);
+                                                 name);
 
         } else {
             path.len = sizeof("/v1/invoices//finalize") - 1
@@ -462,10 +461,10 @@ ngx_http_billing_invoice_next(ngx_http_billing_invoice_job_t *job)
             } else {
                 ngx_sprintf(path.data, "/v1/invoices/%V/finalize",
                             &job->invoice);
+                job->call.handler = ngx_http_billing_invoice_finalized;
 
                 rc = ngx_http_billing_invoice_stripe(job, &form, &path,
-                                                     "finalize", NULL,
-                                         ngx_http_billing_invoice_finalized);
+                                                     "finalize", NULL);
             }
         }
     }
@@ -531,7 +530,7 @@ ngx_http_billing_invoice_form(ngx_http_billing_invoice_job_t *job,
 static ngx_int_t
 ngx_http_billing_invoice_stripe(ngx_http_billing_invoice_job_t *job,
     ngx_billing_form_t *form, ngx_str_t *path, const char *step,
-    ngx_str_t *name, ngx_http_billing_stripe_handler_pt handler)
+    ngx_str_t *name)
 {
     u_char                          *p, digest[16];
     size_t                           len;
@@ -584,7 +583,6 @@ ngx_http_billing_invoice_stripe(ngx_http_billing_invoice_job_t *job,
     call->path = *path;
     call->body.data = (u_char *) form->data;
     call->body.len = form->len;
-    call->handler = handler;
 
     return ngx_http_billing_stripe_call(call);
 }

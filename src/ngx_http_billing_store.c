@@ -432,27 +432,6 @@ ngx_http_billing_store_attach(ngx_http_billing_owner_t *o, ngx_str_t *sub,
 }
 
 
-ngx_int_t
-ngx_http_billing_store_set(ngx_http_billing_owner_t *o, ngx_str_t *sub,
-    const char *field, ngx_str_t *value,
-    ngx_http_billing_redis_handler_pt handler, void *data)
-{
-    ngx_str_t  argv[4];
-
-    ngx_str_set(&argv[0], "HSET");
-
-    if (ngx_http_billing_store_key(o, &argv[1], "sub:", sub, NULL) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    argv[2].data = (u_char *) field;
-    argv[2].len = ngx_strlen(field);
-    argv[3] = *value;
-
-    return ngx_http_billing_store_run(o, NULL, 0, 4, argv, handler, data);
-}
-
 
 ngx_int_t
 ngx_http_billing_store_resume(ngx_http_billing_owner_t *o, ngx_str_t *sub,

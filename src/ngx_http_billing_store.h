@@ -96,21 +96,16 @@ ngx_int_t ngx_http_billing_store_item(ngx_http_billing_owner_t *o,
     ngx_str_t *invoice, ngx_str_t *name, ngx_str_t *item,
     ngx_http_billing_redis_handler_pt handler, void *data);
 
-/* HSET of one field of a subscription */
-ngx_int_t ngx_http_billing_store_set(ngx_http_billing_owner_t *o, ngx_str_t *sub,
-    const char *field, ngx_str_t *value,
-    ngx_http_billing_redis_handler_pt handler, void *data);
-
 /*
  * A subscription and all its invoices in one reply: nil, or
  * { HGETALL of the subscription, { HGETALL of each invoice } }.
  */
-ngx_int_t ngx_http_billing_store_get(ngx_http_billing_owner_t *o, ngx_str_t *sub,
-    ngx_http_billing_redis_handler_pt handler, void *data);
+ngx_int_t ngx_http_billing_store_get(ngx_http_billing_owner_t *o,
+    ngx_str_t *sub, ngx_http_billing_redis_handler_pt handler, void *data);
 
 /* what the gate needs: nil, or { state, first invoice, its pay url } */
-ngx_int_t ngx_http_billing_store_gate(ngx_http_billing_owner_t *o, ngx_str_t *sub,
-    ngx_http_billing_redis_handler_pt handler, void *data);
+ngx_int_t ngx_http_billing_store_gate(ngx_http_billing_owner_t *o,
+    ngx_str_t *sub, ngx_http_billing_redis_handler_pt handler, void *data);
 
 /* the value of field in an HGETALL reply, or NULL */
 redisReply *ngx_http_billing_store_field(redisReply *hash, const char *field);

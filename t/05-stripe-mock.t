@@ -629,6 +629,74 @@ subtest 'requests' => sub {
     is_deeply $get->{nested}, { expand => ['tax'] }, 'arrays';
 };
 
+subtest 'requests: executed, replayed, dropped' => sub {
+    $s->reset;
+    my $flags = sub {
+        my ($rec) = @_;
+        return join ' ', $rec->{status} // 'none',
+            map { JSON::PP::is_bool($rec->{$_}) ? ($rec->{$_} ? $_ : "!$_") : "$_?" }
+            qw(executed replayed dropped);
+    };
+
+    my $r = post('/v1/customers', [ email => 'e@acme.test' ], idem('F1'));
+    my $cus = $r->{json}{id};
+    post('/v1/customers', [ email => 'e@acme.test' ], idem('F1'));
+    post('/v1/customers', [ email => 'e@acme.test', foo => 1 ], idem('F2'));
+    post('/v1/customers', [ email => 'other@acme.test' ], idem('F1'));
+    $s->fail(method => 'POST', path => '^/v1/customers$', status => 500);
+    post('/v1/customers', [ email => 'e@acme.test' ], idem('F3'));
+    $s->fail(method => 'POST', path => '^/v1/customers$', status => 500, after => 1);
+    post('/v1/customers', [ email => 'e@acme.test' ], idem('F4'));
+    my $inv = new_invoice($cus);
+    post("/v1/invoices/$inv/finalize", []);
+    post("/v1/invoices/$inv/finalize", []);
+    call(GET => "/v1/invoices/$inv");
+
+    my @got = map { $flags->($_) } @{ $s->requests };
+    is_deeply \@got, [
+        '200 executed !replayed !dropped',      # created
+        '200 !executed replayed !dropped',      # the same key again
+        '400 !executed !replayed !dropped',     # refused by the checks
+        '400 !executed !replayed !dropped',     # the key with other parameters
+        '500 !executed !replayed !dropped',     # a failure rule
+        '500 executed !replayed !dropped',      # ... with after
+        '200 executed !replayed !dropped',      # the invoice
+        '200 executed !replayed !dropped',      # finalized
+        '400 executed !replayed !dropped',      # not a draft any more
+        '200 executed !replayed !dropped',      # a GET
+    ], 'executed, replayed, dropped' or diag explain \@got;
+
+    # a client that leaves while its request is delayed: Stripe still
+    # does it; the answer is dropped
+    $s->reset;
+    $s->fail(method => 'POST', path => '^/v1/customers$', delay => 0.5);
+    my $body = form(email => 'gone@acme.test');
+    my $sock = raw_send(raw_request(POST => '/v1/customers', body => $body,
+        headers => { 'Idempotency-Key' => 'G1' }));
+    ok wait_until(sub { @{ $s->requests } == 1 }, 3), 'the delayed request arrived';
+    is $flags->($s->requests->[0]), 'none !executed !replayed !dropped',
+        '... not processed yet: no status, every flag false';
+    close $sock;
+    ok wait_until(sub { defined $s->requests->[0]{status} }, 3), 'processed after its delay';
+    is $flags->($s->requests->[0]), '200 executed !replayed dropped',
+        '... executed, the answer dropped';
+    is count('customer'), 1, '... the customer was created';
+    $r = call(POST => '/v1/customers', body => $body, idem('G1'));
+    is $r->{headers}{'idempotent-replayed'}, 'true', 'its key replays it';
+    is $r->{json}{id}, $s->objects('customer')->[0]{id}, '... the same customer';
+    is $flags->($s->requests->[1]), '200 !executed replayed !dropped', '... replayed';
+
+    # a stalled request whose client leaves is never answered
+    $s->fail(method => 'POST', path => '^/v1/customers$', stall => 1);
+    $sock = raw_send(raw_request(POST => '/v1/customers', body => $body,
+        headers => { 'Idempotency-Key' => 'G2' }));
+    ok wait_until(sub { @{ $s->requests } == 3 }, 3), 'a stalled request arrived';
+    close $sock;
+    sleep 0.2;
+    is $flags->($s->requests->[2]), 'none !executed !replayed !dropped',
+        '... never processed, never answered';
+};
+
 subtest 'reset' => sub {
     my $cus = new_customer();
     post('/v1/customers', [ email => 'k@acme.test' ], idem('Z1'));

@@ -218,9 +218,16 @@ C<sk_test_...>), api_version (default 2022-11-15), port (default free).
 Array ref of the API requests received, oldest first (control requests
 are not recorded): C<< { method, path, query, headers => { lowercased
 name => value }, body, params => { 'a[b]' => value }, nested => { a => {
-b => value } }, time, request_id, status } >>. C<params> and C<nested>
-hold the form body of a POST, the query string otherwise. C<status> is
-undef while no answer was sent (delayed, stalled).
+b => value } }, time, request_id, status, executed, replayed, dropped }
+>>. C<params> and C<nested> hold the form body of a POST, the query
+string otherwise. C<status> is undef while no answer was sent (delayed,
+stalled). Three flags (JSON booleans) are false until the request has
+been processed (after its delay): C<executed> (the endpoint really ran, past its parameter checks,
+so what a successful one asked for was done; a replay, a refusal by the
+checks and a failure rule without C<after> did nothing), C<replayed>
+(answered with the saved result of an earlier request with the same
+C<Idempotency-Key>) and C<dropped> (the client had closed the connection
+before the answer was ready: it was never sent).
 
 =item fail(%rule)
 
