@@ -4,7 +4,10 @@
 #   make NGINX_SRC=DIR      ... against another nginx source tree
 #   make test               build and run the whole suite (prove)
 #   make test-asan          the suite against an AddressSanitizer build
+#   make test-static        API, webhook and gate tests against an nginx
+#                           built with the module in (--add-module)
 #   make fuzz               every fuzz target for FUZZ_TIME seconds
+#   make fuzz-replay        every fuzz target once over its corpus
 #   make run                quickstart: private Redis + nginx, foreground
 #   make bench              wrk benchmarks, see bench/README.md
 
@@ -39,12 +42,32 @@ UNIT_CFLAGS := -g -O1 -Wall -Wextra -Werror -std=c99 -D_POSIX_C_SOURCE=200809L \
                -Isrc -It/unit
 UNIT_LIBS := -ljansson -lcrypto
 
+# Static build: upstream source of Debian's nginx version, configured
+# with Debian's flags less its dynamic modules (libraries we may lack),
+# and with paths relative to the prefix the harness gives with -p.
+# Compiled with Debian's flags only: -Wextra -Werror would fail some of
+# configure's feature tests (pwrite, crypt, ...) and so change nginx
+# itself; nginx adds -W -Wall -Werror to every file anyway.
+DEBIAN_CONF_FLAGS := /usr/share/nginx/src/conf_flags
+STATIC_NEED := --with-http_ssl_module --with-compat --with-pcre-jit
+STATIC_PATHS := --conf-path=nginx.conf --error-log-path=stderr \
+    --pid-path=nginx.pid --lock-path=nginx.lock \
+    --http-log-path=access.log --modules-path=modules \
+    --http-client-body-temp-path=client_body_temp \
+    --http-proxy-temp-path=proxy_temp --http-fastcgi-temp-path=fastcgi_temp \
+    --http-uwsgi-temp-path=uwsgi_temp --http-scgi-temp-path=scgi_temp
+STATIC_TESTS := $(wildcard t/1*.t t/2*.t t/3*.t)
+# set by test-static for its second make: the tree .ci/nginx-source made
+STATIC_SRC :=
+STATIC := $(BUILD)/static-$(notdir $(STATIC_SRC))
+
 FUZZ_TARGETS := signature event plan
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
                -fno-sanitize-recover=undefined -Isrc
 
-.PHONY: all deps unit test test-asan fuzz run bench clean FORCE
+.PHONY: all deps unit test test-asan test-static static-prove fuzz \
+        fuzz-replay run bench clean FORCE
 
 all: $(MODULE)
 
@@ -108,6 +131,55 @@ test-asan: $(ASAN_MODULE) $(UNIT_BINS)
 	BILLING_MODULE=$(CURDIR)/$(ASAN_MODULE) BILLING_BUILD=$(CURDIR)/$(BUILD) \
 	    BILLING_ASAN=1 prove -I t/lib $(PROVE_FLAGS) t/*.t
 
+# No source tree (no network, no apt: .ci/nginx-source exits 77) is a
+# skip, except in CI, which must test the static build.
+test-static:
+	@.ci/deps test
+	@rc=0; src=$$(.ci/nginx-source) || rc=$$?; \
+	if [ $$rc -eq 77 ]; then \
+	    if [ "$${CI:-}" = true ]; then \
+	        echo "test-static: FAILED: no nginx source tree, and CI" \
+	             "must test the static build" >&2; exit 1; \
+	    fi; \
+	    echo "test-static: SKIPPED: no nginx source tree to build from"; \
+	    exit 0; \
+	fi; \
+	[ $$rc -eq 0 ] || exit $$rc; \
+	$(MAKE) --no-print-directory STATIC_SRC="$$src" static-prove
+
+ifneq ($(STATIC_SRC),)
+
+# configured anew when this Makefile changes too: the flags are here
+$(STATIC)/Makefile: config Makefile $(STATIC_SRC)/.unpacked
+	@mkdir -p $(STATIC)
+	@. $(DEBIAN_CONF_FLAGS) 2>/dev/null || NGX_CONF_FLAGS=(); flags=(); \
+	for f in "$${NGX_CONF_FLAGS[@]}" $(STATIC_NEED); do \
+	    case $$f in --add-dynamic-module=*|*=dynamic|--prefix=*|--*-path=*) ;; \
+	    *) [[ " $${flags[*]} " == *" $$f "* ]] || flags+=("$$f") ;; esac; \
+	done; \
+	echo "configure (static):" "$${flags[@]}"; \
+	cd $(STATIC_SRC) && ./configure "$${flags[@]}" $(STATIC_PATHS) \
+	    --builddir=$(CURDIR)/$(STATIC) \
+	    --with-cc-opt='$(HARDEN)' --with-ld-opt='$(LD_OPT)' \
+	    --add-module=$(CURDIR) > $(CURDIR)/$(STATIC).log 2>&1 \
+	    || { tail -20 $(CURDIR)/$(STATIC).log; exit 1; }
+
+# the whole of nginx: two jobs, the cores the machines have
+$(STATIC)/nginx: $(STATIC)/Makefile $(MODULE_SRCS)
+	$(MAKE) -j2 -C $(STATIC_SRC) -f $(CURDIR)/$(STATIC)/Makefile binary
+
+static-prove: $(STATIC)/nginx
+	BILLING_NGINX=$(CURDIR)/$(STATIC)/nginx BILLING_STATIC=1 \
+	    BILLING_BUILD=$(CURDIR)/$(BUILD) \
+	    prove -I t/lib $(PROVE_FLAGS) $(STATIC_TESTS)
+
+else
+
+static-prove:
+	@echo "static-prove: needs STATIC_SRC; run make test-static" >&2; exit 1
+
+endif
+
 $(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(PLAIN_SRCS) src/*.h
 	@.ci/deps fuzz
 	@mkdir -p $(dir $@)
@@ -124,6 +196,20 @@ fuzz: $(FUZZ_BINS)
 	        > $(BUILD)/fuzz/$$t.log 2>&1 \
 	        || { tail -40 $(BUILD)/fuzz/$$t.log; exit 1; }; \
 	    grep -E '^stat::number_of_executed_units' $(BUILD)/fuzz/$$t.log; \
+	done
+
+# each target once over its committed corpus: the inputs listed one by
+# one (files, not a directory), as libFuzzer then runs each once and
+# neither mutates nor writes anything
+fuzz-replay: $(FUZZ_BINS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	    mapfile -t files < <(find fuzz/corpus/$$t -maxdepth 1 -type f | sort); \
+	    [ $${#files[@]} -gt 0 ] || \
+	        { echo "fuzz-replay: no corpus for $$t" >&2; exit 1; }; \
+	    $(BUILD)/fuzz/fuzz_$$t -runs=1 "$${files[@]}" \
+	        > $(BUILD)/fuzz/$$t-replay.log 2>&1 \
+	        || { tail -40 $(BUILD)/fuzz/$$t-replay.log; exit 1; }; \
+	    echo "fuzz-replay: $$t: $${#files[@]} inputs"; \
 	done
 
 run: $(MODULE)

@@ -63,6 +63,7 @@ sub new {
         module       => $ENV{BILLING_MODULE}
                         || "$REPO/build/ngx_http_billing_module.so",
         asan         => $ENV{BILLING_ASAN} ? 1 : 0,
+        static       => $ENV{BILLING_STATIC} ? 1 : 0,
         %opts,
     }, $class;
 
@@ -324,7 +325,10 @@ sub _conf {
     my $workers = $opts{workers} || 1;
 
     my $conf = '';
-    $conf .= "load_module $self->{module};\n" unless $opts{no_module};
+    # an nginx built with the module in has nothing to load, whatever a
+    # test asks (no_module => 0)
+    $conf .= "load_module $self->{module};\n"
+        unless $opts{no_module} || $self->{static};
     $conf .= "user root;\n" if $> == 0;
     $conf .= <<"EOF";
 daemon off;
@@ -1099,9 +1103,11 @@ BillingTest - harness for the ngx_http_billing_module tests (core Perl only)
 BILLING_MODULE (the .so; default <repo>/build/ngx_http_billing_module.so),
 BILLING_KEEP (keep the temporary directory), BILLING_ASAN (preload
 libasan/libubsan and fail on sanitizer reports), BILLING_NGINX (default
-/usr/sbin/nginx), BILLING_REDIS_SERVER (default redis-server),
-BILLING_STRIPE_FIXTURES (default ../shared/stripe/fixtures3.json from the
-repository).
+/usr/sbin/nginx), BILLING_STATIC (BILLING_NGINX has the module built in:
+no configuration gets a load_module line, as if every start_nginx,
+nginx -t included, had no_module), BILLING_REDIS_SERVER (default
+redis-server), BILLING_STRIPE_FIXTURES (default
+../shared/stripe/fixtures3.json from the repository).
 
 =head1 METHODS
 
@@ -1110,7 +1116,7 @@ repository).
 =item new(%opts)
 
 Temporary directory and two free ports (nginx, Redis). Options override
-the fields (module, asan, port, redis_port).
+the fields (module, asan, static, port, redis_port).
 
 =item dir, port, redis_port, path($name), write_file($name, $content), read_file($name)
 
@@ -1137,9 +1143,9 @@ access_log and temporary paths in the directory, then $http_block) and
 starts nginx, waiting until it listens (10 s). Placeholders:
 %%PORT%%, %%REDIS_PORT%%, %%DIR%%, %%MODULE%%, and %%NAME%% for any
 option NAME in capitals or in vars => {}. Options: workers, main (text
-for the main context), no_module, start_timeout, nginx_test => 1 (runs
-nginx -t with its own error log instead and returns ($exit_code,
-$output); '-T' runs nginx -T).
+for the main context), no_module (implied by BILLING_STATIC),
+start_timeout, nginx_test => 1 (runs nginx -t with its own error log
+instead and returns ($exit_code, $output); '-T' runs nginx -T).
 
 =item stop_nginx, reload_nginx([$http_block, %opts]), nginx_pid
 
