@@ -9,14 +9,15 @@
  * makes one of its own, as lua-nginx-module and nchan do for timers.
  *
  * Its connection has no socket and is in no event set: its events are
- * marked active, so that nothing adds them, and ready, so that nothing
- * waits for them; nothing is ever written to it, as the filter module
- * takes every answer of its subrequests.  The connection lives in a
- * pool of its own, so that even nginx closing the request for an
- * internal error (ngx_http_terminate_request) frees everything.
+ * marked active, so that nothing adds them, and ready.  Nothing is to
+ * be written to it, as the filter module takes every answer of its
+ * subrequests; should anything try, the connection's I/O functions
+ * fail.  A timer nginx sets on its write event (limit_req's delay, a
+ * send timeout) resumes the active request, as for a client.
  *
- * Everything that ends it is posted: a subrequest's handlers may ask
- * for it, and nginx still walks the connection after they return.
+ * The connection is not in any pool: nginx reads it after closing it
+ * (ngx_http_run_posted_requests), should it ever close the request for
+ * an internal error, so it is freed from a posted event, last.
  */
 
 
@@ -29,41 +30,51 @@
 
 /* nginx takes a connection's log data for this, the owner's follows */
 typedef struct {
-    ngx_http_log_ctx_t            http;
-    ngx_log_handler_pt            handler;
-    void                         *data;
+    ngx_http_log_ctx_t                http;
+    ngx_log_handler_pt                handler;
+    void                             *data;
 } ngx_http_billing_fake_log_ctx_t;
 
 
 typedef struct {
-    ngx_connection_t              connection;
-    ngx_event_t                   read;
-    ngx_event_t                   write;
-    ngx_log_t                     log;
-    ngx_http_billing_fake_log_ctx_t  log_ctx;
-    ngx_http_connection_t         hc;
+    ngx_connection_t                  connection;
+    ngx_event_t                       read;
+    ngx_event_t                       write;
+    ngx_log_t                         log;
+    ngx_http_billing_fake_log_ctx_t   log_ctx;
+    ngx_http_connection_t             hc;
 
-    ngx_event_t                   run;
-    ngx_event_t                   close;
-    ngx_http_request_t           *request;
+    ngx_event_t                       run;
+    ngx_event_t                       close;
+    ngx_event_t                       free;
+    ngx_http_request_t               *request;   /* NULL once freed */
 } ngx_http_billing_fake_t;
 
 
 static void ngx_http_billing_fake_run_handler(ngx_event_t *ev);
 static void ngx_http_billing_fake_close_handler(ngx_event_t *ev);
+static void ngx_http_billing_fake_free_handler(ngx_event_t *ev);
 static void ngx_http_billing_fake_gone(void *data);
-static void ngx_http_billing_fake_event_handler(ngx_event_t *ev);
+static void ngx_http_billing_fake_read_handler(ngx_event_t *ev);
+static void ngx_http_billing_fake_write_handler(ngx_event_t *ev);
+static ssize_t ngx_http_billing_fake_recv(ngx_connection_t *c, u_char *buf,
+    size_t size);
+static ssize_t ngx_http_billing_fake_send(ngx_connection_t *c, u_char *buf,
+    size_t size);
+static ngx_chain_t *ngx_http_billing_fake_send_chain(ngx_connection_t *c,
+    ngx_chain_t *in, off_t limit);
 static u_char *ngx_http_billing_fake_log_handler(ngx_log_t *log, u_char *buf,
     size_t len);
 
 
+/* seen by variables such as $remote_addr: the module itself */
 static struct sockaddr_in  ngx_http_billing_fake_addr;
 
 
 ngx_http_request_t *
 ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
 {
-    ngx_pool_t                 *cpool, *pool;
+    ngx_pool_t                 *pool;
     ngx_time_t                 *tp;
     ngx_connection_t           *c;
     ngx_pool_cleanup_t         *cln;
@@ -72,31 +83,40 @@ ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
     ngx_http_core_srv_conf_t   *cscf;
     ngx_http_core_main_conf_t  *cmcf;
 
-    cpool = ngx_create_pool(1024, log);
-    if (cpool == NULL) {
-        return NULL;
-    }
-
-    fake = ngx_pcalloc(cpool, sizeof(ngx_http_billing_fake_t));
+    fake = ngx_calloc(sizeof(ngx_http_billing_fake_t), log);
     if (fake == NULL) {
-        ngx_destroy_pool(cpool);
         return NULL;
     }
-
-    fake->log = *log;
 
     c = &fake->connection;
 
+    fake->log = *log;
+    fake->log.handler = ngx_http_billing_fake_log_handler;
+    fake->log.data = &fake->log_ctx;
+    fake->log.action = NULL;
+
+    fake->log_ctx.http.connection = c;
+    fake->log_ctx.handler = log->handler;
+    fake->log_ctx.data = log->data;
+
+    /* nginx's own close of the connection destroys this pool */
+
+    c->pool = ngx_create_pool(128, &fake->log);
+    if (c->pool == NULL) {
+        ngx_free(fake);
+        return NULL;
+    }
+
     c->fd = (ngx_socket_t) -1;
-    c->pool = cpool;
     c->log = &fake->log;
     c->log_error = NGX_ERROR_INFO;
     c->read = &fake->read;
     c->write = &fake->write;
+    c->recv = ngx_http_billing_fake_recv;
+    c->send = ngx_http_billing_fake_send;
+    c->send_chain = ngx_http_billing_fake_send_chain;
     c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
     c->start_time = ngx_current_msec;
-
-    /* seen by variables such as $remote_addr: the module itself */
 
     ngx_http_billing_fake_addr.sin_family = AF_INET;
     ngx_http_billing_fake_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -108,25 +128,22 @@ ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
     ngx_str_set(&c->addr_text, "127.0.0.1");
 
     fake->log.connection = c->number;
-    fake->log.action = NULL;
-    fake->log.handler = ngx_http_billing_fake_log_handler;
-    fake->log.data = &fake->log_ctx;
 
-    fake->log_ctx.http.connection = c;
-    fake->log_ctx.handler = log->handler;
-    fake->log_ctx.data = log->data;
+    /* never in an event set: nothing adds them, or deletes them */
 
     c->read->data = c;
     c->read->log = c->log;
     c->read->active = 1;
-    c->read->handler = ngx_http_billing_fake_event_handler;
+    c->read->index = NGX_INVALID_INDEX;
+    c->read->handler = ngx_http_billing_fake_read_handler;
 
     c->write->data = c;
     c->write->log = c->log;
     c->write->active = 1;
     c->write->ready = 1;
     c->write->write = 1;
-    c->write->handler = ngx_http_billing_fake_event_handler;
+    c->write->index = NGX_INVALID_INDEX;
+    c->write->handler = ngx_http_billing_fake_write_handler;
 
     fake->run.data = fake;
     fake->run.log = c->log;
@@ -136,6 +153,10 @@ ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
     fake->close.log = c->log;
     fake->close.handler = ngx_http_billing_fake_close_handler;
 
+    fake->free.data = fake;
+    fake->free.log = c->log;
+    fake->free.handler = ngx_http_billing_fake_free_handler;
+
     fake->hc.conf_ctx = conf_ctx;
 
     /* the request, as ngx_http_alloc_request() makes a client's */
@@ -144,16 +165,30 @@ ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
 
     pool = ngx_create_pool(cscf->request_pool_size, c->log);
     if (pool == NULL) {
-        ngx_destroy_pool(cpool);
-        return NULL;
+        goto failed;
     }
 
     r = ngx_pcalloc(pool, sizeof(ngx_http_request_t));
     if (r == NULL) {
+        ngx_destroy_pool(pool);
         goto failed;
     }
 
     r->pool = pool;
+
+    /* nginx frees the request's pool; the connection is ours to free */
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        ngx_destroy_pool(pool);
+        goto failed;
+    }
+
+    cln->handler = ngx_http_billing_fake_gone;
+    cln->data = fake;
+
+    fake->request = r;
+
     r->http_connection = &fake->hc;
     r->signature = NGX_HTTP_MODULE;
     r->connection = c;
@@ -165,6 +200,15 @@ ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
     r->read_event_handler = ngx_http_block_reading;
     r->write_event_handler = ngx_http_request_empty_handler;
 
+    /* an empty buffer where nginx may look for a pipelined request */
+
+    c->buffer = ngx_create_temp_buf(r->pool, 1);
+    if (c->buffer == NULL) {
+        goto failed_request;
+    }
+
+    r->header_in = c->buffer;
+
     if (ngx_list_init(&r->headers_out.headers, r->pool, 2,
                       sizeof(ngx_table_elt_t))
         != NGX_OK
@@ -172,7 +216,7 @@ ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
                          sizeof(ngx_table_elt_t))
            != NGX_OK)
     {
-        goto failed;
+        goto failed_request;
     }
 
 #if (nginx_version >= 1013002)
@@ -180,13 +224,13 @@ ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
                       sizeof(ngx_table_elt_t))
         != NGX_OK)
     {
-        goto failed;
+        goto failed_request;
     }
 #endif
 
     r->ctx = ngx_pcalloc(r->pool, sizeof(void *) * ngx_http_max_module);
     if (r->ctx == NULL) {
-        goto failed;
+        goto failed_request;
     }
 
     cmcf = conf_ctx->main_conf[ngx_http_core_module.ctx_index];
@@ -194,18 +238,8 @@ ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
     r->variables = ngx_pcalloc(r->pool, cmcf->variables.nelts
                                         * sizeof(ngx_http_variable_value_t));
     if (r->variables == NULL) {
-        goto failed;
+        goto failed_request;
     }
-
-    /* nginx frees the request's pool, the connection is ours to free */
-
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        goto failed;
-    }
-
-    cln->handler = ngx_http_billing_fake_gone;
-    cln->data = fake;
 
     r->main = r;
     r->count = 1;
@@ -237,18 +271,25 @@ ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
 
     c->data = r;
     c->requests = 1;
-    fake->request = r;
 
     fake->log_ctx.http.request = r;
     fake->log_ctx.http.current_request = r;
 
     return r;
 
-failed:
+failed_request:
+
+    /* fake_gone() runs, and posts the free of the connection */
 
     ngx_destroy_pool(pool);
-    ngx_destroy_pool(cpool);
+    ngx_destroy_pool(c->pool);
 
+    return NULL;
+
+failed:
+
+    ngx_destroy_pool(c->pool);
+    ngx_free(fake);
     return NULL;
 }
 
@@ -260,7 +301,8 @@ ngx_http_billing_fake_run(ngx_http_request_t *r)
 
     fake = (ngx_http_billing_fake_t *) r->connection;
 
-    if (!fake->run.posted && !fake->close.posted) {
+    if (!fake->run.posted && !fake->close.posted && !fake->close.timer_set)
+    {
         ngx_post_event(&fake->run, &ngx_posted_events);
     }
 }
@@ -289,7 +331,7 @@ ngx_http_billing_fake_close(ngx_http_request_t *r)
         ngx_delete_posted_event(&fake->run);
     }
 
-    if (!fake->close.posted) {
+    if (!fake->close.posted && !fake->close.timer_set) {
         ngx_post_event(&fake->close, &ngx_posted_events);
     }
 }
@@ -309,16 +351,27 @@ ngx_http_billing_fake_close_handler(ngx_event_t *ev)
 {
     ngx_http_billing_fake_t  *fake = ev->data;
 
-    ngx_connection_t    *c;
+    ngx_pool_t          *pool;
     ngx_http_cleanup_t  *cln;
     ngx_http_request_t  *r;
 
     r = fake->request;
-    c = &fake->connection;
+
+    if (r == NULL) {
+        /* nginx closed it first: what is left goes with the free event */
+        return;
+    }
+
+    /* a thread still works for it (aio threads): not before it is done */
+
+    if (r->blocked) {
+        ngx_add_timer(&fake->close, 100);
+        return;
+    }
 
     /*
      * What the subrequests left goes first (an upstream still connected
-     * is closed): it may set timers on the connection, deleted then.
+     * is closed): it may set timers on the connection, deleted after.
      */
 
     cln = r->cleanup;
@@ -332,9 +385,14 @@ ngx_http_billing_fake_close_handler(ngx_event_t *ev)
         cln = cln->next;
     }
 
+    /* its pool cleanup, fake_gone(), posts the free of the connection */
+
+    pool = fake->connection.pool;
+    fake->connection.pool = NULL;
+
     ngx_http_free_request(r, 0);
 
-    ngx_destroy_pool(c->pool);
+    ngx_destroy_pool(pool);
 }
 
 
@@ -346,13 +404,16 @@ ngx_http_billing_fake_gone(void *data)
     ngx_connection_t  *c;
 
     /*
-     * The request's pool goes, by our close or by nginx's own when it
-     * terminated the request.  Then the connection's pool goes too: ours
-     * frees it, nginx closes the connection (with an alert, as it has no
-     * socket) and frees it.  Nothing may still point at the connection.
+     * The request's pool goes, by our close or by nginx's own close of
+     * the request (and then of the connection, with an alert, as it has
+     * no socket).  Either way nothing may be left to fire on the
+     * connection, which goes last, from the event loop.
      */
 
     c = &fake->connection;
+
+    fake->request = NULL;
+    c->destroyed = 1;
 
     if (c->read->timer_set) {
         ngx_del_timer(c->read);
@@ -378,14 +439,85 @@ ngx_http_billing_fake_gone(void *data)
         ngx_delete_posted_event(&fake->close);
     }
 
-    c->destroyed = 1;
+    if (fake->close.timer_set) {
+        ngx_del_timer(&fake->close);
+    }
+
+    ngx_post_event(&fake->free, &ngx_posted_events);
 }
 
 
 static void
-ngx_http_billing_fake_event_handler(ngx_event_t *ev)
+ngx_http_billing_fake_free_handler(ngx_event_t *ev)
 {
-    /* no socket: nothing to read or write, and no timeout matters */
+    ngx_http_billing_fake_t  *fake = ev->data;
+
+    /* its pool is gone already: with our close, or with nginx's */
+
+    ngx_free(fake);
+}
+
+
+static void
+ngx_http_billing_fake_read_handler(ngx_event_t *ev)
+{
+    /* no socket: nothing to read */
+}
+
+
+static void
+ngx_http_billing_fake_write_handler(ngx_event_t *ev)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    /* a timer on the write event: resumes the request, as for a client */
+
+    c = ev->data;
+    r = c->data;
+
+    if (c->destroyed) {
+        return;
+    }
+
+    ngx_http_set_log_request(c->log, r);
+
+    if (ev->delayed && ev->timedout) {
+        ev->delayed = 0;
+        ev->timedout = 0;
+    }
+
+    r->write_event_handler(r);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ssize_t
+ngx_http_billing_fake_recv(ngx_connection_t *c, u_char *buf, size_t size)
+{
+    return NGX_AGAIN;
+}
+
+
+static ssize_t
+ngx_http_billing_fake_send(ngx_connection_t *c, u_char *buf, size_t size)
+{
+    ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                  "billing: output for a request of the module's own");
+
+    return NGX_ERROR;
+}
+
+
+static ngx_chain_t *
+ngx_http_billing_fake_send_chain(ngx_connection_t *c, ngx_chain_t *in,
+    off_t limit)
+{
+    ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                  "billing: output for a request of the module's own");
+
+    return NGX_CHAIN_ERROR;
 }
 
 

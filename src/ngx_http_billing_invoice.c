@@ -222,8 +222,7 @@ ngx_http_billing_invoice_copy(ngx_http_billing_invoice_job_t *job,
             || ngx_http_billing_invoice_dup(pool, &item[i].description,
                                             &spec->items[i].description)
                != NGX_OK
-            || ngx_http_billing_invoice_dup(pool,
-                                       &item[i].unit_amount_decimal,
+            || ngx_http_billing_invoice_dup(pool, &item[i].unit_amount_decimal,
                                        &spec->items[i].unit_amount_decimal)
                != NGX_OK)
         {
@@ -597,6 +596,7 @@ ngx_http_billing_invoice_created(ngx_http_billing_invoice_job_t *job,
     ngx_str_t  s;
 
     if (job->call.json == NULL
+        || job->call.status < 200 || job->call.status >= 300
         || ngx_http_billing_stripe_string(&job->call, "id", &s) != NGX_OK
         || !ngx_billing_stripe_id_valid((char *) s.data, s.len))
     {
@@ -628,10 +628,11 @@ ngx_http_billing_invoice_customer(ngx_http_billing_stripe_call_t *call)
 
     /* the first customer recorded for the org is the org's */
 
-    if (ngx_http_billing_store_customer(&job->owner, &job->spec.subscription,
-                                   &job->spec.consumer_org, &id,
-                                   ngx_http_billing_invoice_customer_stored,
-                                   job)
+    if (ngx_http_billing_store_customer(&job->owner,
+                                        &job->spec.subscription,
+                                        &job->spec.consumer_org, &id,
+                                      ngx_http_billing_invoice_customer_stored,
+                                        job)
         != NGX_OK)
     {
         ngx_http_billing_invoice_unavailable(job);
@@ -775,6 +776,7 @@ ngx_http_billing_invoice_finalized(ngx_http_billing_stripe_call_t *call)
     ngx_http_billing_invoice_t   inv;
 
     if (call->json == NULL
+        || call->status < 200 || call->status >= 300
         || ngx_http_billing_stripe_string(call, "status", &status) != NGX_OK)
     {
         ngx_http_billing_invoice_stripe_failed(job);
@@ -854,6 +856,11 @@ static void
 ngx_http_billing_invoice_stripe_failed(ngx_http_billing_invoice_job_t *job)
 {
     ngx_str_t  message;
+
+    if (job->call.internal) {
+        ngx_http_billing_invoice_finish(job, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
 
     /* Stripe's own message, for the marketplace backend to act on */
 

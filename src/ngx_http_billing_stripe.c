@@ -30,6 +30,7 @@
 #define NGX_HTTP_BILLING_STRIPE_BACKOFF     250
 #define NGX_HTTP_BILLING_STRIPE_BACKOFF_MAX 4000
 #define NGX_HTTP_BILLING_STRIPE_ATTEMPTS    10
+#define NGX_HTTP_BILLING_STRIPE_GRACE       60000
 
 
 struct ngx_http_billing_stripe_attempt_s {
@@ -73,6 +74,9 @@ static void ngx_http_billing_stripe_evaluate(
     ngx_http_billing_stripe_call_t *call,
     ngx_http_billing_stripe_attempt_t *at);
 static void ngx_http_billing_stripe_retry_handler(ngx_event_t *ev);
+static void ngx_http_billing_stripe_watchdog_handler(ngx_event_t *ev);
+static void ngx_http_billing_stripe_finish(
+    ngx_http_billing_stripe_call_t *call);
 static void ngx_http_billing_stripe_detach(
     ngx_http_billing_stripe_attempt_t *at);
 static void ngx_http_billing_stripe_gone(void *data);
@@ -86,9 +90,22 @@ static void ngx_http_billing_stripe_unmask(
 ngx_int_t
 ngx_http_billing_stripe_call(ngx_http_billing_stripe_call_t *call)
 {
+    ngx_msec_t           grace;
     ngx_pool_cleanup_t  *cln;
 
     if (call->attempt || call->retry.timer_set) {
+        return NGX_ERROR;
+    }
+
+    /*
+     * A request of the module's own is in no event set, which only an
+     * edge-triggered method (epoll, kqueue) allows.
+     */
+
+    if (!(ngx_event_flags & NGX_USE_CLEAR_EVENT)) {
+        ngx_log_error(NGX_LOG_ERR, call->owner.log, 0,
+                      "billing stripe: Stripe calls need the epoll or "
+                      "kqueue event method");
         return NGX_ERROR;
     }
 
@@ -105,6 +122,10 @@ ngx_http_billing_stripe_call(ngx_http_billing_stripe_call_t *call)
         call->retry.handler = ngx_http_billing_stripe_retry_handler;
         call->retry.data = call;
         call->retry.log = call->owner.log;
+
+        call->watchdog.handler = ngx_http_billing_stripe_watchdog_handler;
+        call->watchdog.data = call;
+        call->watchdog.log = call->owner.log;
     }
 
     /* a call struct serves one step after another: the last answer goes */
@@ -118,9 +139,19 @@ ngx_http_billing_stripe_call(ngx_http_billing_stripe_call_t *call)
     ngx_str_null(&call->error);
     call->attempts = 0;
     call->lost = 0;
+    call->internal = 0;
     call->deadline = ngx_current_msec + call->owner.bmcf->stripe_timeout;
 
-    return ngx_http_billing_stripe_send(call);
+    if (ngx_http_billing_stripe_send(call) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    grace = ngx_max(call->owner.bmcf->stripe_timeout,
+                    NGX_HTTP_BILLING_STRIPE_GRACE);
+
+    ngx_add_timer(&call->watchdog, call->owner.bmcf->stripe_timeout + grace);
+
+    return NGX_OK;
 }
 
 
@@ -129,6 +160,10 @@ ngx_http_billing_stripe_cancel(ngx_http_billing_stripe_call_t *call)
 {
     if (call->retry.timer_set) {
         ngx_del_timer(&call->retry);
+    }
+
+    if (call->watchdog.timer_set) {
+        ngx_del_timer(&call->watchdog);
     }
 
     if (call->attempt) {
@@ -243,15 +278,15 @@ ngx_http_billing_stripe_request(ngx_http_billing_stripe_call_t *call,
     /* the form, in memory, as the whole request body */
 
     if (call->body.len) {
-        b = ngx_calloc_buf(r->pool);
+        b = ngx_create_temp_buf(r->pool, call->body.len);
         cl = ngx_alloc_chain_link(r->pool);
         if (b == NULL || cl == NULL) {
             return NGX_ERROR;
         }
 
-        b->memory = 1;
-        b->pos = call->body.data;
-        b->last = call->body.data + call->body.len;
+        /* a copy: the attempt may outlive its owner for a while */
+
+        b->last = ngx_cpymem(b->pos, call->body.data, call->body.len);
         b->last_buf = 1;
         b->last_in_chain = 1;
 
@@ -276,6 +311,9 @@ ngx_http_billing_stripe_request(ngx_http_billing_stripe_call_t *call,
     }
 
     ngx_http_set_ctx(sr, at, ngx_http_billing_module);
+
+    /* nginx's status, not an operator's error page */
+    sr->error_page = 1;
 
     if (call->method == NGX_HTTP_POST) {
         sr->method = NGX_HTTP_POST;
@@ -348,9 +386,16 @@ ngx_http_billing_stripe_headers(ngx_http_billing_stripe_call_t *call,
 
     ngx_str_set(&s, "application/x-www-form-urlencoded");
 
-    if (ngx_http_billing_stripe_add(pool, hin, "Content-Type", &s) != NGX_OK
-        || ngx_http_billing_stripe_add(pool, hin, "Idempotency-Key",
-                                       &call->idempotency_key)
+    if (ngx_http_billing_stripe_add(pool, hin, "Content-Type", &s) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s.len = call->idempotency_key.len;
+    s.data = ngx_pstrdup(pool, &call->idempotency_key);
+
+    if (s.data == NULL
+        || ngx_http_billing_stripe_add(pool, hin, "Idempotency-Key", &s)
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -411,23 +456,35 @@ ngx_http_billing_stripe_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 
     ngx_http_billing_stripe_unmask(at);
 
-    if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-
-        /* nginx's own failure (no connection, timeout): its status */
-
-        if (at->status < NGX_HTTP_SPECIAL_RESPONSE) {
-            at->status = (rc >= NGX_HTTP_SPECIAL_RESPONSE)
-                         ? (ngx_uint_t) rc : NGX_HTTP_BAD_GATEWAY;
-            at->len = 0;
+    if (rc == NGX_OK) {
+        if (at->status == 0) {
+            at->status = NGX_HTTP_BAD_GATEWAY;
         }
 
-    } else if (at->status == 0) {
-        at->status = NGX_HTTP_BAD_GATEWAY;
+        return NGX_OK;
     }
 
-    /* the parent is posted, and resumes in stripe_resume() */
+    /* nginx's own failure (no connection, timeout): its status */
 
-    return rc;
+    if (at->status < NGX_HTTP_SPECIAL_RESPONSE) {
+        at->status = (rc >= NGX_HTTP_SPECIAL_RESPONSE
+                      && rc != NGX_HTTP_REQUEST_TIME_OUT
+                      && rc != NGX_HTTP_CLOSE
+                      && rc != NGX_HTTP_CLIENT_CLOSED_REQUEST)
+                     ? (ngx_uint_t) rc : NGX_HTTP_BAD_GATEWAY;
+        at->len = 0;
+    }
+
+    /*
+     * Done with it, as with a success: nginx neither makes an error page
+     * nor, for an error it takes for the client's, closes the request
+     * and the connection, which are ours.  The parent is posted, and
+     * resumes in stripe_resume().
+     */
+
+    sr->connection->error = 0;
+
+    return NGX_OK;
 }
 
 
@@ -508,7 +565,7 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
                   call->status);
 
     if (call->status >= 200 && call->status < 300 && call->json) {
-        call->handler(call);
+        ngx_http_billing_stripe_finish(call);
         return;
     }
 
@@ -566,7 +623,7 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
                   "\"%V\"", &call->path, call->status, call->attempts,
                   &call->error);
 
-    call->handler(call);
+    ngx_http_billing_stripe_finish(call);
 }
 
 
@@ -582,10 +639,61 @@ ngx_http_billing_stripe_retry_handler(ngx_event_t *ev)
     }
 
     if (ngx_http_billing_stripe_send(call) != NGX_OK) {
+        if (call->json) {
+            json_decref(call->json);
+            call->json = NULL;
+        }
+
         call->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        call->internal = 1;
         ngx_str_set(&call->error, "the Stripe call could not be made");
-        call->handler(call);
+
+        ngx_http_billing_stripe_finish(call);
     }
+}
+
+
+static void
+ngx_http_billing_stripe_watchdog_handler(ngx_event_t *ev)
+{
+    ngx_http_billing_stripe_call_t  *call = ev->data;
+
+    /* an attempt that never ended: given up, its upstream closed */
+
+    ngx_log_error(NGX_LOG_ERR, call->owner.log, 0,
+                  "billing stripe: %V still under way long after "
+                  "billing_stripe_timeout, given up", &call->path);
+
+    if (call->retry.timer_set) {
+        ngx_del_timer(&call->retry);
+    }
+
+    if (call->attempt) {
+        ngx_http_billing_stripe_detach(call->attempt);
+        call->attempt = NULL;
+    }
+
+    if (call->json) {
+        json_decref(call->json);
+        call->json = NULL;
+    }
+
+    call->status = NGX_HTTP_GATEWAY_TIME_OUT;
+    call->lost = 0;
+    ngx_str_set(&call->error, "Stripe did not answer in time");
+
+    call->handler(call);
+}
+
+
+static void
+ngx_http_billing_stripe_finish(ngx_http_billing_stripe_call_t *call)
+{
+    if (call->watchdog.timer_set) {
+        ngx_del_timer(&call->watchdog);
+    }
+
+    call->handler(call);
 }
 
 
@@ -676,7 +784,8 @@ ngx_http_billing_stripe_mask(ngx_http_billing_stripe_attempt_t *at)
     }
 
     at->log_level = log->log_level;
-    log->log_level = NGX_LOG_INFO;
+    log->log_level = ngx_min((log->log_level & ~NGX_LOG_DEBUG_ALL),
+                             NGX_LOG_INFO);
     at->masked = 1;
 }
 
@@ -700,7 +809,13 @@ ngx_http_billing_stripe_attempt(ngx_http_request_t *r)
         return NULL;
     }
 
-    at = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+    /*
+     * Known by its parent: an internal redirect (an error_page, an
+     * X-Accel-Redirect) clears the subrequest's own context, and then
+     * too nothing of it may go further.
+     */
+
+    at = ngx_http_get_module_ctx(r->main, ngx_http_billing_module);
 
     if (at == NULL || at->kind != NGX_HTTP_BILLING_CTX_STRIPE) {
         return NULL;
@@ -788,6 +903,7 @@ ngx_http_billing_stripe_body(ngx_http_request_t *r, ngx_chain_t *in)
 
             if (at->len) {
                 ngx_memcpy(p, at->buf, at->len);
+                ngx_pfree(at->request->pool, at->buf);
             }
 
             at->buf = p;

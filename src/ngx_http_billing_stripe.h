@@ -52,8 +52,12 @@ struct ngx_http_billing_stripe_call_s {
     ngx_uint_t                          attempts;
     ngx_msec_t                          deadline;
     ngx_event_t                         retry;
+    ngx_event_t                         watchdog;
     ngx_pool_cleanup_t                 *cleanup;
     unsigned                            lost:1;   /* the attempt died */
+
+    /* the call could not be made: nothing of Stripe's in the outcome */
+    unsigned                            internal:1;
 };
 
 
@@ -65,7 +69,10 @@ struct ngx_http_billing_stripe_call_s {
  * with backoff and the same idempotency key while Stripe or the way to
  * it fails in a retryable way, for at most billing_stripe_timeout.  The
  * handler then finds call->json (2xx) or call->status and call->error.
- * A call struct may serve one call after another.
+ * A call struct may serve one call after another.  Should an attempt
+ * hang past that (the last one may take one proxy_read_timeout more),
+ * the call fails with 504 once billing_stripe_timeout has passed twice,
+ * or a minute, whichever is longer, after its deadline.
  *
  * Returns NGX_OK (the handler will be called, never from within this
  * call) or NGX_ERROR.
