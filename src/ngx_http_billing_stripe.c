@@ -664,19 +664,7 @@ ngx_http_billing_stripe_watchdog_handler(ngx_event_t *ev)
                   "billing stripe: %V still under way long after "
                   "billing_stripe_timeout, given up", &call->path);
 
-    if (call->retry.timer_set) {
-        ngx_del_timer(&call->retry);
-    }
-
-    if (call->attempt) {
-        ngx_http_billing_stripe_detach(call->attempt);
-        call->attempt = NULL;
-    }
-
-    if (call->json) {
-        json_decref(call->json);
-        call->json = NULL;
-    }
+    ngx_http_billing_stripe_cancel(call);
 
     call->status = NGX_HTTP_GATEWAY_TIME_OUT;
     call->lost = 0;
