@@ -615,7 +615,16 @@ ngx_billing_period_parse(ngx_billing_period_t *p, const char *s, size_t len)
 int64_t
 ngx_billing_period_end(const ngx_billing_period_t *p, int64_t start)
 {
+    return ngx_billing_period_bound(p, start, 1);
+}
+
+
+int64_t
+ngx_billing_period_bound(const ngx_billing_period_t *p, int64_t start,
+    uint64_t k)
+{
     int64_t   days, secs, y;
+    uint64_t  months;
     unsigned  m, d, last;
 
     static const unsigned char  mdays[] = {
@@ -624,12 +633,20 @@ ngx_billing_period_end(const ngx_billing_period_t *p, int64_t start)
 
     /* far beyond any real date: keeps the arithmetic below in range */
 
-    if (start < 0 || start > 253402300799LL) {
+    if (start < 0 || start > NGX_BILLING_TIME_MAX
+        || k > NGX_BILLING_PERIODS_MAX)
+    {
         return -1;
     }
 
     if (p->kind == NGX_BILLING_PERIOD_SECONDS) {
-        return start + p->seconds;
+        if (p->seconds <= 0
+            || k > (uint64_t) (INT64_MAX - start) / (uint64_t) p->seconds)
+        {
+            return -1;
+        }
+
+        return start + (int64_t) k * p->seconds;
     }
 
     days = start / 86400;
@@ -637,14 +654,15 @@ ngx_billing_period_end(const ngx_billing_period_t *p, int64_t start)
 
     ngx_billing_civil_from_days(days, &y, &m, &d);
 
+    /* k periods from the start itself, never from the period before */
+
     if (p->kind == NGX_BILLING_PERIOD_YEAR) {
-        y++;
+        y += (int64_t) k;
 
     } else if (p->kind == NGX_BILLING_PERIOD_MONTH) {
-        if (++m == 13) {
-            m = 1;
-            y++;
-        }
+        months = (uint64_t) (m - 1) + k;
+        y += (int64_t) (months / 12);
+        m = (unsigned) (months % 12) + 1;
 
     } else {
         return -1;
@@ -661,6 +679,80 @@ ngx_billing_period_end(const ngx_billing_period_t *p, int64_t start)
     }
 
     return ngx_billing_days_from_civil(y, m, d) * 86400 + secs;
+}
+
+
+int64_t
+ngx_billing_period_index(const ngx_billing_period_t *p, int64_t start,
+    int64_t t)
+{
+    int64_t   ys, yt, k, bound;
+    unsigned  ms, mt, ds, dt;
+
+    if (start < 0 || start > NGX_BILLING_TIME_MAX
+        || t > NGX_BILLING_TIME_MAX)
+    {
+        return -1;
+    }
+
+    if (t < start) {
+        return 0;
+    }
+
+    if (p->kind == NGX_BILLING_PERIOD_SECONDS) {
+        if (p->seconds <= 0) {
+            return -1;
+        }
+
+        return (t - start) / p->seconds + 1;
+    }
+
+    /* a guess from the calendar, within one of the answer, then exact */
+
+    ngx_billing_civil_from_days(start / 86400, &ys, &ms, &ds);
+    ngx_billing_civil_from_days(t / 86400, &yt, &mt, &dt);
+
+    if (p->kind == NGX_BILLING_PERIOD_YEAR) {
+        k = yt - ys;
+
+    } else if (p->kind == NGX_BILLING_PERIOD_MONTH) {
+        k = (yt - ys) * 12 + (int64_t) mt - (int64_t) ms;
+
+    } else {
+        return -1;
+    }
+
+    if (k < 1) {
+        k = 1;
+    }
+
+    while (k > 1) {
+        bound = ngx_billing_period_bound(p, start, (uint64_t) k - 1);
+
+        if (bound < 0) {
+            return -1;
+        }
+
+        if (bound <= t) {
+            break;
+        }
+
+        k--;
+    }
+
+    for ( ;; ) {
+        bound = ngx_billing_period_bound(p, start, (uint64_t) k);
+
+        if (bound < 0) {
+            return -1;
+        }
+
+        if (bound > t) {
+            return k;
+        }
+
+        k++;
+    }
 }
 
 

@@ -78,12 +78,32 @@ void ngx_billing_sub_request_free(ngx_billing_sub_request_t *r);
 int ngx_billing_period_parse(ngx_billing_period_t *p, const char *s,
     size_t len);
 
+/* 9999-12-31T23:59:59Z: starts past it are refused */
+#define NGX_BILLING_TIME_MAX     253402300799LL
+#define NGX_BILLING_PERIODS_MAX  (1ULL << 32)
+
 /*
  * The end of the period that starts at start (unix seconds, UTC): a
  * calendar month or year later, the day clamped to the month's last
  * (January 31 + a month = February 28 or 29).  -1 on overflow.
  */
 int64_t ngx_billing_period_end(const ngx_billing_period_t *p, int64_t start);
+
+/*
+ * The end of period k (k >= 1) of periods that started at start: start
+ * plus k months, years or seconds, each computed from start itself, so
+ * that periods started on the 31st end on the last day of shorter months
+ * and on the 31st again after them.  -1 when out of range.
+ */
+int64_t ngx_billing_period_bound(const ngx_billing_period_t *p,
+    int64_t start, uint64_t k);
+
+/*
+ * Which period t falls in: k >= 1 such that bound(k - 1) <= t <
+ * bound(k), bound(0) being start; 0 before start, -1 when out of range.
+ */
+int64_t ngx_billing_period_index(const ngx_billing_period_t *p,
+    int64_t start, int64_t t);
 
 int ngx_billing_email_valid(const char *s, size_t len);
 

@@ -1300,6 +1300,145 @@ test_period_end_every_day(void)
 }
 
 
+/* UTC midnight of a date, through libc */
+
+static int64_t
+utc(int y, int m, int d)
+{
+    struct tm  tm;
+
+    memset(&tm, 0, sizeof(tm));
+    tm.tm_year = y - 1900;
+    tm.tm_mon = m - 1;
+    tm.tm_mday = d;
+
+    return (int64_t) timegm(&tm);
+}
+
+
+static void
+test_period_bound(void)
+{
+    int                   i, k, good;
+    int64_t               start, b, prev;
+    ngx_billing_period_t  p;
+
+    static const struct {
+        int  y, m, d;
+    }  jan31[] = {
+        { 2025, 2, 28 }, { 2025, 3, 31 }, { 2025, 4, 30 }, { 2025, 5, 31 },
+        { 2025, 6, 30 }, { 2025, 7, 31 }, { 2025, 8, 31 }, { 2025, 9, 30 },
+        { 2025, 10, 31 }, { 2025, 11, 30 }, { 2025, 12, 31 },
+        { 2026, 1, 31 }, { 2026, 2, 28 }
+    };
+
+    p.kind = MONTH;
+    p.seconds = 0;
+
+    /* from January 31: the last day of shorter months, the 31st after */
+
+    start = utc(2025, 1, 31) + 3600;
+    good = 1;
+
+    for (i = 0; i < (int) (sizeof(jan31) / sizeof(jan31[0])); i++) {
+        b = ngx_billing_period_bound(&p, start, i + 1);
+
+        if (b != utc(jan31[i].y, jan31[i].m, jan31[i].d) + 3600) {
+            diag("period %d of Jan 31: %lld", i + 1, (long long) b);
+            good = 0;
+        }
+    }
+
+    ok(good, "periods of Jan 31, 2025: Feb 28, Mar 31, Apr 30, ... Feb 28");
+
+    /* not chained: Feb 28 + a month would be Mar 28 */
+
+    is_int(ngx_billing_period_bound(&p, start, 2),
+           utc(2025, 3, 31) + 3600, "Jan 31 + 2 months: Mar 31, not Mar 28");
+
+    /* a leap year, from January 30 and from February 29 */
+
+    is_int(ngx_billing_period_bound(&p, utc(2024, 1, 30), 1),
+           utc(2024, 2, 29), "Jan 30, 2024 + a month: Feb 29");
+    is_int(ngx_billing_period_bound(&p, utc(2024, 2, 29), 12),
+           utc(2025, 2, 28), "Feb 29, 2024 + 12 months: Feb 28, 2025");
+    is_int(ngx_billing_period_bound(&p, utc(2024, 2, 29), 48),
+           utc(2028, 2, 29), "Feb 29, 2024 + 48 months: Feb 29, 2028");
+
+    /* December to January */
+
+    is_int(ngx_billing_period_bound(&p, utc(2025, 12, 15), 1),
+           utc(2026, 1, 15), "Dec 15 + a month: Jan 15 of the next year");
+    is_int(ngx_billing_period_bound(&p, utc(2025, 12, 31), 2),
+           utc(2026, 2, 28), "Dec 31 + 2 months: Feb 28");
+    is_int(ngx_billing_period_bound(&p, utc(2025, 11, 30), 25),
+           utc(2027, 12, 30), "Nov 30 + 25 months: Dec 30, two years on");
+
+    p.kind = YEAR;
+
+    is_int(ngx_billing_period_bound(&p, utc(2024, 2, 29), 1),
+           utc(2025, 2, 28), "Feb 29 + a year: Feb 28");
+    is_int(ngx_billing_period_bound(&p, utc(2024, 2, 29), 4),
+           utc(2028, 2, 29), "Feb 29 + 4 years: Feb 29 again");
+
+    p.kind = SECONDS;
+    p.seconds = 4;
+
+    is_int(ngx_billing_period_bound(&p, 1000, 3), 1012, "4 s periods: 3rd ends at +12");
+    is_int(ngx_billing_period_bound(&p, 1000, 0), 1000, "period 0 ends at the start");
+    is_int(ngx_billing_period_bound(&p, NGX_BILLING_TIME_MAX + 1, 1), -1,
+           "a start past year 9999: -1");
+    is_int(ngx_billing_period_bound(&p, 0, NGX_BILLING_PERIODS_MAX + 1), -1,
+           "too many periods: -1");
+    is_int(ngx_billing_period_bound(&p, -1, 1), -1, "a negative start: -1");
+
+    p.kind = MONTH;
+    p.seconds = 0;
+
+
+    /* period 1 is period_end() */
+
+    is_int(ngx_billing_period_bound(&p, start, 1),
+           ngx_billing_period_end(&p, start), "bound(1) is period_end()");
+
+    /* bounds only grow, and index() finds each period from inside */
+
+    good = 1;
+
+    for (p.kind = MONTH; p.kind <= SECONDS; p.kind++) {
+        p.seconds = (p.kind == SECONDS) ? 3600 : 0;
+        prev = start;
+
+        for (k = 1; k <= 600; k++) {
+            b = ngx_billing_period_bound(&p, start, k);
+
+            if (b <= prev
+                || ngx_billing_period_index(&p, start, prev) != k
+                || ngx_billing_period_index(&p, start, b - 1) != k
+                || ngx_billing_period_index(&p, start, (prev + b) / 2) != k
+                || ngx_billing_period_index(&p, start, b) != k + 1)
+            {
+                diag("kind %d, period %d: [%lld, %lld)", p.kind, k,
+                     (long long) prev, (long long) b);
+                good = 0;
+                break;
+            }
+
+            prev = b;
+        }
+    }
+
+    ok(good, "600 periods of each kind: increasing, each found by index()");
+
+    p.kind = MONTH;
+
+    is_int(ngx_billing_period_index(&p, start, start - 1), 0,
+           "before the start: 0");
+    is_int(ngx_billing_period_index(&p, start, start), 1,
+           "at the start: period 1");
+}
+
+
 int
 main(void)
 {
@@ -1315,6 +1454,7 @@ main(void)
     test_period_parse();
     test_period_end();
     test_period_end_every_day();
+    test_period_bound();
 
     return done_testing();
 }
