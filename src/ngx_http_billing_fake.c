@@ -118,6 +118,12 @@ ngx_http_billing_fake_create(ngx_http_conf_ctx_t *conf_ctx, ngx_log_t *log)
     c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
     c->start_time = ngx_current_msec;
 
+    /* no socket options to set (proxy_buffering off, send_lowat) */
+
+    c->tcp_nodelay = NGX_TCP_NODELAY_DISABLED;
+    c->tcp_nopush = NGX_TCP_NOPUSH_DISABLED;
+    c->sndlowat = 1;
+
     ngx_http_billing_fake_addr.sin_family = AF_INET;
     ngx_http_billing_fake_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 
@@ -385,13 +391,17 @@ ngx_http_billing_fake_close_handler(ngx_event_t *ev)
         cln = cln->next;
     }
 
+    /* no socket to reset, whatever timed out */
+
+    fake->connection.timedout = 0;
+
     /* its pool cleanup, fake_gone(), posts the free of the connection */
 
     pool = fake->connection.pool;
-    fake->connection.pool = NULL;
 
     ngx_http_free_request(r, 0);
 
+    fake->connection.pool = NULL;
     ngx_destroy_pool(pool);
 }
 

@@ -53,6 +53,7 @@ struct ngx_http_billing_stripe_attempt_s {
     unsigned                            running:1;
     unsigned                            too_large:1;
     unsigned                            broken:1;
+    unsigned                            complete:1;
     unsigned                            over:1;
 };
 
@@ -446,9 +447,12 @@ ngx_http_billing_stripe_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 {
     ngx_http_billing_stripe_attempt_t  *at = data;
 
-    /* a subrequest may be finalized more than once: the first counts */
+    /*
+     * A subrequest may be finalized more than once: the first end counts
+     * (NGX_AGAIN is none: output still under way, a thread reading).
+     */
 
-    if (!at->running || sr != at->sr) {
+    if (!at->running || sr != at->sr || rc == NGX_AGAIN) {
         return rc;
     }
 
@@ -456,9 +460,18 @@ ngx_http_billing_stripe_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 
     ngx_http_billing_stripe_unmask(at);
 
-    if (rc == NGX_OK) {
+    /* an error nginx takes for the client's is not to close ours */
+
+    sr->connection->error = 0;
+
+    if (rc != NGX_ERROR && rc < NGX_HTTP_SPECIAL_RESPONSE) {
+
         if (at->status == 0) {
             at->status = NGX_HTTP_BAD_GATEWAY;
+
+        } else if (!at->complete) {
+            /* the upstream failed after the header: a part is no answer */
+            at->broken = 1;
         }
 
         return NGX_OK;
@@ -481,8 +494,6 @@ ngx_http_billing_stripe_done(ngx_http_request_t *sr, void *data, ngx_int_t rc)
      * and the connection, which are ours.  The parent is posted, and
      * resumes in stripe_resume().
      */
-
-    sr->connection->error = 0;
 
     return NGX_OK;
 }
@@ -822,6 +833,15 @@ ngx_http_billing_stripe_header(ngx_http_request_t *r)
 
     at = ngx_http_billing_stripe_attempt(r);
 
+    /* the answer is ours: nothing of it goes further */
+
+    r->header_sent = 1;
+
+    if (r != at->sr) {
+        /* a subrequest of its own (none of nginx's makes one): dropped */
+        return NGX_OK;
+    }
+
     ngx_http_billing_stripe_unmask(at);
 
     at->status = r->headers_out.status;
@@ -833,10 +853,6 @@ ngx_http_billing_stripe_header(ngx_http_request_t *r)
                             && ngx_strncasecmp(h->value.data,
                                                (u_char *) "true", 4) == 0);
     }
-
-    /* the answer is ours: nothing of it goes further */
-
-    r->header_sent = 1;
 
     return NGX_OK;
 }
@@ -862,6 +878,14 @@ ngx_http_billing_stripe_body(ngx_http_request_t *r, ngx_chain_t *in)
     for (cl = in; cl; cl = cl->next) {
         b = cl->buf;
         size = ngx_buf_size(b);
+
+        if (r != at->sr) {
+            goto consumed;
+        }
+
+        if (b->last_buf || b->last_in_chain) {
+            at->complete = 1;
+        }
 
         if (size == 0 || at->too_large || at->broken) {
             goto consumed;

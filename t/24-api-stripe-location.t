@@ -1,5 +1,6 @@
-# The Stripe location as operators write their servers: an error_page
-# and a limit_req at server level that the internal location inherits,
+# The Stripe location as operators write their servers: an error_page,
+# a limit_req and proxy_buffering off at server level that the internal
+# location inherits,
 # an internal redirect of Stripe's answer, the location closing the
 # connection (return 444) or failing inside nginx. The subrequests of the
 # module's own requests never reach a client connection: the API answers
@@ -35,7 +36,7 @@ my $DEAD = BillingTest::free_port();
 
 # a server block each, on a port of its own
 my %PORT = (down => $t->port, map { $_ => BillingTest::free_port() }
-    qw(slow close redirect));
+    qw(slow close redirect unbuffered));
 
 $t->start_redis;
 $t->start_nginx(<<'EOF', STRIPE_PORT => $s->port, DEAD_PORT => $DEAD,
@@ -104,9 +105,24 @@ $t->start_nginx(<<'EOF', STRIPE_PORT => $s->port, DEAD_PORT => $DEAD,
 
         location = /50x.html { root %%DIR%%/html; }
     }
+
+    # answers passed on as they come (and TCP_NODELAY asked for)
+    server {
+        listen 127.0.0.1:%%UNBUFFERED_PORT%% reuseport;
+
+        proxy_buffering off;
+
+        location /billing/ { billing_api; }
+
+        location /_billing_stripe/ {
+            internal;
+            proxy_pass http://127.0.0.1:%%STRIPE_PORT%%/;
+        }
+    }
 EOF
     SLOW_PORT => $PORT{slow}, CLOSE_PORT => $PORT{close},
-    REDIRECT_PORT => $PORT{redirect}, workers => 2);
+    REDIRECT_PORT => $PORT{redirect}, UNBUFFERED_PORT => $PORT{unbuffered},
+    workers => 2);
 
 
 my $JSON = JSON::PP->new->utf8->canonical;
@@ -188,6 +204,16 @@ no_worker_died('unreachable');
         'redirected refusal: nothing of the error page';
     $s->clear_rules;
     no_worker_died('redirect');
+}
+
+# proxy_buffering off: nothing to set on a connection without a socket
+
+{
+    my $r = post_sub('unbuffered', sub_req('sub-unbuf', 'org-unbuf'));
+    is $r->{status}, 201, 'proxy_buffering off: 201';
+    is $r->{json} && $r->{json}{invoice}{status}, 'open',
+        'proxy_buffering off: the invoice finalized';
+    unlike $t->error_log, qr/setsockopt/, 'proxy_buffering off: no setsockopt';
 }
 
 # the API is not held up by any of it
