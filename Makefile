@@ -10,10 +10,26 @@
 #   make fuzz-replay        every fuzz target once over its corpus
 #   make run                quickstart: private Redis + nginx, foreground
 #   make bench              wrk benchmarks, see bench/README.md
+#   make deb                build/libnginx-mod-http-billing_VERSION_ARCH.deb
+#                           (debhelper, checked by lintian)
+#   make deb DEB_REBUILD=N  ... versioned VERSION+bN, for a new nginx ABI
+#   make install            the module, its load_module snippet and the
+#                           docs under $(DESTDIR)$(PREFIX) (/usr/local)
+#   make uninstall          removes what make install put there
 
 NGINX_SRC ?= /usr/share/nginx/src
 FUZZ_TIME ?= 60
 PROVE_FLAGS ?=
+
+# make install
+PREFIX ?= /usr/local
+DESTDIR ?=
+MODULEDIR ?= $(PREFIX)/lib/nginx/modules
+CONFDIR ?= $(PREFIX)/share/nginx/modules-available
+DOCDIR ?= $(PREFIX)/share/doc/ngx_http_billing_module
+
+# make deb: a number makes a rebuild, VERSION+bN
+DEB_REBUILD ?=
 
 SHELL := /bin/bash
 BUILD := build
@@ -61,13 +77,32 @@ STATIC_TESTS := $(wildcard t/1*.t t/2*.t t/3*.t)
 STATIC_SRC :=
 STATIC := $(BUILD)/static-$(notdir $(STATIC_SRC))
 
+# The version lives in one place: NGX_HTTP_BILLING_VERSION in the
+# module's header. The package, its file name and its changelog take it
+# from there.
+VERSION := $(shell awk '$$2 == "NGX_HTTP_BILLING_VERSION" \
+             { gsub(/"/, "", $$3); print $$3 }' src/ngx_http_billing_module.h)
+DEB_PACKAGE := libnginx-mod-http-billing
+DEB_VERSION := $(VERSION)$(if $(DEB_REBUILD),+b$(DEB_REBUILD))
+DEB_ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo unknown)
+DEB_NAME := $(DEB_PACKAGE)_$(DEB_VERSION)_$(DEB_ARCH)
+DEB := $(BUILD)/$(DEB_NAME).deb
+# the copy dpkg-buildpackage works in, one per Debian version; its
+# results (.deb, -dbgsym, .changes, .buildinfo, build.log) land beside it
+DEB_STAGE := $(BUILD)/deb/$(DEB_VERSION)
+DEB_TREE := $(DEB_STAGE)/$(DEB_PACKAGE)-$(VERSION)
+DEB_INPUTS := $(MODULE_SRCS) README.md $(wildcard conf-examples/*) \
+    $(shell find debian -type f 2>/dev/null) tools/deb-changelog Makefile \
+    $(wildcard /usr/share/nginx/src/conf_flags \
+               /usr/share/nginx/src/debian/libnginx-mod.abisubstvars)
+
 FUZZ_TARGETS := signature event plan
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 FUZZ_CFLAGS := -g -O1 -fsanitize=fuzzer,address,undefined \
                -fno-sanitize-recover=undefined -Isrc
 
 .PHONY: all deps unit test test-asan test-static static-prove fuzz \
-        fuzz-replay run bench clean FORCE
+        fuzz-replay run bench deb install uninstall clean FORCE
 
 all: $(MODULE)
 
@@ -219,6 +254,47 @@ run: $(MODULE)
 bench: $(MODULE)
 	@.ci/deps bench
 	bench/run $(CURDIR)/$(MODULE)
+
+# Built as Debian builds its own nginx module packages (debian/rules),
+# against Debian's nginx-dev whatever NGINX_SRC says, in a copy of the
+# tree under build/ (the tree itself stays clean); lintian must find no
+# error. Rebuilt when the nginx-dev it was built against changes.
+deb: $(DEB)
+
+$(DEB): $(DEB_INPUTS)
+	@.ci/deps deb
+	@[ -n "$(VERSION)" ] || { echo "deb: no NGX_HTTP_BILLING_VERSION in" \
+	    "src/ngx_http_billing_module.h" >&2; exit 1; }
+	rm -rf $(DEB_STAGE) && mkdir -p $(DEB_TREE)
+	cp -a config src README.md conf-examples debian $(DEB_TREE)/
+	rm -f $(DEB_TREE)/debian/changelog.in
+	tools/deb-changelog $(VERSION) $(DEB_REBUILD) > $(DEB_TREE)/debian/changelog
+	@echo "dpkg-buildpackage -b -us -uc: log in $(DEB_STAGE)/build.log"
+	@cd $(DEB_TREE) && dpkg-buildpackage -b -us -uc > ../build.log 2>&1 \
+	    || { tail -40 ../build.log; exit 1; }
+	lintian --fail-on error $(DEB_STAGE)/$(DEB_NAME).changes
+	cp $(DEB_STAGE)/$(DEB_NAME).deb $@.tmp && mv -f $@.tmp $@
+	@echo "built $@"
+
+# For those who do not install packages: $(MODULEDIR) as nginx finds it
+# with "include $(CONFDIR)/mod-http-billing.conf;" (the snippet names
+# the module by its final path, without DESTDIR).
+install: $(MODULE)
+	install -d $(DESTDIR)$(MODULEDIR) $(DESTDIR)$(CONFDIR) \
+	    $(DESTDIR)$(DOCDIR)/conf-examples
+	install -m 0644 $(MODULE) $(DESTDIR)$(MODULEDIR)/ngx_http_billing_module.so
+	printf 'load_module %s;\n' '$(MODULEDIR)/ngx_http_billing_module.so' \
+	    > $(DESTDIR)$(CONFDIR)/mod-http-billing.conf
+	chmod 0644 $(DESTDIR)$(CONFDIR)/mod-http-billing.conf
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -m 0644 conf-examples/*.conf $(DESTDIR)$(DOCDIR)/conf-examples/
+
+uninstall:
+	rm -f $(DESTDIR)$(MODULEDIR)/ngx_http_billing_module.so \
+	    $(DESTDIR)$(CONFDIR)/mod-http-billing.conf \
+	    $(DESTDIR)$(DOCDIR)/README.md \
+	    $(addprefix $(DESTDIR)$(DOCDIR)/,$(wildcard conf-examples/*.conf))
+	rmdir $(DESTDIR)$(DOCDIR)/conf-examples $(DESTDIR)$(DOCDIR) 2>/dev/null || :
 
 clean:
 	rm -rf $(BUILD)
