@@ -181,7 +181,7 @@ ngx_http_billing_invoice_copy(ngx_http_billing_invoice_job_t *job,
 {
     ngx_uint_t                        i;
     ngx_pool_t                       *pool;
-    ngx_http_billing_invoice_item_t  *item;
+    ngx_http_billing_invoice_item_t  *item, *from;
     ngx_http_billing_invoice_meta_t  *meta;
 
     pool = job->pool;
@@ -215,15 +215,16 @@ ngx_http_billing_invoice_copy(ngx_http_billing_invoice_job_t *job,
     }
 
     for (i = 0; i < spec->nitems; i++) {
-        item[i] = spec->items[i];
+        from = &spec->items[i];
+        item[i] = *from;
 
-        if (ngx_http_billing_invoice_dup(pool, &item[i].name,
-                                         &spec->items[i].name) != NGX_OK
+        if (ngx_http_billing_invoice_dup(pool, &item[i].name, &from->name)
+            != NGX_OK
             || ngx_http_billing_invoice_dup(pool, &item[i].description,
-                                            &spec->items[i].description)
+                                            &from->description)
                != NGX_OK
             || ngx_http_billing_invoice_dup(pool, &item[i].unit_amount_decimal,
-                                       &spec->items[i].unit_amount_decimal)
+                                            &from->unit_amount_decimal)
                != NGX_OK)
         {
             return NGX_ERROR;
@@ -620,7 +621,8 @@ ngx_http_billing_invoice_customer(ngx_http_billing_stripe_call_t *call)
 {
     ngx_http_billing_invoice_job_t  *job = call->data;
 
-    ngx_str_t  id;
+    ngx_str_t                          id;
+    ngx_http_billing_redis_handler_pt  stored;
 
     if (ngx_http_billing_invoice_created(job, &id) != NGX_OK) {
         return;
@@ -628,10 +630,10 @@ ngx_http_billing_invoice_customer(ngx_http_billing_stripe_call_t *call)
 
     /* the first customer recorded for the org is the org's */
 
-    if (ngx_http_billing_store_customer(&job->owner,
-                                        &job->spec.subscription,
-                                        &job->spec.consumer_org, &id,
-                                      ngx_http_billing_invoice_customer_stored,
+    stored = ngx_http_billing_invoice_customer_stored;
+
+    if (ngx_http_billing_store_customer(&job->owner, &job->spec.subscription,
+                                        &job->spec.consumer_org, &id, stored,
                                         job)
         != NGX_OK)
     {
