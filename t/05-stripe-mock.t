@@ -1,6 +1,7 @@
 # The Stripe stand-in itself (t/lib/stripe-mock through StripeMock.pm):
 # authentication and headers, the customer → invoice → items → finalize
-# sequence, parameter checks, idempotency, failure rules, the HTTP it
+# (→ void) sequence, unit prices, rounding, periods, metadata,
+# parameter checks, idempotency, failure rules, the HTTP it
 # speaks, request recording, reset, and that it never outlives its
 # parent.
 
@@ -413,6 +414,379 @@ subtest 'parameter checks' => sub {
         pending_invoice_items_behavior => 'include' ])->{json};
     is_deeply [ $with->{total}, $with->{amount_due} ], [ -250, 0 ],
         'included by an invoice; a credit is not due';
+};
+
+subtest 'invoice items: quantity x unit price' => sub {
+    my $cus = new_customer();
+    my $inv = new_invoice($cus);
+
+    # quantity, unit price (unit_amount_decimal, or unit_amount as
+    # [integer]), amount, unit_amount, unit_amount_decimal as answered
+    my @cases = (
+        [ 3, '0.333', 1, undef, '0.333' ],              # 0.999
+        [ 7, '0.25', 2, undef, '0.25' ],                # 1.75 -> 2
+        [ 0, '0.25', 0, undef, '0.25' ],                # nothing used
+        [ 2, '0.25', 1, undef, '0.25' ],                # 0.5: half up
+        [ 3, '0.5', 2, undef, '0.5' ],                  # 1.5: half up
+        [ 1, '0.499999999999', 0, undef, '0.499999999999' ],
+        [ 5, '2.000', 10, 2, '2' ],                     # Stripe's normal form
+        [ 4, '0.250', 1, undef, '0.25' ],
+        [ 1, '007', 7, 7, '7' ],
+        [ 2, '.5', 1, undef, '0.5' ],
+        [ 0, '0', 0, 0, '0' ],
+        [ 3, [250], 750, 250, '250' ],                  # unit_amount
+        [ 1_000_000_000_000_000, '0.000000000001', 1000, undef, '0.000000000001' ],
+        [ 1_000_000_000_000, '0.123456789012', 123456789012, undef, '0.123456789012' ],
+        [ 999_999_999_999, '0.5', 500_000_000_000, undef, '0.5' ],
+        # beyond a double's 53 bits: exact integers, never floats
+        [ 9_007_199_254_740_993, '1', 9_007_199_254_740_993, 1, '1' ],
+        [ 9_223_372_036_854_775_807, '0', 0, 0, '0' ],
+    );
+    my ($total, @ids) = (0);
+    for my $case (@cases) {
+        my ($quantity, $unit, $amount, $unit_amount, $decimal) = @$case;
+        my @price = ref $unit ? (unit_amount => $unit->[0])
+                              : (unit_amount_decimal => $unit);
+        my $name = "$quantity x " . (ref $unit ? "[$unit->[0]]" : "'$unit'");
+        my $r = post('/v1/invoiceitems', [ customer => $cus, invoice => $inv,
+            currency => 'usd', quantity => $quantity, @price ]);
+        is $r->{status}, 200, "$name: created" or diag $r->{content};
+        my $item = $r->{json};
+        is $item->{amount}, $amount, "$name: amount $amount";
+        is $item->{quantity}, $quantity, "$name: quantity";
+        is $item->{unit_amount}, $unit_amount, "$name: unit_amount "
+            . ($unit_amount // 'null');
+        ok exists $item->{unit_amount}, "$name: unit_amount present";
+        is $item->{unit_amount_decimal}, $decimal, "$name: unit_amount_decimal";
+        is $item->{pricing}{unit_amount_decimal}, $decimal, "$name: pricing";
+        like $r->{content}, qr/\n  "amount": \Q$amount\E,\n/, "$name: amount a JSON integer";
+        like $r->{content}, qr/\n  "unit_amount_decimal": "\Q$decimal\E"\n/,
+            "$name: unit_amount_decimal a JSON string";
+        $total += $amount;
+        push @ids, $item->{id};
+    }
+
+    my $r = post('/v1/invoiceitems', [ customer => $cus, invoice => $inv,
+        currency => 'usd', unit_amount => 125 ]);
+    is_deeply [ @{ $r->{json} }{qw(quantity amount unit_amount unit_amount_decimal)} ],
+        [ 1, 125, 125, '125' ], 'unit_amount alone: quantity 1';
+    $total += 125;
+    $r = post('/v1/invoiceitems', [ customer => $cus, invoice => $inv,
+        currency => 'usd', amount => 0 ]);
+    is_deeply [ @{ $r->{json} }{qw(quantity amount unit_amount unit_amount_decimal)} ],
+        [ 1, 0, 0, '0' ], 'amount 0';
+
+    my $got = call(GET => "/v1/invoices/$inv");
+    my $invoice = $got->{json};
+    is_deeply [ map { $_->{amount} } @{ $invoice->{lines}{data} }[0 .. $#cases] ],
+        [ map { $_->[2] } @cases ], 'the lines: the amounts';
+    is_deeply [ map { $_->{quantity} } @{ $invoice->{lines}{data} }[0 .. $#cases] ],
+        [ map { $_->[0] } @cases ], '... the quantities';
+    is_deeply [ map { $_->{invoice_item} } @{ $invoice->{lines}{data} }[0 .. $#cases] ],
+        \@ids, '... the items';
+    is $invoice->{lines}{total_count}, @cases + 2, '... all of them';
+    is_deeply { map { $_ => $invoice->{$_} } qw(subtotal total amount_due amount_remaining) },
+        { map { $_ => $total } qw(subtotal total amount_due amount_remaining) },
+        "totals: $total, exactly";
+    like $got->{content}, qr/\n  "total": $total,\n/, '... a JSON integer';
+
+    my $fin = post("/v1/invoices/$inv/finalize", [])->{json};
+    is_deeply [ @$fin{qw(status amount_due amount_remaining)} ], [ 'open', $total, $total ],
+        'finalized with that total';
+
+    # the quantity-0 item alone: a zero invoice, paid on finalization
+    my $zero = new_invoice($cus);
+    $r = post('/v1/invoiceitems', [ customer => $cus, invoice => $zero,
+        currency => 'usd', quantity => 0, unit_amount_decimal => '0.25' ]);
+    is $r->{json}{amount}, 0, 'quantity 0: amount 0';
+    $fin = post("/v1/invoices/$zero/finalize", [])->{json};
+    is_deeply [ @$fin{qw(total amount_due status)} ], [ 0, 0, 'paid' ],
+        '... a zero invoice, paid';
+};
+
+subtest 'invoice items: refused unit prices' => sub {
+    my $cus = new_customer();
+    my $inv = new_invoice($cus);
+    post('/v1/invoiceitems', [ customer => $cus, invoice => $inv, currency => 'usd',
+        amount => 300 ]);
+    my $items = count('invoiceitem');
+    my @base = (customer => $cus, invoice => $inv, currency => 'usd');
+
+    my $exclusive = qr/^You may only specify one of these parameters: /;
+    my @cases = (
+        [ 'amount + unit_amount', [ amount => 100, unit_amount => 100 ],
+          { param => 'unit_amount', message => $exclusive } ],
+        [ 'amount + unit_amount_decimal', [ amount => 100, unit_amount_decimal => '1' ],
+          { param => 'unit_amount_decimal', message => $exclusive } ],
+        [ 'amount + quantity', [ amount => 100, quantity => 2 ],
+          { param => 'quantity', message => $exclusive } ],
+        [ 'unit_amount + unit_amount_decimal', [ quantity => 2, unit_amount => 1,
+            unit_amount_decimal => '1' ],
+          { param => 'unit_amount_decimal', message => 'You may only specify one '
+            . 'of these parameters: unit_amount, unit_amount_decimal.' } ],
+        [ 'quantity without a unit price', [ quantity => 2 ],
+          { code => 'parameter_missing', param => 'unit_amount',
+            message => qr/unit_amount or unit_amount_decimal/ } ],
+        [ 'quantity 0 without a unit price', [ quantity => 0 ],
+          { code => 'parameter_missing', param => 'unit_amount' } ],
+        [ 'nothing', [ description => 'x' ],
+          { code => 'parameter_missing', param => 'amount' } ],
+        [ 'negative quantity', [ quantity => -1, unit_amount_decimal => '1' ],
+          { param => 'quantity',
+            message => 'This value must be greater than or equal to 0.' } ],
+        [ 'fractional quantity', [ quantity => '1.5', unit_amount_decimal => '1' ],
+          { param => 'quantity', message => 'Invalid integer: 1.5' } ],
+        [ 'quantity not a number', [ quantity => 'lots', unit_amount_decimal => '1' ],
+          { param => 'quantity', message => 'Invalid integer: lots' } ],
+        [ 'quantity beyond 64 bits', [ quantity => '9223372036854775808',
+            unit_amount_decimal => '0' ],
+          { param => 'quantity', message => 'Invalid integer: 9223372036854775808' } ],
+        [ 'amount beyond 64 bits', [ amount => '-9223372036854775809' ],
+          { param => 'amount', message => qr/^Invalid integer/ } ],
+        [ 'negative unit_amount_decimal', [ quantity => 1, unit_amount_decimal => '-0.25' ],
+          { param => 'unit_amount_decimal',
+            message => 'This value must be greater than or equal to 0.' } ],
+        [ '13 decimal places', [ quantity => 1, unit_amount_decimal => '0.0000000000001' ],
+          { param => 'unit_amount_decimal', message => qr/^Invalid decimal.*12 decimal/ } ],
+        (map { [ "unit_amount_decimal '$_'", [ quantity => 1, unit_amount_decimal => $_ ],
+                 { param => 'unit_amount_decimal', message => "Invalid decimal: $_" } ] }
+             '1e3', '1.2.3', '1,5', '0x10', '+1', 'one', '1.', ' 1'),
+        [ 'unit_amount not an integer', [ quantity => 1, unit_amount => '1.5' ],
+          { param => 'unit_amount', message => 'Invalid integer: 1.5' } ],
+        [ 'an amount beyond 64 bits', [ quantity => '9223372036854775807',
+            unit_amount_decimal => '2' ],
+          { code => 'amount_too_large', param => 'quantity' } ],
+        [ 'half up beyond 64 bits', [ quantity => '9223372036854775807',
+            unit_amount_decimal => '1.000000000001' ],
+          { code => 'amount_too_large' } ],
+    );
+    for my $case (@cases) {
+        my ($name, $params, $expect) = @$case;
+        my $r = post('/v1/invoiceitems', [ @base, @$params ]);
+        is_error($r, 400, { type => 'invalid_request_error', %$expect }, $name);
+    }
+
+    # one that fits, then one that would take the invoice past 64 bits
+    my $r = post('/v1/invoiceitems', [ @base, quantity => '9223372036854775507',
+        unit_amount_decimal => '1' ]);
+    is $r->{status}, 200, 'an amount that makes the total the largest integer';
+    is $r->{json}{amount}, 9223372036854775507, '... exactly';
+    is_error(post('/v1/invoiceitems', [ @base, amount => 1 ]), 400,
+        { code => 'amount_too_large', param => 'amount' }, 'an invoice total beyond 64 bits');
+    $items++;
+
+    is count('invoiceitem'), $items, 'none was created';
+    my $got = call(GET => "/v1/invoices/$inv")->{json};
+    is $got->{lines}{total_count}, 2, 'the invoice has the lines that were accepted';
+    is_deeply [ map { $_->{amount} } @{ $got->{lines}{data} } ],
+        [ 300, 9223372036854775507 ], '... their amounts';
+    is $got->{total}, 9223372036854775807, '... the total';
+};
+
+subtest 'invoice items: period' => sub {
+    my $cus = new_customer();
+    my $inv = new_invoice($cus);
+    my @base = (customer => $cus, invoice => $inv, currency => 'usd',
+        quantity => 10, unit_amount_decimal => '0.5');
+    my ($start, $end) = (1_700_000_000, 1_702_592_000);
+
+    my $r = post('/v1/invoiceitems', [ @base, 'period[start]' => $start,
+        'period[end]' => $end ]);
+    is $r->{status}, 200, 'created';
+    is_deeply $r->{json}{period}, { start => $start, end => $end }, 'period on the item';
+    like $r->{content}, qr/"start": $start\n/, '... JSON integers';
+    my $id = $r->{json}{id};
+    is_deeply call(GET => "/v1/invoiceitems/$id")->{json}{period},
+        { start => $start, end => $end }, '... retrieved';
+
+    $r = post('/v1/invoiceitems', [ @base, 'period[end]' => $start,
+        'period[start]' => $start ]);
+    is_deeply $r->{json}{period}, { start => $start, end => $start }, 'end = start';
+
+    $r = post('/v1/invoiceitems', [ @base ]);
+    my $date = $r->{json}{date};
+    is_deeply $r->{json}{period}, { start => $date, end => $date },
+        'no period: the item date, as Stripe';
+
+    my $lines = call(GET => "/v1/invoices/$inv")->{json}{lines}{data};
+    is_deeply [ map { $_->{period} } @$lines ], [ { start => $start, end => $end },
+        { start => $start, end => $start }, { start => $date, end => $date } ],
+        'the periods on the lines';
+    my $n = count('invoiceitem');
+
+    my @cases = (
+        [ 'start only', [ 'period[start]' => $start ],
+          { code => 'parameter_missing', param => 'period[end]',
+            message => 'Missing required param: period[end].' } ],
+        [ 'end only', [ 'period[end]' => $end ],
+          { code => 'parameter_missing', param => 'period[start]' } ],
+        [ 'end empty', [ 'period[start]' => $start, 'period[end]' => '' ],
+          { code => 'parameter_missing', param => 'period[end]' } ],
+        [ 'end before start', [ 'period[start]' => $end, 'period[end]' => $start ],
+          { param => 'period[end]', message => qr/greater than or equal to the period start/ } ],
+        [ 'start not an integer', [ 'period[start]' => 'soon', 'period[end]' => $end ],
+          { param => 'period[start]', message => 'Invalid integer: soon' } ],
+        [ 'end a float', [ 'period[start]' => $start, 'period[end]' => "$end.5" ],
+          { param => 'period[end]', message => "Invalid integer: $end.5" } ],
+        [ 'negative start', [ 'period[start]' => -1, 'period[end]' => $end ],
+          { param => 'period[start]', message => qr/greater than or equal to 0/ } ],
+        [ 'beyond 64 bits', [ 'period[start]' => $start,
+            'period[end]' => '99999999999999999999' ],
+          { param => 'period[end]', message => qr/^Invalid integer/ } ],
+        [ 'an unknown key', [ 'period[start]' => $start, 'period[end]' => $end,
+            'period[length]' => 30 ],
+          { code => 'parameter_unknown', param => 'period[length]',
+            message => 'Received unknown parameter: period[length]' } ],
+        [ 'not an object', [ period => $start ],
+          { param => 'period', message => 'Invalid object' } ],
+    );
+    for my $case (@cases) {
+        my ($name, $params, $expect) = @$case;
+        is_error(post('/v1/invoiceitems', [ @base, @$params ]), 400,
+            { type => 'invalid_request_error', %$expect }, $name);
+    }
+    is count('invoiceitem'), $n, 'none was created';
+};
+
+subtest 'void' => sub {
+    my $cus = new_customer();
+    my $draft = new_invoice($cus);
+    post('/v1/invoiceitems', [ customer => $cus, invoice => $draft, currency => 'usd',
+        quantity => 3, unit_amount_decimal => '150' ]);
+
+    my $r = post("/v1/invoices/$draft/void", []);
+    is_error($r, 400, { type => 'invalid_request_error',
+        message => qr/^You can only pass in open invoices\. .*draft/ }, 'a draft');
+    is call(GET => "/v1/invoices/$draft")->{json}{status}, 'draft', '... stays a draft';
+
+    my $inv = $draft;
+    my $open = post("/v1/invoices/$inv/finalize", [])->{json};
+    is $open->{status}, 'open', 'finalized';
+
+    $r = post("/v1/invoices/$inv/void", [ foo => 1 ]);
+    is_error($r, 400, { code => 'parameter_unknown', param => 'foo' }, 'unknown parameter');
+    is call(GET => "/v1/invoices/$inv")->{json}{status}, 'open', '... still open';
+
+    $r = post("/v1/invoices/$inv/void", [], idem('V1'));
+    is $r->{status}, 200, 'voided';
+    my $void = $r->{json};
+    is $void->{id}, $inv, 'the invoice';
+    is $void->{status}, 'void', 'status void';
+    ok abs($void->{status_transitions}{voided_at} - time) < 5, 'voided_at now';
+    is $void->{status_transitions}{finalized_at}, $open->{status_transitions}{finalized_at},
+        'finalized_at kept';
+    is $void->{amount_remaining}, 0, 'amount_remaining 0';
+    is $void->{amount_due}, 450, 'amount_due kept';
+    is $void->{total}, 450, 'total kept';
+    ok JSON::PP::is_bool($void->{paid}) && !$void->{paid}, 'not paid';
+    is $void->{status_transitions}{paid_at}, undef, 'no paid_at';
+    is $void->{number}, $open->{number}, 'number kept';
+    is_deeply call(GET => "/v1/invoices/$inv")->{json}, $void, 'retrieved as answered';
+    is_deeply((grep { $_->{id} eq $inv } @{ $s->objects('invoice') })[0], $void,
+        'objects: void');
+
+    my $again = post("/v1/invoices/$inv/void", [], idem('V1'));
+    is $again->{status}, 200, 'the same key: 200';
+    is $again->{headers}{'idempotent-replayed'}, 'true', '... replayed';
+    is $again->{headers}{'original-request'}, $r->{headers}{'request-id'},
+        '... Original-Request';
+    is $again->{content}, $r->{content}, '... the same body';
+    $again = post("/v1/invoices/$inv/void", [ 'expand[]' => 'customer' ], idem('V1'));
+    is_error($again, 400, { type => 'idempotency_error' }, 'the same key, other parameters');
+    $again = post("/v1/invoices/$draft/finalize", [], idem('V1'));
+    is_error($again, 400, { type => 'idempotency_error', message => qr/same endpoint/ },
+        'the same key, another endpoint');
+
+    $r = post("/v1/invoices/$inv/void", []);
+    is_error($r, 400, { message => qr/^You can only pass in open invoices\. .*already void/ },
+        'void twice');
+    $r = post("/v1/invoices/$inv/void", [], idem('V2'));
+    is $r->{status}, 400, 'void twice, with a key';
+    $r = post("/v1/invoices/$inv/void", [], idem('V2'));
+    is $r->{headers}{'idempotent-replayed'}, 'true', '... that refusal is saved and replayed';
+
+    $r = post("/v1/invoices/$inv/finalize", []);
+    is_error($r, 400, { code => 'invoice_not_editable' }, 'finalize a void invoice');
+    $r = post('/v1/invoiceitems', [ customer => $cus, invoice => $inv,
+        currency => 'usd', amount => 5 ]);
+    is_error($r, 400, { code => 'invoice_not_editable', param => 'invoice' },
+        'an item on a void invoice');
+    is call(GET => "/v1/invoices/$inv")->{json}{total}, 450, '... the total unchanged';
+
+    my $paid = new_invoice($cus);
+    is post("/v1/invoices/$paid/finalize", [])->{json}{status}, 'paid', 'a zero invoice: paid';
+    $r = post("/v1/invoices/$paid/void", []);
+    is_error($r, 400, { message => qr/^You can only pass in open invoices\. .*paid/ },
+        'a paid invoice');
+    is call(GET => "/v1/invoices/$paid")->{json}{status}, 'paid', '... stays paid';
+
+    $r = post('/v1/invoices/in_nope/void', []);
+    is_error($r, 404, { code => 'resource_missing', param => 'id',
+        message => "No such invoice: 'in_nope'" }, 'a missing invoice');
+    my $cus_path = "/v1/invoices/$cus/void";
+    is_error(post($cus_path, []), 404, { code => 'resource_missing' }, 'not an invoice');
+    is call(GET => "/v1/invoices/$inv/void")->{status}, 404, 'GET: unknown';
+
+    my @recs = grep { $_->{path} =~ m{/void$} && $_->{method} eq 'POST' } @{ $s->requests };
+    ok @recs >= 10, 'void requests recorded';
+    my ($first) = grep { ($_->{headers}{'idempotency-key'} // '') eq 'V1' } @recs;
+    is_deeply [ $first->{status}, $first->{executed} ? 1 : 0, $first->{replayed} ? 1 : 0 ],
+        [ 200, 1, 0 ], '... the void: executed';
+};
+
+subtest 'invoice metadata' => sub {
+    my $cus = new_customer();
+    my %md = (billing_period_start => '1700000000', billing_period_end => '1702592000',
+        billing_subscription => 'sub-42', billing_kind => 'period',
+        'Mixed-Case.key_09' => 'Zoë & Co = 100%');
+    my $r = post('/v1/invoices', [ customer => $cus, collection_method => 'send_invoice',
+        days_until_due => 30, map { ("metadata[$_]" => $md{$_}) } sort keys %md ]);
+    is $r->{status}, 200, 'created';
+    my $inv = $r->{json}{id};
+    is_deeply $r->{json}{metadata}, \%md, 'metadata as sent';
+    like $r->{content}, qr/"billing_period_start": "1700000000"/, '... strings';
+    is_deeply call(GET => "/v1/invoices/$inv")->{json}{metadata}, \%md, '... retrieved';
+
+    my $rec = $s->requests->[-2];
+    is $rec->{params}{'metadata[billing_period_start]'}, '1700000000',
+        'request record: flat params';
+    is_deeply $rec->{nested}{metadata}, \%md, 'request record: nested';
+
+    $r = post('/v1/invoiceitems', [ customer => $cus, invoice => $inv, currency => 'usd',
+        quantity => 4, unit_amount_decimal => '0.75',
+        'metadata[billing_period_start]' => '1700000000',
+        'metadata[billing_period_end]' => '1702592000' ]);
+    my %item_md = (billing_period_start => '1700000000', billing_period_end => '1702592000');
+    is_deeply $r->{json}{metadata}, \%item_md, 'item metadata';
+    is_deeply call(GET => "/v1/invoices/$inv")->{json}{lines}{data}[0]{metadata},
+        \%item_md, '... on its line';
+
+    my $fin = post("/v1/invoices/$inv/finalize", [])->{json};
+    is_deeply $fin->{metadata}, \%md, 'metadata kept on finalization';
+    my $void = post("/v1/invoices/$inv/void", [])->{json};
+    is_deeply $void->{metadata}, \%md, '... and voiding';
+
+    # Stripe's limits: 50 keys, keys up to 40 characters, values up
+    # to 500; an empty value sets nothing
+    my @ok = (map { ("metadata[k$_]" => "v$_") } 1 .. 48);
+    $r = post('/v1/invoices', [ customer => $cus, @ok, 'metadata[' . 'k' x 40 . ']' => 'x' x 500,
+        'metadata[empty]' => '' ]);
+    is $r->{status}, 200, '50 keys, a 40-character key, a 500-character value';
+    is scalar keys %{ $r->{json}{metadata} }, 49, '... the empty value set nothing';
+    ok !exists $r->{json}{metadata}{empty}, '... no empty key';
+    my $n = count('invoice');
+    is_error(post('/v1/invoices', [ customer => $cus, @ok, map { ("metadata[k$_]" => 1) }
+        49 .. 51 ]), 400, { param => 'metadata', message => qr/50 keys/ },
+        '51 keys');
+    is_error(post('/v1/invoices', [ customer => $cus, 'metadata[' . 'k' x 41 . ']' => 1 ]),
+        400, { param => 'metadata[' . 'k' x 41 . ']', message => qr/40 characters/ },
+        'a 41-character key');
+    is_error(post('/v1/invoices', [ customer => $cus, 'metadata[billing_period_end]' => 'x' x 501 ]),
+        400, { param => 'metadata[billing_period_end]', message => qr/500 characters/ },
+        'a 501-character value');
+    is_error(post('/v1/invoices', [ customer => $cus, metadata => 'x' ]),
+        400, { param => 'metadata', message => 'Invalid object' }, 'not an object');
+    is count('invoice'), $n, 'none was created';
 };
 
 subtest 'idempotency' => sub {

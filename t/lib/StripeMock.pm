@@ -177,7 +177,7 @@ It emulates, in memory, the part of Stripe's v1 API the module uses:
     POST /v1/customers                 GET /v1/customers/{id}
     POST /v1/invoices                  GET /v1/invoices/{id}
     POST /v1/invoiceitems              GET /v1/invoiceitems/{id}
-    POST /v1/invoices/{id}/finalize
+    POST /v1/invoices/{id}/finalize    POST /v1/invoices/{id}/void
 
 Objects are shaped like Stripe's (the fixtures' customer, invoice,
 invoiceitem, plus the 2022-11-15 fields C<paid>, C<days_until_due>,
@@ -186,11 +186,32 @@ C<Authorization: Bearer KEY> (401), C<Stripe-Version: VERSION> (400, where
 Stripe would fall back to the account's version) and, for a POST with a
 body, C<Content-Type: application/x-www-form-urlencoded> (400). Unknown
 parameters, missing or malformed ones, missing customers and invoices,
-non-draft invoices, currency mismatches get Stripe's errors. Invoice
-items add lines to their invoice and update its totals; an item's amount
-is C<quantity * unit_amount_decimal> rounded half away from zero.
+non-draft invoices, currency mismatches get Stripe's errors. Integers
+are 64-bit (beyond: C<Invalid integer>); metadata keeps any key within
+Stripe's limits (50 keys, keys of 40 characters, values of 500; an empty
+value sets nothing).
+
+An invoice item has either C<amount> (quantity 1) or a unit price,
+C<unit_amount> or C<unit_amount_decimal> (never both, neither with
+C<amount>), times C<quantity> (a non-negative integer, default 1, not
+with C<amount>, not without a unit price). C<unit_amount_decimal> is a
+non-negative decimal string with at most 12 decimal places, answered in
+Stripe's normal form (C<"0.250"> as C<"0.25">); C<unit_amount> is an
+integer when the unit price is whole, else null. The item's C<amount> is
+C<quantity * unit_amount_decimal> rounded half up to a minor unit, in
+exact arithmetic; an amount or invoice total beyond 64 bits is
+C<amount_too_large>. C<period[start]> and C<period[end]> (unix times,
+both or neither, end >= start) become the item's and its line's
+C<period>; without them the period is the item's C<date>. Items add
+lines to their invoice and update its C<subtotal>, C<total>,
+C<amount_due>, C<amount_remaining>.
+
 Finalizing numbers the invoice, sets its C<hosted_invoice_url> and
-C<invoice_pdf>; a zero total makes it C<paid> at once.
+C<invoice_pdf>; a zero total makes it C<paid> at once. Voiding takes an
+C<open> invoice only (a draft, a paid or a void one get 400 "You can
+only pass in open invoices. ..."), and sets C<status> C<void>,
+C<status_transitions.voided_at> and C<amount_remaining> 0; the rest of
+the invoice stays as it was.
 
 Idempotency as Stripe's: the first POST with an C<Idempotency-Key> that
 gets past the parameter checks saves its answer; the same key and
@@ -268,6 +289,7 @@ Stripe saves the answer of a request that failed with a 500 while its
 endpoint executed, and replays that 500 to retries with the same key;
 the stand-in's failure rules model failures before execution instead
 (use C<after> for "done, answer lost"). Objects cannot be updated or
-deleted; prices, subscriptions, payments and webhooks are not emulated.
+deleted (voiding aside); prices, subscriptions, payments, uncollectible
+invoices and webhooks are not emulated.
 
 =cut
