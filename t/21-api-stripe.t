@@ -58,16 +58,6 @@ EOF
 my $JSON = JSON::PP->new->utf8->canonical;
 my @ANSWERS;
 
-sub sub_req {
-    my ($id, $org, %plan) = @_;
-    return {
-        id => $id, consumer_org => $org,
-        customer => { email => "ops\@$org.test", name => "Org $org" },
-        plan => { currency => 'usd', base_price => 1500, unit_price => '0.25',
-                  unit => 'request', metering_period => 'month',
-                  days_until_due => 30, %plan },
-    };
-}
 
 sub post_sub {
     my ($req, %o) = @_;
@@ -100,33 +90,17 @@ sub requests_since {
 sub calls { [ map { "$_->{method} $_->{path}" } @{ $_[0] } ] }
 
 # Stripe's objects that belong to a subscription / an org
-sub customers_of {
-    my ($org) = @_;
-    return [ grep { ($_->{metadata}{consumer_org} // '') eq $org }
-        @{ $s->objects('customer') } ];
-}
 
-sub invoices_of {
-    my ($id) = @_;
-    return [ grep { ($_->{metadata}{billing_subscription} // '') eq $id }
-        @{ $s->objects('invoice') } ];
-}
-
-sub items_of {
-    my ($id) = @_;
-    my %inv = map { $_->{id} => 1 } @{ invoices_of($id) };
-    return [ grep { $inv{ $_->{invoice} // '' } } @{ $s->objects('invoiceitem') } ];
-}
 
 # one customer, one invoice (open) with one item of the base price
 sub one_of_each {
     my ($id, $org, $name) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
-    is scalar @{ customers_of($org) }, 1, "$name: one customer at Stripe";
-    my $inv = invoices_of($id);
+    is scalar @{ $s->customers_of($org) }, 1, "$name: one customer at Stripe";
+    my $inv = $s->invoices_of($id);
     is scalar @$inv, 1, "$name: one invoice at Stripe";
     is $inv->[0]{status}, 'open', "$name: the invoice finalized, open";
-    my $items = items_of($id);
+    my $items = $s->items_of($id);
     is scalar @$items, 1, "$name: one item at Stripe";
     is $inv->[0]{amount_due}, 1500, "$name: amount_due of the base price";
 }
@@ -138,7 +112,7 @@ sub is_created {
     is $r->{json} && $r->{json}{id}, $id, "$name: the subscription";
     is $r->{json} && $r->{json}{invoice}{status}, 'open', "$name: invoice open";
     is $r->{json} && $r->{json}{invoice}{id},
-        (invoices_of($id)->[0] || {})->{id}, "$name: Stripe's invoice";
+        ($s->invoices_of($id)->[0] || {})->{id}, "$name: Stripe's invoice";
 }
 
 sub is_stripe_error {
@@ -194,7 +168,7 @@ for my $step (qw(customer invoice item finalize)) {
             code => 'resource_missing', message => $message } });
 
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_stripe_error($r, 400, $message, $name);
     is scalar @{ requests_since($n, qr/$STEP{$step}[0]/) }, 1,
         "$name: not retried";
@@ -215,7 +189,7 @@ for my $step (qw(customer invoice item finalize)) {
     if ($step eq 'item' || $step eq 'finalize') {
         is scalar @{ $g->{json}{invoices} || [] }, 1, "$name: the invoice recorded";
         is $g->{json}{invoices}[0]{status}, 'draft', "$name: shown as draft";
-        is $g->{json}{invoices}[0]{id}, invoices_of($id)->[0]{id},
+        is $g->{json}{invoices}[0]{id}, $s->invoices_of($id)->[0]{id},
             "$name: Stripe's invoice";
     } else {
         is_deeply $g->{json}{invoices}, [], "$name: no invoice yet";
@@ -225,17 +199,17 @@ for my $step (qw(customer invoice item finalize)) {
             && $t->redis_hash("billing:invoice:$sub->{initial_invoice}")
                 ->{'item:item'},
             "$name: invoice and item recorded in Redis";
-        is invoices_of($id)->[0]{status}, 'draft', "$name: a draft at Stripe";
+        is $s->invoices_of($id)->[0]{status}, 'draft', "$name: a draft at Stripe";
     }
 
     # resume
     my $failed_key = $done->[-1]{headers}{'idempotency-key'};
     my $m = stripe_count();
-    $r = post_sub(sub_req($id, $org));
+    $r = post_sub(subscription_request($id, $org));
     is_created($r, $id, "$name, sent again");
     my $resumed = requests_since($m);
     is_deeply calls($resumed)->[0],
-        $STEP{$step}[1] // "POST /v1/invoices/" . invoices_of($id)->[0]{id}
+        $STEP{$step}[1] // "POST /v1/invoices/" . $s->invoices_of($id)->[0]{id}
         . '/finalize', "$name, sent again: resumed at $step";
     is scalar @$resumed, 4 - $at, "$name, sent again: the steps left only";
     is $resumed->[0]{headers}{'idempotency-key'}, $failed_key,
@@ -244,7 +218,7 @@ for my $step (qw(customer invoice item finalize)) {
 
     # and once more: complete, 200, nothing sent
     $m = stripe_count();
-    my $again = post_sub(sub_req($id, $org));
+    my $again = post_sub(subscription_request($id, $org));
     is $again->{status}, 200, "$name, third time: 200";
     is_deeply $again->{json}, $r->{json}, "$name, third time: the same answer";
     is stripe_count(), $m, "$name, third time: nothing sent to Stripe";
@@ -258,7 +232,7 @@ for my $step (qw(customer invoice item finalize)) {
     my ($id, $org) = fresh();
     $s->fail(method => 'POST', path => $STEP{invoice}[0], status => 500, times => 2);
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_created($r, $id, '500 twice');
     my $reqs = requests_since($n, qr/$STEP{invoice}[0]/);
     is scalar @$reqs, 3, '500 twice: three attempts';
@@ -272,7 +246,7 @@ for my $step (qw(customer invoice item finalize)) {
     my ($id, $org) = fresh();
     $s->fail(method => 'POST', path => $STEP{item}[0], stall => 1);
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_created($r, $id, 'item stalled once');
     my $reqs = requests_since($n, qr/$STEP{item}[0]/);
     is scalar @$reqs, 2, 'item stalled once: two attempts';
@@ -289,7 +263,7 @@ for my $step (qw(customer invoice item finalize)) {
     my ($id, $org) = fresh();
     $s->fail(method => 'POST', path => $STEP{invoice}[0], delay => 1.5);
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_created($r, $id, 'invoice answered too late');
     my $reqs = requests_since($n, qr/$STEP{invoice}[0]/);
     cmp_ok scalar @$reqs, '>=', 2, 'invoice answered too late: retried';
@@ -302,7 +276,7 @@ for my $step (qw(customer invoice item finalize)) {
     my ($id, $org) = fresh();
     $s->fail(method => 'POST', path => $STEP{item}[0], status => 500, after => 1);
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_created($r, $id, 'item made, answer lost (500)');
     my $reqs = requests_since($n, qr/$STEP{item}[0]/);
     is scalar @$reqs, 2, 'item made, answer lost: two attempts';
@@ -315,7 +289,7 @@ for my $step (qw(customer invoice item finalize)) {
     my ($id, $org) = fresh();
     $s->fail(method => 'POST', path => $STEP{invoice}[0], stall => 1, after => 1);
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_created($r, $id, 'invoice made, answer never came');
     my $reqs = requests_since($n, qr/$STEP{invoice}[0]/);
     is scalar @$reqs, 2, 'invoice made, answer never came: two attempts';
@@ -328,7 +302,7 @@ for my $step (qw(customer invoice item finalize)) {
     my ($id, $org) = fresh();
     $s->fail(method => 'POST', path => $STEP{finalize}[0], status => 500, after => 1);
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_created($r, $id, 'finalized, answer lost');
     my $reqs = requests_since($n, qr/$STEP{finalize}[0]/);
     is scalar @$reqs, 2, 'finalized, answer lost: two attempts';
@@ -354,7 +328,7 @@ for my $c (
     $s->fail(method => 'POST', path => $STEP{$step}[0], status => $status,
         $headers ? (headers => $headers) : ());
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_created($r, $id, $name);
     my $reqs = requests_since($n, qr/$STEP{$step}[0]/);
     is scalar @$reqs, 2, "$name: retried once";
@@ -373,11 +347,11 @@ for my $c (
         headers => { 'Stripe-Should-Retry' => 'false' },
         body => { error => { type => 'api_error', message => 'Do not retry this' } });
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_stripe_error($r, 500, 'Do not retry this', '500, Stripe-Should-Retry: false');
     is scalar @{ requests_since($n, qr/$STEP{invoice}[0]/) }, 1,
         '500, Stripe-Should-Retry: false: not retried';
-    is scalar @{ invoices_of($id) }, 0, '500, Stripe-Should-Retry: false: no invoice';
+    is scalar @{ $s->invoices_of($id) }, 0, '500, Stripe-Should-Retry: false: no invoice';
     $s->clear_rules;
 }
 
@@ -386,7 +360,7 @@ for my $c (
     $s->fail(method => 'POST', path => $STEP{invoice}[0], status => 500, times => 0,
         body => { error => { type => 'api_error', message => 'Stripe is down (test)' } });
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_stripe_error($r, 500, 'Stripe is down (test)', '500 forever');
     my $reqs = requests_since($n, qr/$STEP{invoice}[0]/);
     cmp_ok scalar @$reqs, '>=', 3, '500 forever: several attempts';
@@ -397,7 +371,7 @@ for my $c (
         scalar @$reqs, $r->{elapsed};
     $s->clear_rules;
 
-    my $ok = post_sub(sub_req($id, $org));
+    my $ok = post_sub(subscription_request($id, $org));
     is_created($ok, $id, '500 forever, then Stripe is back');
     one_of_each($id, $org, '500 forever, then Stripe is back');
 }
@@ -406,7 +380,7 @@ for my $c (
     my ($id, $org) = fresh();
     $s->fail(method => 'POST', path => $STEP{finalize}[0], stall => 1, times => 0);
     my $n = stripe_count();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is_stripe_error($r, 504, qr/did not answer|time/i, 'finalize stalled forever');
     my $reqs = requests_since($n, qr/$STEP{finalize}[0]/);
     cmp_ok scalar @$reqs, '>=', 2, 'stalled forever: several attempts';
@@ -424,7 +398,7 @@ for my $c (
     my $g = get_sub($id);
     is $g->{json}{invoices}[0]{status}, 'draft', 'stalled forever: GET shows a draft';
 
-    my $ok = post_sub(sub_req($id, $org));
+    my $ok = post_sub(subscription_request($id, $org));
     is_created($ok, $id, 'stalled forever, then Stripe is back');
     one_of_each($id, $org, 'stalled forever, then Stripe is back');
 }
@@ -456,7 +430,7 @@ sub race {
     $s->fail(method => 'POST', path => $STEP{$step}[0], delay => $delay)
         if $step;
 
-    my $bytes = raw_post(sub_req($id, $org));
+    my $bytes = raw_post(subscription_request($id, $org));
     my @h = map { $t->raw_http_send($bytes) } 1 .. 2;
     my @r = map { $t->raw_http_read($_, timeout => 10) } @h;
     push @ANSWERS, @r;
@@ -469,12 +443,12 @@ sub race {
     ok +(grep { $_ eq '201' } @status) >= 1, "$name: one of them created it";
     my @inv = map { $_->{json} ? $_->{json}{invoice}{id} // '' : '' } @r;
     ok $inv[0] && $inv[0] eq $inv[1], "$name: the same invoice ($inv[0], $inv[1])";
-    is $inv[0], (invoices_of($id)->[0] || {})->{id}, "$name: Stripe's invoice";
+    is $inv[0], ($s->invoices_of($id)->[0] || {})->{id}, "$name: Stripe's invoice";
     one_of_each($id, $org, $name);
     is_deeply [ $t->redis('ZRANGE', "billing:sub:$id:invoices", 0, -1) ],
         [ [ $inv[0] ] ], "$name: one invoice in Redis";
     is $t->redis('HGET', "billing:org:$org", 'customer_id'),
-        customers_of($org)->[0]{id}, "$name: the org's customer in Redis";
+        $s->customers_of($org)->[0]{id}, "$name: the org's customer in Redis";
 
     my %w = map { $_ => 1 } @{ workers_of($id) };
     return scalar keys %w;
@@ -510,7 +484,7 @@ sub race {
     my @ids = ('sub-shared-a', 'sub-shared-b');
     $s->fail(method => 'POST', path => $STEP{customer}[0], delay => 0.4);
     my @h = map {
-        my $req = sub_req($_, $org);
+        my $req = subscription_request($_, $org);
         $req->{customer} = { email => "$_\@acme.test", name => "Team $_" };
         $t->raw_http_send(raw_post($req));
     } @ids;
@@ -530,7 +504,7 @@ sub race {
     is $t->redis('HGET', 'billing:org:org-shared', 'customer_id'), $cus[0],
         "two subscriptions of a new org at once: the org's customer";
 }
-cmp_ok scalar @{ customers_of('org-shared') }, '<=', 2,
+cmp_ok scalar @{ $s->customers_of('org-shared') }, '<=', 2,
     'two subscriptions of a new org at once: at most one customer each';
 
 

@@ -60,16 +60,6 @@ sub fresh {
     return ("sub-ab$N", $org // "org-ab$N");
 }
 
-sub sub_req {
-    my ($id, $org) = @_;
-    return {
-        id => $id, consumer_org => $org,
-        customer => { email => "ops\@$org.test", name => "Org $org" },
-        plan => { currency => 'usd', base_price => 1500, unit_price => '0.25',
-                  unit => 'request', metering_period => 'month',
-                  days_until_due => 30 },
-    };
-}
 
 sub raw_post {
     my ($req) = @_;
@@ -112,23 +102,6 @@ sub objects_count {
         qw(customer invoice invoiceitem);
 }
 
-sub customers_of {
-    my ($org) = @_;
-    return [ grep { ($_->{metadata}{consumer_org} // '') eq $org }
-        @{ $s->objects('customer') } ];
-}
-
-sub invoices_of {
-    my ($id) = @_;
-    return [ grep { ($_->{metadata}{billing_subscription} // '') eq $id }
-        @{ $s->objects('invoice') } ];
-}
-
-sub items_of {
-    my ($id) = @_;
-    my %inv = map { $_->{id} => 1 } @{ invoices_of($id) };
-    return [ grep { $inv{ $_->{invoice} // '' } } @{ $s->objects('invoiceitem') } ];
-}
 
 # the requests Stripe received for a step of a subscription's sequence
 sub step_requests {
@@ -142,7 +115,7 @@ sub step_requests {
         return [ grep { $_->{path} eq '/v1/invoices'
             && ($_->{params}{'metadata[billing_subscription]'} // '') eq $id } @posts ];
     }
-    my $inv = invoices_of($id)->[0] or return [];
+    my $inv = $s->invoices_of($id)->[0] or return [];
     if ($step eq 'item') {
         return [ grep { $_->{path} eq '/v1/invoiceitems'
             && ($_->{params}{invoice} // '') eq $inv->{id} } @posts ];
@@ -153,7 +126,7 @@ sub step_requests {
 # what is missing for the sequence to be complete, '' when nothing is
 sub missing {
     my ($id) = @_;
-    my $inv = invoices_of($id)->[0] or return 'no invoice at Stripe';
+    my $inv = $s->invoices_of($id)->[0] or return 'no invoice at Stripe';
     return "the invoice is $inv->{status} at Stripe" unless $inv->{status} eq 'open';
     return 'no finalize answered 200 at Stripe'
         unless grep { ($_->{status} // 0) == 200 } @{ step_requests(finalize => $id) };
@@ -173,15 +146,15 @@ sub is_complete {
     local $Test::Builder::Level = $Test::Builder::Level + 1;
 
     # Stripe
-    my $cus = customers_of($org);
+    my $cus = $s->customers_of($org);
     is scalar @$cus, 1, "$name: one customer at Stripe for $org";
     is $cus->[0] && $cus->[0]{email}, "ops\@$org.test", "$name: ... with the org's details";
-    my $invs = invoices_of($id);
+    my $invs = $s->invoices_of($id);
     is scalar @$invs, 1, "$name: one invoice at Stripe";
     my $inv = $invs->[0] || {};
     is $inv->{status}, 'open', "$name: ... finalized (open)";
     is $inv->{customer}, $cus->[0] && $cus->[0]{id}, "$name: ... of the org's customer";
-    my $items = items_of($id);
+    my $items = $s->items_of($id);
     is scalar @$items, 1, "$name: one invoice item on it";
     is $items->[0] && $items->[0]{amount}, 1500, "$name: ... of the base price";
     my $fin = step_requests(finalize => $id);
@@ -236,7 +209,7 @@ sub is_resent {
     my ($id, $org, $inv, $name) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
     my ($posts, $objects) = (posts_at_stripe(), objects_count());
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is $r->{status}, 200, "$name, sent again: 200" or diag $r->{content};
     my $ri = $r->{json} && ref $r->{json}{invoice} eq 'HASH' ? $r->{json}{invoice} : {};
     is $ri->{id}, $inv->{id}, "$name, sent again: the same invoice";
@@ -256,7 +229,7 @@ sub close_client {
 sub control_case {
     my $name = "$RUN: client waits";
     my ($id, $org) = fresh();
-    my $r = post_sub(sub_req($id, $org));
+    my $r = post_sub(subscription_request($id, $org));
     is $r->{status}, 201, "$name: 201" or diag $r->{content};
     my $inv = is_complete($id, $org, $name);
     is $r->{json} && $r->{json}{invoice}{id}, $inv->{id}, "$name: the answer's invoice";
@@ -272,7 +245,7 @@ sub abort_case {
     my ($id, $org) = fresh($step eq 'customer' ? undef : $o{org});
 
     $s->fail(method => 'POST', path => $STEP{$step}, delay => $DELAY);
-    my $h = $t->raw_http_send(raw_post(sub_req($id, $org)));
+    my $h = $t->raw_http_send(raw_post(subscription_request($id, $org)));
     my $at_stripe = wait_until(sub { @{ step_requests($step, $id, $org) } }, 10);
     ok $at_stripe, "$name: the $step call reached Stripe";
     ok !IO::Select->new($h->{sock})->can_read(0),
@@ -289,7 +262,7 @@ sub abort_case {
 
     my $r;
     if ($o{resend}) {
-        $r = post_sub(sub_req($id, $org));
+        $r = post_sub(subscription_request($id, $org));
         ok $r->{status} == 200 || $r->{status} == 201,
             "$name: the request sent again answers 200 or 201"
             or diag "$r->{status} " . ($r->{content} // '');
@@ -397,7 +370,7 @@ EOF
     }
     abort_case($_, rst => $o{rst}, resend => 1) for @{ $o{resend} || [] };
 
-    is scalar @{ customers_of($org) }, 1, "$RUN: still one customer for $org";
+    is scalar @{ $s->customers_of($org) }, 1, "$RUN: still one customer for $org";
 
     secrets_checks();
     $t->done;

@@ -127,16 +127,6 @@ EOF
 
 my $JSON = JSON::PP->new->utf8->canonical;
 
-sub sub_req {
-    my ($id, $org) = @_;
-    return {
-        id => $id, consumer_org => $org,
-        customer => { email => "ops\@$org.test", name => "Org $org" },
-        plan => { currency => 'usd', base_price => 1500, unit_price => '0.25',
-                  unit => 'request', metering_period => 'month',
-                  days_until_due => 30 },
-    };
-}
 
 sub post_sub {
     my ($host, $req) = @_;
@@ -156,7 +146,7 @@ sub no_worker_died {
 # Stripe unreachable, a large server-level error page
 
 for my $i (1 .. 3) {
-    my $r = post_sub('down', sub_req("sub-down$i", "org-down$i"));
+    my $r = post_sub('down', subscription_request("sub-down$i", "org-down$i"));
     is $r->{status}, 502, "unreachable $i: 502";
     is $r->{json} && $r->{json}{error}{code}, 'stripe_error',
         "unreachable $i: stripe_error";
@@ -168,7 +158,7 @@ no_worker_died('unreachable');
 # the Stripe location closes the connection
 
 {
-    my $r = post_sub('close', sub_req('sub-close', 'org-close'));
+    my $r = post_sub('close', subscription_request('sub-close', 'org-close'));
     is $r->{status}, 502, 'return 444: 502';
     is $r->{json} && $r->{json}{error}{code}, 'stripe_error',
         'return 444: stripe_error';
@@ -181,7 +171,7 @@ no_worker_died('unreachable');
 
 {
     my $at = time;
-    my @r = map { post_sub('slow', sub_req("sub-slow$_", "org-slow$_")) } 1 .. 2;
+    my @r = map { post_sub('slow', subscription_request("sub-slow$_", "org-slow$_")) } 1 .. 2;
     is $_->{status}, 201, 'limit_req delay: 201' for @r;
     like $t->error_log, qr/delaying request/, 'limit_req delay: the calls were delayed';
     note sprintf 'limit_req: two creations in %.1f s', time - $at;
@@ -194,7 +184,7 @@ no_worker_died('unreachable');
     $s->fail(method => 'POST', path => '^/v1/customers$', status => 400,
         body => { error => { type => 'invalid_request_error',
                              message => 'refused by the stand-in' } });
-    my $r = post_sub('redirect', sub_req('sub-redir', 'org-redir'));
+    my $r = post_sub('redirect', subscription_request('sub-redir', 'org-redir'));
     is $r->{status}, 502, 'redirected refusal: 502';
     is $r->{json} && $r->{json}{error}{code}, 'stripe_error',
         'redirected refusal: stripe_error';
@@ -209,7 +199,7 @@ no_worker_died('unreachable');
 # proxy_buffering off: nothing to set on a connection without a socket
 
 {
-    my $r = post_sub('unbuffered', sub_req('sub-unbuf', 'org-unbuf'));
+    my $r = post_sub('unbuffered', subscription_request('sub-unbuf', 'org-unbuf'));
     is $r->{status}, 201, 'proxy_buffering off: 201';
     is $r->{json} && $r->{json}{invoice}{status}, 'open',
         'proxy_buffering off: the invoice finalized';
@@ -219,7 +209,7 @@ no_worker_died('unreachable');
 # the API is not held up by any of it
 
 {
-    my $r = post_sub('slow', sub_req('sub-after', 'org-after'));
+    my $r = post_sub('slow', subscription_request('sub-after', 'org-after'));
     is $r->{status}, 201, 'afterwards: 201';
 }
 

@@ -28,7 +28,7 @@ use Time::HiRes qw(time sleep);
 
 our @EXPORT_OK = qw(stripe_sign stripe_signature_header invoice_event
     stripe_event stripe_fixture invoice_object json_encode json_decode
-    wait_until random_id);
+    wait_until random_id subscription_request);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $REPO = abs_path(dirname(__FILE__) . '/../..');
@@ -667,6 +667,19 @@ my %INVOICE_STATUS = (
     'invoice.payment_failed'       => 'open',
     'invoice.created'              => 'draft',
 );
+
+# the body of a POST subscriptions for $id of $org, the plan's fields
+# overridable
+sub subscription_request {
+    my ($id, $org, %plan) = @_;
+    return {
+        id => $id, consumer_org => $org,
+        customer => { email => "ops\@$org.test", name => "Org $org" },
+        plan => { currency => 'usd', base_price => 1500, unit_price => '0.25',
+                  unit => 'request', metering_period => 'month',
+                  days_until_due => 30, %plan },
+    };
+}
 
 # $prefix and $len (default 24) random letters and digits
 sub random_id {

@@ -111,6 +111,27 @@ sub objects {
     return $self->_control(GET => "objects/$type");
 }
 
+# the objects that belong to a consumer org / a subscription, by the
+# metadata the module sets
+sub customers_of {
+    my ($self, $org) = @_;
+    return [ grep { ($_->{metadata}{consumer_org} // '') eq $org }
+        @{ $self->objects('customer') } ];
+}
+
+sub invoices_of {
+    my ($self, $id) = @_;
+    return [ grep { ($_->{metadata}{billing_subscription} // '') eq $id }
+        @{ $self->objects('invoice') } ];
+}
+
+sub items_of {
+    my ($self, $id) = @_;
+    my %inv = map { $_->{id} => 1 } @{ $self->invoices_of($id) };
+    return [ grep { $inv{ $_->{invoice} // '' } }
+        @{ $self->objects('invoiceitem') } ];
+}
+
 sub fail {
     my ($self, %rule) = @_;
     # flags travel as JSON booleans whatever Perl value they were given
