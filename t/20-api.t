@@ -838,13 +838,7 @@ my $INV43;
     my $log = $t->error_log;
     like $log, qr/\[debug\]/, 'error.log is at debug level';
 
-    my $answers = join "\n", map {
-        my $r = $_;
-        ($r->{content} // ''),
-        map { "$_: " . (ref $r->{headers}{$_} ? join(', ', @{ $r->{headers}{$_} })
-                                               : $r->{headers}{$_}) }
-            keys %{ $r->{headers} || {} }
-    } @ANSWERS;
+    my $answers = answers_text(@ANSWERS);
 
     for my $secret ([ 'Stripe key', $KEY ], [ 'Stripe key without prefix', substr($KEY, 8) ],
                     [ 'webhook secret', $SECRET ],

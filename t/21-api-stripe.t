@@ -407,13 +407,7 @@ for my $c (
 # ---------------------------------------------------------------------
 # two identical requests racing on two workers
 
-sub raw_post {
-    my ($req) = @_;
-    my $body = $JSON->encode($req);
-    return "POST /billing/subscriptions HTTP/1.1\r\nHost: localhost\r\n"
-        . "Authorization: Bearer $TOKEN\r\nContent-Type: application/json\r\n"
-        . "Content-Length: " . length($body) . "\r\nConnection: close\r\n\r\n$body";
-}
+sub raw_post { raw_json_post('/billing/subscriptions', $TOKEN, $_[0]) }
 
 # the worker (pid) that handled each request for a subscription
 sub workers_of {
@@ -516,8 +510,7 @@ cmp_ok scalar @{ $s->customers_of('org-shared') }, '<=', 2,
     my $log = $t->error_log;
     like $log, qr/\[debug\]/, 'error.log is at debug level';
     like $log, qr/billing stripe: .* failed with/, 'the failures were logged';
-    my $answers = join "\n", map { ($_->{content} // ''),
-        map { "$_: " . (ref $_ ? "@$_" : $_) } values %{ $_->{headers} || {} } } @ANSWERS;
+    my $answers = answers_text(@ANSWERS);
     for my $secret ([ 'Stripe key', $KEY ], [ 'Stripe key without prefix', substr($KEY, 8) ],
                     [ 'webhook secret', substr($SECRET, 6) ])
     {

@@ -61,13 +61,7 @@ sub fresh {
 }
 
 
-sub raw_post {
-    my ($req) = @_;
-    my $body = $JSON->encode($req);
-    return "POST /billing/subscriptions HTTP/1.1\r\nHost: localhost\r\n"
-        . "Authorization: Bearer $TOKEN\r\nContent-Type: application/json\r\n"
-        . "Content-Length: " . length($body) . "\r\nConnection: close\r\n\r\n$body";
-}
+sub raw_post { raw_json_post('/billing/subscriptions', $TOKEN, $_[0]) }
 
 sub post_sub {
     my ($req) = @_;
@@ -290,13 +284,7 @@ sub secrets_checks {
     $t->stop_nginx;
     my $log = $t->error_log;
     like $log, qr/\[debug\]/, "$RUN: error.log is at debug level";
-    my $answers = join "\n", map {
-        my $r = $_;
-        ($r->{content} // ''),
-        map { "$_: " . (ref $r->{headers}{$_} ? join(', ', @{ $r->{headers}{$_} })
-                                               : $r->{headers}{$_}) }
-            keys %{ $r->{headers} || {} }
-    } @ANSWERS;
+    my $answers = answers_text(@ANSWERS);
     for my $secret ([ 'Stripe key', $KEY ],
                     [ 'Stripe key without prefix', substr($KEY, 8) ]) {
         ok index($log, $secret->[1]) < 0, "$RUN: $secret->[0] not in error.log";

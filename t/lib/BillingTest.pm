@@ -28,7 +28,8 @@ use Time::HiRes qw(time sleep);
 
 our @EXPORT_OK = qw(stripe_sign stripe_signature_header invoice_event
     stripe_event stripe_fixture invoice_object json_encode json_decode
-    wait_until random_id subscription_request);
+    wait_until random_id subscription_request answers_text
+    raw_json_post);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $REPO = abs_path(dirname(__FILE__) . '/../..');
@@ -679,6 +680,29 @@ sub subscription_request {
                   unit => 'request', metering_period => 'month',
                   days_until_due => 30, %plan },
     };
+}
+
+# what a client saw of the answers given (bodies and headers), as one
+# text to look for secrets in
+sub answers_text {
+    my (@answers) = @_;
+    return join "\n", map {
+        my $r = $_;
+        ($r->{content} // ''),
+        map { "$_: " . (ref $r->{headers}{$_} ? join(', ', @{ $r->{headers}{$_} })
+                                               : $r->{headers}{$_}) }
+            keys %{ $r->{headers} || {} }
+    } @answers;
+}
+
+# the bytes of a POST of $json (a Perl structure) to $path with a
+# bearer $token, for raw_http_send (one request, then close)
+sub raw_json_post {
+    my ($path, $token, $json) = @_;
+    my $body = JSON::PP->new->utf8->canonical->encode($json);
+    return "POST $path HTTP/1.1\r\nHost: localhost\r\n"
+        . "Authorization: Bearer $token\r\nContent-Type: application/json\r\n"
+        . "Content-Length: " . length($body) . "\r\nConnection: close\r\n\r\n$body";
 }
 
 # $prefix and $len (default 24) random letters and digits
