@@ -259,6 +259,9 @@ ngx_billing_sub_request_parse(ngx_billing_sub_request_t *r,
                  r->period.kind == NGX_BILLING_PERIOD_MONTH ? "month" : "year");
     }
 
+    memcpy(r->period_name, period, sizeof(r->period_name));
+    r->period_name[sizeof(r->period_name) - 1] = '\0';
+
     norm = json_pack("{s:s#,s:I,s:s#,s:s#,s:s,s:I}",
                      "currency", r->currency, (int) 3,
                      "base_price", (json_int_t) r->base_price,

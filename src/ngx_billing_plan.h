@@ -54,6 +54,7 @@ typedef struct {
     int64_t                days_until_due;
     ngx_billing_decimal_t  price;
     ngx_billing_period_t   period;
+    char                   period_name[24];   /* "month", "year", "3600" */
 
     /* the normalized plan and request, JSON with sorted keys; owned */
     char                  *plan;

@@ -34,7 +34,6 @@ typedef struct {
     ngx_billing_sub_request_t        req;
     ngx_str_t                        id;
     ngx_str_t                        created;
-    time_t                           period_end;
 
     /* the engine issuing the first invoice, while this request waits */
     ngx_http_billing_invoice_job_t  *job;
@@ -78,6 +77,15 @@ char *
 ngx_http_billing_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_billing_main_conf_t  *bmcf = conf;
+
+    ngx_http_core_srv_conf_t  *cscf;
+
+    /* the scheduler's Stripe calls go where the API's go */
+
+    if (bmcf->timer_ctx == NULL) {
+        cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+        bmcf->timer_ctx = cscf->ctx;
+    }
 
     return ngx_http_billing_content(cf, ngx_http_billing_api_handler,
                                     &bmcf->api_file, &bmcf->api_line);
@@ -331,9 +339,6 @@ ngx_http_billing_api_create(ngx_http_request_t *r)
     ctx->id.data = (u_char *) ctx->req.id.data;
     ctx->id.len = ctx->req.id.len;
 
-    ctx->period_end = (time_t) ngx_billing_period_end(&ctx->req.period,
-                                                      ngx_time());
-
     claim.id = ctx->id;
     claim.consumer_org.data = (u_char *) ctx->req.consumer_org.data;
     claim.consumer_org.len = ctx->req.consumer_org.len;
@@ -345,7 +350,8 @@ ngx_http_billing_api_create(ngx_http_request_t *r)
     claim.plan.len = ngx_strlen(ctx->req.plan);
     claim.fingerprint.data = (u_char *) ctx->req.fingerprint;
     claim.fingerprint.len = ngx_strlen(ctx->req.fingerprint);
-    claim.period_end = ctx->period_end;
+    claim.period.data = (u_char *) ctx->req.period_name;
+    claim.period.len = ngx_strlen(ctx->req.period_name);
 
     if (ngx_http_billing_store_claim(&ctx->owner, &claim,
                                      ngx_http_billing_api_claimed, r)
@@ -466,8 +472,9 @@ ngx_http_billing_api_issue(ngx_http_request_t *r)
     spec.currency.len = ngx_strlen(ctx->req.currency);
     spec.days_until_due = ctx->req.days_until_due;
 
-    spec.period_start = ngx_time();
-    spec.period_end = ctx->period_end;
+    /* it pays for the first period, which starts when it is paid */
+    spec.period_start = 0;
+    spec.period_end = 0;
     spec.units = 0;
 
     ngx_str_set(&item.name, "item");

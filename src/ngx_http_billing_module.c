@@ -16,6 +16,8 @@
 #include "ngx_http_billing_webhook.h"
 #include "ngx_http_billing_api.h"
 #include "ngx_http_billing_gate.h"
+#include "ngx_http_billing_meter.h"
+#include "ngx_http_billing_scheduler.h"
 
 
 static void *ngx_http_billing_create_main_conf(ngx_conf_t *cf);
@@ -136,6 +138,41 @@ static ngx_command_t  ngx_http_billing_commands[] = {
       0,
       NULL },
 
+    { ngx_string("billing_meter"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_billing_meter_conf,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("billing_meter_flush"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, meter_flush),
+      NULL },
+
+    { ngx_string("billing_meter_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, meter_zone_size),
+      NULL },
+
+    { ngx_string("billing_invoice_delay"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, invoice_delay),
+      NULL },
+
+    { ngx_string("billing_scheduler"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, scheduler),
+      NULL },
+
       ngx_null_command
 };
 
@@ -194,6 +231,10 @@ ngx_http_billing_create_main_conf(ngx_conf_t *cf)
 
     bmcf->webhook_tolerance = NGX_CONF_UNSET;
     bmcf->stripe_timeout = NGX_CONF_UNSET_MSEC;
+    bmcf->meter_zone_size = NGX_CONF_UNSET_SIZE;
+    bmcf->meter_flush = NGX_CONF_UNSET_MSEC;
+    bmcf->invoice_delay = NGX_CONF_UNSET;
+    bmcf->scheduler = NGX_CONF_UNSET;
 
     return bmcf;
 }
@@ -207,6 +248,16 @@ ngx_http_billing_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_value(bmcf->webhook_tolerance, 300);
 
     ngx_conf_init_msec_value(bmcf->stripe_timeout, 30000);
+    ngx_conf_init_size_value(bmcf->meter_zone_size, 16 * 1024 * 1024);
+    ngx_conf_init_msec_value(bmcf->meter_flush, 1000);
+    ngx_conf_init_value(bmcf->invoice_delay, 60);
+    ngx_conf_init_value(bmcf->scheduler, 1);
+
+    if (bmcf->meter_flush == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"billing_meter_flush\" must not be 0");
+        return NGX_CONF_ERROR;
+    }
 
     if (bmcf->stripe_api_version.data == NULL) {
         ngx_str_set(&bmcf->stripe_api_version, "2022-11-15");
@@ -236,6 +287,8 @@ ngx_http_billing_create_loc_conf(ngx_conf_t *cf)
 
     blcf->gate = NGX_CONF_UNSET_PTR;
     blcf->json_errors = NGX_CONF_UNSET;
+    blcf->meter = NGX_CONF_UNSET;
+    blcf->meter_value = NGX_CONF_UNSET_PTR;
 
     return blcf;
 }
@@ -248,6 +301,10 @@ ngx_http_billing_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_billing_loc_conf_t  *conf = child;
 
     ngx_conf_merge_ptr_value(conf->gate, prev->gate, NULL);
+
+    /* on where billing_gate is: the meter counts only what the gate let by */
+    ngx_conf_merge_value(conf->meter, prev->meter, NGX_HTTP_BILLING_METER_ON);
+    ngx_conf_merge_ptr_value(conf->meter_value, prev->meter_value, NULL);
 
     /* only where the module itself answers: not inherited */
     ngx_conf_init_value(conf->json_errors, 0);
@@ -312,7 +369,14 @@ ngx_http_billing_postconfiguration(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    return ngx_http_billing_gate_init(cf);
+    if (ngx_http_billing_gate_init(cf) != NGX_OK
+        || ngx_http_billing_meter_init(cf) != NGX_OK
+        || ngx_http_billing_scheduler_init(cf) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -336,7 +400,9 @@ ngx_http_billing_init_process(ngx_cycle_t *cycle)
     }
 
     if (ngx_http_billing_redis_init_worker(cycle, bmcf) != NGX_OK
-        || ngx_http_billing_gate_init_worker(cycle, bmcf) != NGX_OK)
+        || ngx_http_billing_gate_init_worker(cycle, bmcf) != NGX_OK
+        || ngx_http_billing_meter_init_worker(cycle, bmcf) != NGX_OK
+        || ngx_http_billing_scheduler_init_worker(cycle, bmcf) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -356,6 +422,8 @@ ngx_http_billing_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    ngx_http_billing_scheduler_exit_worker(bmcf);
+    ngx_http_billing_meter_exit_worker(bmcf);
     ngx_http_billing_gate_exit_worker(bmcf);
     ngx_http_billing_redis_exit_worker(bmcf);
 }

@@ -27,6 +27,8 @@
 
 typedef struct ngx_http_billing_redis_s        ngx_http_billing_redis_t;
 typedef struct ngx_http_billing_cache_s        ngx_http_billing_cache_t;
+typedef struct ngx_http_billing_meter_s        ngx_http_billing_meter_t;
+typedef struct ngx_http_billing_scheduler_s    ngx_http_billing_scheduler_t;
 
 
 /* the head of a client request's context */
@@ -76,6 +78,22 @@ typedef struct {
 
     ngx_http_billing_cache_t       *cache;
 
+    /* metering: its shared zone (NULL: nothing is metered) */
+    ngx_http_billing_meter_t       *meter;
+    size_t                          meter_zone_size;
+    ngx_msec_t                      meter_flush;
+
+    /* period-end and final invoices */
+    time_t                          invoice_delay;
+    ngx_flag_t                      scheduler;
+    ngx_http_billing_scheduler_t   *sched;      /* this worker's */
+
+    /*
+     * The server whose billing_stripe_location the scheduler's calls go
+     * through: the first with billing_api, else the first server.
+     */
+    ngx_http_conf_ctx_t            *timer_ctx;
+
     /* this worker's connections: commands, and pub/sub for the cache */
     ngx_http_billing_redis_t       *redis;
     ngx_http_billing_redis_t       *subscriber;
@@ -87,7 +105,16 @@ typedef struct {
 
     /* nginx's own error answers here are made JSON */
     ngx_flag_t                      json_errors;
+
+    /* billing_meter: NGX_HTTP_BILLING_METER_* */
+    ngx_int_t                       meter;
+    ngx_http_complex_value_t       *meter_value;
 } ngx_http_billing_loc_conf_t;
+
+
+#define NGX_HTTP_BILLING_METER_OFF    0
+#define NGX_HTTP_BILLING_METER_ON     1   /* a unit per request */
+#define NGX_HTTP_BILLING_METER_VALUE  2   /* meter_value units */
 
 
 /*

@@ -38,7 +38,10 @@ static ngx_int_t ngx_http_billing_store_num(ngx_http_billing_owner_t *o,
  * ARGV[9] amount_due, ARGV[10] currency, ARGV[11] the state a first
  * invoice in this status gives its subscription, ARGV[12] the states
  * allowed to move to it, ARGV[13] the notification channel,
- * ARGV[14] invoice id, ARGV[15] now
+ * ARGV[14] invoice id, ARGV[15] now, ARGV[16] the scheduler's set
+ *
+ * A subscription that becomes active starts its first metering period
+ * now, and the scheduler is told to look at it.
  */
 
 static const char  ngx_http_billing_invoice_lua[] =
@@ -72,6 +75,12 @@ static const char  ngx_http_billing_invoice_lua[] =
     " and string.find(ARGV[12], ' ' .. state .. ' ', 1, true) then\n"
     "      redis.call('HSET', KEYS[2], 'state', ARGV[11],"
     " 'updated_at', ARGV[15])\n"
+    "      if ARGV[11] == 'active' then\n"
+    "        if redis.call('HSETNX', KEYS[2], 'period_start', ARGV[15])"
+    " == 1 then\n"
+    "          redis.call('ZADD', ARGV[16], ARGV[15], ARGV[5])\n"
+    "        end\n"
+    "      end\n"
     "      state = ARGV[11]\n"
     "      moved = 1\n"
     "    end\n"
@@ -87,8 +96,10 @@ static const char  ngx_http_billing_invoice_lua[] =
  * KEYS[1] the subscription, KEYS[2] its consumer org
  *
  * ARGV[1] fingerprint, ARGV[2] id, ARGV[3] consumer org, ARGV[4] email,
- * ARGV[5] name, ARGV[6] plan, ARGV[7] now, ARGV[8] period end,
+ * ARGV[5] name, ARGV[6] plan, ARGV[7] now, ARGV[8] metering period,
  * ARGV[9] the invoice key prefix, ARGV[10] the notification channel
+ *
+ * Periods start at activation (the invoice script), not here.
  */
 
 static const char  ngx_http_billing_claim_lua[] =
@@ -109,7 +120,7 @@ static const char  ngx_http_billing_claim_lua[] =
     "redis.call('HSET', KEYS[1], 'id', ARGV[2], 'fingerprint', ARGV[1],"
     " 'state', 'pending', 'consumer_org', ARGV[3], 'email', ARGV[4],"
     " 'name', ARGV[5], 'plan', ARGV[6], 'created_at', ARGV[7],"
-    " 'period_start', ARGV[7], 'period_end', ARGV[8])\n"
+    " 'period', ARGV[8])\n"
     "if cust ~= '' then\n"
     "  redis.call('HSET', KEYS[1], 'customer_id', cust)\n"
     "end\n"
@@ -167,17 +178,30 @@ static const char  ngx_http_billing_get_lua[] =
     "return { s, all }\n";
 
 
-/* KEYS[1] the subscription; ARGV[1] the invoice key prefix */
+/*
+ * KEYS[1] the subscription; ARGV[1] the invoice key prefix
+ *
+ * Subscriptions made before 0.4 have their metering period only in
+ * the plan.
+ */
 
 static const char  ngx_http_billing_gate_lua[] =
-    "local s = redis.call('HMGET', KEYS[1], 'state', 'initial_invoice')\n"
+    "local s = redis.call('HMGET', KEYS[1], 'state', 'initial_invoice',"
+    " 'period_start', 'period', 'plan')\n"
     "if not s[1] then return false end\n"
     "local url = ''\n"
     "if s[2] then\n"
     "  url = redis.call('HGET', ARGV[1] .. s[2], 'hosted_invoice_url')"
     " or ''\n"
     "end\n"
-    "return { s[1], s[2] or '', url }\n";
+    "local period = s[4]\n"
+    "if not period and s[5] then\n"
+    "  local ok, plan = pcall(cjson.decode, s[5])\n"
+    "  if ok and type(plan) == 'table' and plan.metering_period then\n"
+    "    period = tostring(plan.metering_period)\n"
+    "  end\n"
+    "end\n"
+    "return { s[1], s[2] or '', url, s[3] or '', period or '' }\n";
 
 
 /*
@@ -249,7 +273,7 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
 {
     int         sub_state;
     char       *allowed, *sub_allowed;
-    ngx_str_t   argv[17], *a;
+    ngx_str_t   argv[18], *a;
     ngx_uint_t  nkeys;
 
     allowed = ngx_pnalloc(o->pool, 2 * NGX_HTTP_BILLING_ALLOWED_LEN);
@@ -318,7 +342,9 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
     if (ngx_http_billing_store_num(o, &a[3], inv->created) != NGX_OK
         || ngx_http_billing_store_key(o, &a[12], "events", NULL, NULL)
            != NGX_OK
-        || ngx_http_billing_store_num(o, &a[14], ngx_time()) != NGX_OK)
+        || ngx_http_billing_store_num(o, &a[14], ngx_time()) != NGX_OK
+        || ngx_http_billing_store_key(o, &a[15], "due", NULL, NULL)
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -333,7 +359,7 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
     }
 
     return ngx_http_billing_store_run(o, &ngx_http_billing_invoice_script,
-                                      nkeys, nkeys + 15, argv, handler, data);
+                                      nkeys, nkeys + 16, argv, handler, data);
 }
 
 
@@ -350,8 +376,6 @@ ngx_http_billing_store_claim(ngx_http_billing_owner_t *o,
                                       &claim->consumer_org, NULL)
            != NGX_OK
         || ngx_http_billing_store_num(o, &argv[8], ngx_time()) != NGX_OK
-        || ngx_http_billing_store_num(o, &argv[9], claim->period_end)
-           != NGX_OK
         || ngx_http_billing_store_key(o, &argv[10], "invoice:", NULL, NULL)
            != NGX_OK
         || ngx_http_billing_store_key(o, &argv[11], "events", NULL, NULL)
@@ -366,6 +390,7 @@ ngx_http_billing_store_claim(ngx_http_billing_owner_t *o,
     argv[5] = claim->email;
     argv[6] = claim->name;
     argv[7] = claim->plan;
+    argv[9] = claim->period;
 
     return ngx_http_billing_store_run(o, &ngx_http_billing_claim_script,
                                       2, 12, argv, handler, data);

@@ -40,7 +40,7 @@ typedef struct {
     ngx_str_t                     name;
     ngx_str_t                     plan;         /* normalized JSON */
     ngx_str_t                     fingerprint;
-    time_t                        period_end;
+    ngx_str_t                     period;       /* "month", "year", "3600" */
 } ngx_http_billing_claim_t;
 
 
@@ -103,7 +103,10 @@ ngx_int_t ngx_http_billing_store_item(ngx_http_billing_owner_t *o,
 ngx_int_t ngx_http_billing_store_get(ngx_http_billing_owner_t *o,
     ngx_str_t *sub, ngx_http_billing_redis_handler_pt handler, void *data);
 
-/* what the gate needs: nil, or { state, first invoice, its pay url } */
+/*
+ * What the gate and the meter need: nil, or { state, first invoice, its
+ * pay url, period start (activation; "" before), metering period }.
+ */
 ngx_int_t ngx_http_billing_store_gate(ngx_http_billing_owner_t *o,
     ngx_str_t *sub, ngx_http_billing_redis_handler_pt handler, void *data);
 
