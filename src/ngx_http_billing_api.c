@@ -22,6 +22,8 @@
 #include "ngx_http_billing_json.h"
 #include "ngx_http_billing_store.h"
 #include "ngx_http_billing_invoice.h"
+#include "ngx_http_billing_stripe.h"
+#include "ngx_http_billing_scheduler.h"
 #include "ngx_billing_plan.h"
 #include "ngx_billing_signature.h"
 #include "ngx_billing_state.h"
@@ -37,6 +39,12 @@ typedef struct {
 
     /* the engine issuing the first invoice, while this request waits */
     ngx_http_billing_invoice_job_t  *job;
+
+    /* DELETE: voiding a first invoice; waiting for the final one */
+    ngx_http_billing_stripe_call_t   call;
+    ngx_str_t                        invoice;
+    ngx_event_t                      poll;
+    ngx_msec_t                       deadline;
 
     unsigned                         existed:1;     /* and was complete */
 } ngx_http_billing_api_ctx_t;
@@ -55,9 +63,20 @@ static void ngx_http_billing_api_issue(ngx_http_request_t *r);
 static void ngx_http_billing_api_issued(void *data,
     ngx_http_billing_invoice_result_t *result);
 static ngx_int_t ngx_http_billing_api_read(ngx_http_request_t *r);
+static void ngx_http_billing_api_cancelled(void *data, redisReply *reply);
+static void ngx_http_billing_api_voided(ngx_http_billing_stripe_call_t *call);
+static void ngx_http_billing_api_void_recorded(void *data,
+    redisReply *reply);
+static void ngx_http_billing_api_poll(ngx_event_t *ev);
+static ngx_int_t ngx_http_billing_api_final(ngx_http_request_t *r,
+    redisReply *sub, json_t *json);
 static void ngx_http_billing_api_answer(void *data, redisReply *reply);
 static json_t *ngx_http_billing_api_subscription(ngx_http_request_t *r,
-    redisReply *sub, redisReply *invoices);
+    redisReply *sub, redisReply *invoices, redisReply *usage);
+static json_t *ngx_http_billing_api_period(redisReply *sub,
+    redisReply *usage);
+static json_t *ngx_http_billing_api_time(redisReply *hash,
+    const char *field);
 static json_t *ngx_http_billing_api_invoice_json(redisReply *invoice);
 static json_t *ngx_http_billing_api_string(redisReply *hash,
     const char *field);
@@ -160,15 +179,9 @@ ngx_http_billing_api_handler(ngx_http_request_t *r)
 
     ctx->id = id;
 
-    if (r->method == NGX_HTTP_DELETE) {
-        return ngx_http_billing_api_reject(r, NGX_HTTP_NOT_IMPLEMENTED,
-                                           "not_implemented",
-                                           "cancelling a subscription is "
-                                           "not available in this version",
-                                           NULL, NULL);
-    }
-
-    if (r->method != NGX_HTTP_GET && r->method != NGX_HTTP_HEAD) {
+    if (r->method != NGX_HTTP_GET && r->method != NGX_HTTP_HEAD
+        && r->method != NGX_HTTP_DELETE)
+    {
         return ngx_http_billing_api_reject(r, NGX_HTTP_NOT_ALLOWED,
                                            "method_not_allowed",
                                            "a subscription accepts GET and "
@@ -181,8 +194,26 @@ ngx_http_billing_api_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    if (ngx_http_billing_api_read(r) != NGX_OK) {
+    if (r->method == NGX_HTTP_DELETE) {
+        ctx->poll.handler = ngx_http_billing_api_poll;
+        ctx->poll.data = r;
+        ctx->poll.log = r->connection->log;
+
+        rc = ngx_http_billing_store_cancel(&ctx->owner, &ctx->id, 0,
+                                           ngx_http_billing_api_cancelled, r);
+
+    } else {
+        rc = ngx_http_billing_api_read(r);
+    }
+
+    if (rc != NGX_OK) {
         return ngx_http_billing_send_unavailable(r);
+    }
+
+    /* a client that goes away ends the request; the work goes on */
+
+    if (!r->discard_body) {
+        r->read_event_handler = ngx_http_test_reading;
     }
 
     /* the answer comes from Redis: keep the request until then */
@@ -577,7 +608,7 @@ ngx_http_billing_api_answer(void *data, redisReply *reply)
 
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR
         || (reply->type != REDIS_REPLY_NIL
-            && (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2)))
+            && (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3)))
     {
         ngx_http_billing_api_unavailable(r);
         goto done;
@@ -590,13 +621,27 @@ ngx_http_billing_api_answer(void *data, redisReply *reply)
     }
 
     json = ngx_http_billing_api_subscription(r, reply->element[0],
-                                             reply->element[1]);
+                                             reply->element[1],
+                                             reply->element[2]);
     if (json == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         goto done;
     }
 
     status = NGX_HTTP_OK;
+
+    if (r->method == NGX_HTTP_DELETE) {
+        rc = ngx_http_billing_api_final(r, reply->element[0], json);
+
+        if (rc == NGX_AGAIN) {
+            /* the final invoice is not there yet: look again soon */
+            json_decref(json);
+            ngx_add_timer(&ctx->poll, 250);
+            goto done;
+        }
+
+        status = (rc == NGX_OK) ? NGX_HTTP_OK : NGX_HTTP_ACCEPTED;
+    }
 
     if (r->method == NGX_HTTP_POST) {
 
@@ -629,9 +674,284 @@ done:
 }
 
 
+/*
+ * DELETE: NGX_OK when the answer is complete (json has the final
+ * invoice, or null when none is due), NGX_AGAIN to wait for it, and
+ * NGX_DECLINED when it did not come in time (202).
+ */
+
+static ngx_int_t
+ngx_http_billing_api_final(ngx_http_request_t *r, redisReply *sub,
+    json_t *json)
+{
+    size_t                       i;
+    json_t                      *inv, *kind, *status;
+    redisReply                  *v;
+    ngx_http_billing_api_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    v = ngx_http_billing_store_field(sub, "cancelled_from");
+
+    if (v == NULL || v->type != REDIS_REPLY_STRING
+        || !((v->len == 6 && ngx_strncmp(v->str, "active", 6) == 0)
+             || (v->len == 8 && ngx_strncmp(v->str, "past_due", 8) == 0)))
+    {
+        /* pending (its first invoice voided) or payment_failed */
+        json_object_set_new(json, "invoice", json_null());
+        return NGX_OK;
+    }
+
+    v = ngx_http_billing_store_field(sub, "finals");
+
+    if (v && v->type == REDIS_REPLY_STRING && v->len && v->str[0] != '0') {
+        json_array_foreach(json_object_get(json, "invoices"), i, inv) {
+            kind = json_object_get(inv, "kind");
+            status = json_object_get(inv, "status");
+
+            if (json_is_string(kind) && json_is_string(status)
+                && ngx_strcmp(json_string_value(kind), "final") == 0
+                && ngx_strcmp(json_string_value(status), "draft") != 0)
+            {
+                json_object_set(json, "invoice", inv);
+                return NGX_OK;
+            }
+        }
+    }
+
+    if ((ngx_msec_int_t) (ctx->deadline - ngx_current_msec) > 0) {
+        return NGX_AGAIN;
+    }
+
+    json_object_set_new(json, "invoice", json_null());
+
+    return NGX_DECLINED;
+}
+
+
+static void
+ngx_http_billing_api_cancelled(void *data, redisReply *reply)
+{
+    ngx_http_request_t  *r = data;
+
+    u_char                        *p;
+    size_t                         len;
+    ngx_str_t                      state, created;
+    ngx_connection_t              *c;
+    ngx_http_billing_api_ctx_t    *ctx;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+    bmcf = ctx->owner.bmcf;
+
+    if (reply && reply->type == REDIS_REPLY_NIL) {
+        ngx_http_billing_api_fail(r, NGX_HTTP_NOT_FOUND, "not_found",
+                                  "no such subscription");
+        goto done;
+    }
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements < 3
+        || ngx_http_billing_api_copy(r, &state, reply->element[0]) != NGX_OK)
+    {
+        ngx_http_billing_api_unavailable(r);
+        goto done;
+    }
+
+    if (state.len == 7 && ngx_strncmp(state.data, "pending", 7) == 0) {
+
+        if (reply->elements != 4
+            || ngx_http_billing_api_copy(r, &ctx->invoice, reply->element[1])
+               != NGX_OK
+            || ngx_http_billing_api_copy(r, &created, reply->element[3])
+               != NGX_OK)
+        {
+            ngx_http_billing_api_unavailable(r);
+            goto done;
+        }
+
+        if (ctx->invoice.len == 0
+            || (reply->element[2]->type == REDIS_REPLY_STRING
+                && reply->element[2]->len == 4
+                && ngx_strncmp(reply->element[2]->str, "void", 4) == 0))
+        {
+            /* nothing to void */
+
+            if (ngx_http_billing_store_cancel(&ctx->owner, &ctx->id, 1,
+                                              ngx_http_billing_api_cancelled,
+                                              r)
+                != NGX_OK)
+            {
+                ngx_http_billing_api_unavailable(r);
+            }
+
+            goto done;
+        }
+
+        /* the unpaid first invoice is voided first: nothing else to pay */
+
+        len = sizeof("/v1/invoices//void") - 1 + ctx->invoice.len;
+        p = ngx_pnalloc(r->pool, len);
+        if (p == NULL) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            goto done;
+        }
+
+        ctx->call.path.data = p;
+        ctx->call.path.len = ngx_sprintf(p, "/v1/invoices/%V/void",
+                                         &ctx->invoice)
+                             - p;
+
+        len = bmcf->redis_conf->prefix.len + sizeof("sub:::void") - 1
+              + ctx->id.len + created.len;
+        p = ngx_pnalloc(r->pool, len);
+        if (p == NULL) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            goto done;
+        }
+
+        ctx->call.idempotency_key.data = p;
+        ctx->call.idempotency_key.len = ngx_sprintf(p, "%Vsub:%V:%V:void",
+                                                    &bmcf->redis_conf->prefix,
+                                                    &ctx->id, &created)
+                                        - p;
+
+        ctx->call.owner = ctx->owner;
+        ctx->call.handler = ngx_http_billing_api_voided;
+        ctx->call.data = r;
+        ctx->call.method = NGX_HTTP_POST;
+        ngx_str_set(&ctx->call.body, "");
+
+        if (ngx_http_billing_stripe_call(&ctx->call) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            goto done;
+        }
+
+        goto done;
+    }
+
+    /* cancelled: now or before; an active one gets its final invoice */
+
+    if (reply->element[2]->type == REDIS_REPLY_STRING
+        && ((reply->element[2]->len == 6
+             && ngx_strncmp(reply->element[2]->str, "active", 6) == 0)
+            || (reply->element[2]->len == 8
+                && ngx_strncmp(reply->element[2]->str, "past_due", 8) == 0)))
+    {
+        (void) ngx_http_billing_scheduler_kick(bmcf, &ctx->id);
+    }
+
+    ctx->deadline = ngx_current_msec + bmcf->stripe_timeout
+                    + ngx_http_billing_scheduler_final_wait(bmcf);
+
+    if (ngx_http_billing_api_read(r) != NGX_OK) {
+        ngx_http_billing_api_unavailable(r);
+    }
+
+done:
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_billing_api_voided(ngx_http_billing_stripe_call_t *call)
+{
+    ngx_http_request_t  *r = call->data;
+
+    json_t                             *amount;
+    ngx_connection_t                   *c;
+    ngx_http_billing_invoice_t          inv;
+    ngx_http_billing_api_ctx_t         *ctx;
+    ngx_http_billing_invoice_result_t   result;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    if (call->json == NULL || call->status < 200 || call->status >= 300) {
+        ngx_memzero(&result, sizeof(ngx_http_billing_invoice_result_t));
+        result.rc = NGX_HTTP_BAD_GATEWAY;
+        result.stripe_status = call->status;
+        result.message = call->error;
+
+        if (result.message.len == 0) {
+            ngx_str_set(&result.message, "unexpected answer from Stripe");
+        }
+
+        ngx_http_billing_api_stripe_failed(r, &result);
+        goto done;
+    }
+
+    ngx_memzero(&inv, sizeof(ngx_http_billing_invoice_t));
+
+    inv.id = ctx->invoice;
+    inv.status = NGX_BILLING_INVOICE_VOID;
+    ngx_str_set(&inv.event, "");
+    inv.created = ngx_time();
+    inv.subscription = ctx->id;
+    ngx_str_set(&inv.kind, "initial");
+
+    amount = json_object_get(call->json, "amount_due");
+    inv.amount_due = json_is_integer(amount) ? json_integer_value(amount)
+                                             : -1;
+
+    if (ngx_http_billing_store_invoice(&ctx->owner, &inv,
+                                       ngx_http_billing_api_void_recorded, r)
+        != NGX_OK)
+    {
+        ngx_http_billing_api_unavailable(r);
+    }
+
+done:
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_billing_api_void_recorded(void *data, redisReply *reply)
+{
+    ngx_http_request_t  *r = data;
+
+    ngx_connection_t            *c;
+    ngx_http_billing_api_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || ngx_http_billing_store_cancel(&ctx->owner, &ctx->id, 1,
+                                         ngx_http_billing_api_cancelled, r)
+           != NGX_OK)
+    {
+        ngx_http_billing_api_unavailable(r);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_billing_api_poll(ngx_event_t *ev)
+{
+    ngx_http_request_t  *r = ev->data;
+
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    if (ngx_http_billing_api_read(r) != NGX_OK) {
+        ngx_http_billing_api_unavailable(r);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
 static json_t *
 ngx_http_billing_api_subscription(ngx_http_request_t *r, redisReply *sub,
-    redisReply *invoices)
+    redisReply *invoices, redisReply *usage)
 {
     size_t                         i;
     json_t                        *json, *list, *plan, *period;
@@ -656,11 +976,7 @@ ngx_http_billing_api_subscription(ngx_http_request_t *r, redisReply *sub,
     v = ngx_http_billing_store_field(sub, "plan");
     plan = v ? json_loadb(v->str, v->len, 0, &error) : NULL;
 
-    period = json_pack("{s:o,s:o,s:i}",
-                       "start", ngx_http_billing_api_integer(sub,
-                                                            "period_start"),
-                       "end", ngx_http_billing_api_integer(sub, "period_end"),
-                       "units", 0);
+    period = ngx_http_billing_api_period(sub, usage);
 
     json = json_pack("{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}",
                      "id", ngx_http_billing_api_string(sub, "id"),
@@ -704,13 +1020,92 @@ ngx_http_billing_api_invoice_json(redisReply *invoice)
                      "currency",
                      ngx_http_billing_api_string(invoice, "currency"),
                      "period_start",
-                     ngx_http_billing_api_integer(invoice, "period_start"),
+                     ngx_http_billing_api_time(invoice, "period_start"),
                      "period_end",
-                     ngx_http_billing_api_integer(invoice, "period_end"),
+                     ngx_http_billing_api_time(invoice, "period_end"),
                      "units", ngx_http_billing_api_integer(invoice, "units"),
                      "hosted_invoice_url",
                      ngx_http_billing_api_string(invoice,
                                                  "hosted_invoice_url"));
+}
+
+
+/* the period now, with the units of it that reached Redis */
+
+static json_t *
+ngx_http_billing_api_period(redisReply *sub, redisReply *usage)
+{
+    int64_t                start, k, ps, pe, units;
+    redisReply            *v;
+    ngx_billing_period_t   period;
+    u_char                 field[NGX_INT64_LEN + 1];
+
+    v = ngx_http_billing_store_field(sub, "state");
+
+    if (v == NULL || v->type != REDIS_REPLY_STRING
+        || !((v->len == 6 && ngx_strncmp(v->str, "active", 6) == 0)
+             || (v->len == 8 && ngx_strncmp(v->str, "past_due", 8) == 0)))
+    {
+        return json_null();
+    }
+
+    v = ngx_http_billing_store_field(sub, "period_start");
+
+    if (v == NULL || v->type != REDIS_REPLY_STRING
+        || (start = ngx_atoof((u_char *) v->str, v->len)) <= 0)
+    {
+        return json_null();
+    }
+
+    v = ngx_http_billing_store_field(sub, "period");
+
+    if (v == NULL || v->type != REDIS_REPLY_STRING
+        || ngx_billing_period_parse(&period, v->str, v->len) != 0)
+    {
+        return json_null();
+    }
+
+    k = ngx_billing_period_index(&period, start, ngx_time());
+
+    if (k < 1) {
+        return json_null();
+    }
+
+    ps = ngx_billing_period_bound(&period, start, (uint64_t) k - 1);
+    pe = ngx_billing_period_bound(&period, start, (uint64_t) k);
+
+    if (ps < 0 || pe < 0) {
+        return json_null();
+    }
+
+    *ngx_sprintf(field, "%L", ps) = '\0';
+
+    v = ngx_http_billing_store_field(usage, (char *) field);
+
+    units = (v && v->type == REDIS_REPLY_STRING)
+            ? ngx_atoof((u_char *) v->str, v->len) : 0;
+
+    return json_pack("{s:I,s:I,s:I}", "start", (json_int_t) ps,
+                     "end", (json_int_t) pe,
+                     "units", (json_int_t) ngx_max(units, 0));
+}
+
+
+/* a time, null when none (0: the first invoice, before its period) */
+
+static json_t *
+ngx_http_billing_api_time(redisReply *hash, const char *field)
+{
+    json_t  *t;
+
+    t = ngx_http_billing_api_integer(hash, field);
+
+    if (json_is_integer(t) && json_integer_value(t) == 0) {
+        json_decref(t);
+        return json_null();
+    }
+
+    return t;
 }
 
 
@@ -823,6 +1218,10 @@ ngx_http_billing_api_cleanup(void *data)
     ngx_http_billing_api_ctx_t  *ctx = data;
 
     /* the request goes first: the engine goes on without it */
+
+    if (ctx->poll.timer_set) {
+        ngx_del_timer(&ctx->poll);
+    }
 
     if (ctx->job) {
         ngx_http_billing_invoice_detach(ctx->job);

@@ -23,5 +23,17 @@ ngx_int_t ngx_http_billing_scheduler_init_worker(ngx_cycle_t *cycle,
 void ngx_http_billing_scheduler_exit_worker(
     ngx_http_billing_main_conf_t *bmcf);
 
+/*
+ * Works on the subscription in this worker now if it can (a lease is
+ * taken first); else the scheduler of some node takes it from the due
+ * set within a second.  NGX_DECLINED: not here.
+ */
+ngx_int_t ngx_http_billing_scheduler_kick(ngx_http_billing_main_conf_t *bmcf,
+    ngx_str_t *id);
+
+/* how long a final invoice waits for every node's counts, at most */
+ngx_msec_t ngx_http_billing_scheduler_final_wait(
+    ngx_http_billing_main_conf_t *bmcf);
+
 
 #endif /* _NGX_HTTP_BILLING_SCHEDULER_H_INCLUDED_ */

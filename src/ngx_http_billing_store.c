@@ -19,16 +19,6 @@
 #define NGX_HTTP_BILLING_ALLOWED_LEN  64
 
 
-static ngx_int_t ngx_http_billing_store_run(ngx_http_billing_owner_t *o,
-    ngx_http_billing_redis_script_t *script, ngx_uint_t nkeys,
-    ngx_uint_t argc, ngx_str_t *argv,
-    ngx_http_billing_redis_handler_pt handler, void *data);
-static ngx_int_t ngx_http_billing_store_key(ngx_http_billing_owner_t *o,
-    ngx_str_t *key, const char *kind, ngx_str_t *id, const char *suffix);
-static ngx_int_t ngx_http_billing_store_num(ngx_http_billing_owner_t *o,
-    ngx_str_t *s, int64_t n);
-
-
 /*
  * KEYS[1] the invoice, KEYS[2] its subscription (when it names one)
  *
@@ -163,7 +153,10 @@ static const char  ngx_http_billing_attach_lua[] =
     "return ARGV[2]\n";
 
 
-/* KEYS[1] the subscription, KEYS[2] its invoices; ARGV[1] invoice prefix */
+/*
+ * KEYS[1] the subscription, KEYS[2] its invoices, KEYS[3] its usage;
+ * ARGV[1] invoice prefix
+ */
 
 static const char  ngx_http_billing_get_lua[] =
     "local s = redis.call('HGETALL', KEYS[1])\n"
@@ -175,7 +168,7 @@ static const char  ngx_http_billing_get_lua[] =
     "  table.insert(h, id)\n"
     "  all[i] = h\n"
     "end\n"
-    "return { s, all }\n";
+    "return { s, all, redis.call('HGETALL', KEYS[3]) }\n";
 
 
 /*
@@ -237,6 +230,44 @@ static const char  ngx_http_billing_resume_lua[] =
     "return r\n";
 
 
+/*
+ * KEYS[1] the subscription, KEYS[2] the scheduler's set
+ *
+ * ARGV[1] now, ARGV[2] now in milliseconds, ARGV[3] id, ARGV[4] the
+ * notification channel, ARGV[5] the invoice key prefix, ARGV[6] "1"
+ * once a pending subscription's first invoice is void
+ *
+ * The reply: nil (unknown), { "pending", first invoice, its status,
+ * created at } (to be voided first), or { "cancelled", "now" or
+ * "already", the state it was cancelled from }.  The notification
+ * closes every node's gate.
+ */
+
+static const char  ngx_http_billing_cancel_lua[] =
+    "local s = redis.call('HMGET', KEYS[1], 'state', 'initial_invoice',"
+    " 'created_at', 'cancelled_from')\n"
+    "if not s[1] then return false end\n"
+    "if s[1] == 'cancelled' then\n"
+    "  return { 'cancelled', 'already', s[4] or '' }\n"
+    "end\n"
+    "if s[1] == 'pending' and ARGV[6] ~= '1' then\n"
+    "  local st = ''\n"
+    "  if s[2] then\n"
+    "    st = redis.call('HGET', ARGV[5] .. s[2], 'status') or ''\n"
+    "  end\n"
+    "  return { 'pending', s[2] or '', st, s[3] or '' }\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], 'state', 'cancelled', 'cancelled_at',"
+    " ARGV[1], 'cancelled_at_ms', ARGV[2], 'cancelled_from', s[1],"
+    " 'updated_at', ARGV[1])\n"
+    "if s[1] == 'active' or s[1] == 'past_due' then\n"
+    "  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])\n"
+    "end\n"
+    "redis.call('PUBLISH', ARGV[4], ARGV[3])\n"
+    "return { 'cancelled', 'now', s[1] }\n";
+
+
+static ngx_http_billing_redis_script_t  ngx_http_billing_cancel_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_invoice_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_resume_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_gate_script;
@@ -263,6 +294,46 @@ ngx_http_billing_store_init(void)
                                        ngx_http_billing_gate_lua);
     ngx_http_billing_redis_script_init(&ngx_http_billing_resume_script,
                                        ngx_http_billing_resume_lua);
+    ngx_http_billing_redis_script_init(&ngx_http_billing_cancel_script,
+                                       ngx_http_billing_cancel_lua);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_cancel(ngx_http_billing_owner_t *o, ngx_str_t *sub,
+    ngx_uint_t voided, ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    ngx_str_t    argv[8];
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    if (ngx_http_billing_store_key(o, &argv[0], "sub:", sub, NULL) != NGX_OK
+        || ngx_http_billing_store_key(o, &argv[1], "due", NULL, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_num(o, &argv[2], tp->sec) != NGX_OK
+        || ngx_http_billing_store_num(o, &argv[3],
+                                      (int64_t) tp->sec * 1000 + tp->msec)
+           != NGX_OK
+        || ngx_http_billing_store_key(o, &argv[5], "events", NULL, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_key(o, &argv[6], "invoice:", NULL, NULL)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    argv[4] = *sub;
+
+    if (voided) {
+        ngx_str_set(&argv[7], "1");
+
+    } else {
+        ngx_str_set(&argv[7], "0");
+    }
+
+    return ngx_http_billing_store_run(o, &ngx_http_billing_cancel_script,
+                                      2, 8, argv, handler, data);
 }
 
 
@@ -526,19 +597,21 @@ ngx_int_t
 ngx_http_billing_store_get(ngx_http_billing_owner_t *o, ngx_str_t *sub,
     ngx_http_billing_redis_handler_pt handler, void *data)
 {
-    ngx_str_t  argv[3];
+    ngx_str_t  argv[4];
 
     if (ngx_http_billing_store_key(o, &argv[0], "sub:", sub, NULL) != NGX_OK
         || ngx_http_billing_store_key(o, &argv[1], "sub:", sub, ":invoices")
            != NGX_OK
-        || ngx_http_billing_store_key(o, &argv[2], "invoice:", NULL, NULL)
+        || ngx_http_billing_store_key(o, &argv[2], "usage:", sub, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_key(o, &argv[3], "invoice:", NULL, NULL)
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
     return ngx_http_billing_store_run(o, &ngx_http_billing_get_script,
-                                      2, 3, argv, handler, data);
+                                      3, 4, argv, handler, data);
 }
 
 
@@ -584,7 +657,7 @@ ngx_http_billing_store_field(redisReply *hash, const char *field)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_billing_store_run(ngx_http_billing_owner_t *o,
     ngx_http_billing_redis_script_t *script, ngx_uint_t nkeys,
     ngx_uint_t argc, ngx_str_t *argv,
@@ -623,7 +696,7 @@ ngx_http_billing_store_run(ngx_http_billing_owner_t *o,
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_billing_store_key(ngx_http_billing_owner_t *o, ngx_str_t *key,
     const char *kind, ngx_str_t *id, const char *suffix)
 {
@@ -659,7 +732,7 @@ ngx_http_billing_store_key(ngx_http_billing_owner_t *o, ngx_str_t *key,
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_billing_store_num(ngx_http_billing_owner_t *o, ngx_str_t *s, int64_t n)
 {
     s->data = ngx_pnalloc(o->pool, NGX_INT64_LEN);

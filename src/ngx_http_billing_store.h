@@ -98,7 +98,8 @@ ngx_int_t ngx_http_billing_store_item(ngx_http_billing_owner_t *o,
 
 /*
  * A subscription and all its invoices in one reply: nil, or
- * { HGETALL of the subscription, { HGETALL of each invoice } }.
+ * { HGETALL of the subscription, { HGETALL of each invoice },
+ *   HGETALL of its usage (period start -> units) }.
  */
 ngx_int_t ngx_http_billing_store_get(ngx_http_billing_owner_t *o,
     ngx_str_t *sub, ngx_http_billing_redis_handler_pt handler, void *data);
@@ -109,6 +110,28 @@ ngx_int_t ngx_http_billing_store_get(ngx_http_billing_owner_t *o,
  */
 ngx_int_t ngx_http_billing_store_gate(ngx_http_billing_owner_t *o,
     ngx_str_t *sub, ngx_http_billing_redis_handler_pt handler, void *data);
+
+/*
+ * Cancels the subscription, or for a pending one (voided 0) says which
+ * first invoice is to be voided before; see the script for the reply.
+ */
+ngx_int_t ngx_http_billing_store_cancel(ngx_http_billing_owner_t *o,
+    ngx_str_t *sub, ngx_uint_t voided,
+    ngx_http_billing_redis_handler_pt handler, void *data);
+
+/*
+ * For the other parts' scripts (the scheduler's): runs a script (or,
+ * script NULL, a command) for the owner; the key prefix + kind + id +
+ * suffix; a number as a string in the owner's pool.
+ */
+ngx_int_t ngx_http_billing_store_run(ngx_http_billing_owner_t *o,
+    ngx_http_billing_redis_script_t *script, ngx_uint_t nkeys,
+    ngx_uint_t argc, ngx_str_t *argv,
+    ngx_http_billing_redis_handler_pt handler, void *data);
+ngx_int_t ngx_http_billing_store_key(ngx_http_billing_owner_t *o,
+    ngx_str_t *key, const char *kind, ngx_str_t *id, const char *suffix);
+ngx_int_t ngx_http_billing_store_num(ngx_http_billing_owner_t *o,
+    ngx_str_t *s, int64_t n);
 
 /* the value of field in an HGETALL reply, or NULL */
 redisReply *ngx_http_billing_store_field(redisReply *hash, const char *field);
