@@ -3,7 +3,10 @@
  * billing_cache: a red-black tree of subscriptions keyed by the crc32
  * of their id, and a queue in order of use, in a shared zone, after
  * ngx_http_limit_req_module.  Entries carry the time Redis was asked;
- * whether that is still fresh enough is the gate's call.
+ * whether that is still fresh enough is the gate's call.  They also
+ * carry the subscription's current metering period, so that the meter
+ * finds it with the decision and the calendar is worked out once a
+ * period, not once a request.
  *
  * A change drops an entry by leaving a tombstone with the time it came:
  * a lookup asked before then, or shortly after, may have been answered
@@ -33,6 +36,14 @@ typedef struct {
     u_short                     url_len;
     ngx_queue_t                 queue;
     ngx_msec_t                  fetched;
+
+    /* the meter's: see ngx_http_billing_entry_t */
+    time_t                      anchor;
+    time_t                      cur_start;
+    time_t                      cur_end;
+    int64_t                     period_seconds;
+    u_char                      period_kind;
+
     u_char                      data[1];     /* id, invoice, pay_url */
 } ngx_http_billing_cache_node_t;
 
@@ -274,8 +285,26 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache, ngx_str_t *id,
     ngx_queue_remove(&cn->queue);
     ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
 
+    /* the metering period moved on: computed once for every worker */
+
+    if (ngx_time() >= cn->cur_end) {
+        entry->anchor = cn->anchor;
+        entry->period.kind = cn->period_kind;
+        entry->period.seconds = cn->period_seconds;
+
+        ngx_http_billing_entry_period(entry, ngx_time());
+
+        cn->cur_start = entry->cur_start;
+        cn->cur_end = entry->cur_end;
+    }
+
     entry->state = cn->state;
     entry->fetched = cn->fetched;
+    entry->anchor = cn->anchor;
+    entry->period.kind = cn->period_kind;
+    entry->period.seconds = cn->period_seconds;
+    entry->cur_start = cn->cur_start;
+    entry->cur_end = cn->cur_end;
 
     p = ngx_pnalloc(pool, cn->invoice_len + cn->url_len + 1);
     if (p == NULL) {
@@ -376,6 +405,11 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
     cn->id_len = (u_short) id->len;
     cn->invoice_len = (u_short) entry->invoice.len;
     cn->url_len = (u_short) entry->pay_url.len;
+    cn->anchor = entry->anchor;
+    cn->cur_start = entry->cur_start;
+    cn->cur_end = entry->cur_end;
+    cn->period_kind = (u_char) entry->period.kind;
+    cn->period_seconds = entry->period.seconds;
 
     /* the strings may be empty, their data NULL: no memcpy() of those */
 
@@ -398,6 +432,49 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
                        "billing cache: %ui entries evicted", evicted);
     }
+}
+
+
+void
+ngx_http_billing_entry_period(ngx_http_billing_entry_t *entry, time_t now)
+{
+    int64_t  k, start, end;
+
+    start = 0;
+    end = NGX_MAX_TIME_T_VALUE;
+
+    if (entry->anchor <= 0 || entry->period.kind == 0) {
+        goto done;
+    }
+
+    k = ngx_billing_period_index(&entry->period, entry->anchor, now);
+
+    if (k < 0) {
+        goto done;
+    }
+
+    /* before the anchor (another node's clock set it): the first period */
+
+    if (k <= 1) {
+        start = entry->anchor;
+        end = ngx_billing_period_bound(&entry->period, entry->anchor, 1);
+
+    } else {
+        start = ngx_billing_period_bound(&entry->period, entry->anchor,
+                                         (uint64_t) k - 1);
+        end = ngx_billing_period_bound(&entry->period, entry->anchor,
+                                       (uint64_t) k);
+    }
+
+    if (start < 0 || end <= start) {
+        start = 0;
+        end = NGX_MAX_TIME_T_VALUE;
+    }
+
+done:
+
+    entry->cur_start = (time_t) start;
+    entry->cur_end = (time_t) end;
 }
 
 

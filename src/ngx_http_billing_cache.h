@@ -15,14 +15,26 @@
 #include <ngx_http.h>
 
 #include "ngx_http_billing_module.h"
+#include "ngx_billing_plan.h"
 
 
-/* a subscription as the gate needs it */
+/* a subscription as the gate and the meter need it */
 typedef struct {
     ngx_uint_t                  state;    /* NGX_BILLING_SUB_*; NONE: unknown */
     ngx_str_t                   invoice;     /* the first invoice */
     ngx_str_t                   pay_url;     /* its hosted_invoice_url */
     ngx_msec_t                  fetched;     /* when Redis said so */
+
+    /* the first period's start (activation), 0 when unknown */
+    time_t                      anchor;
+    ngx_billing_period_t        period;      /* kind 0: unknown */
+
+    /*
+     * The metering period of "now", [cur_start, cur_end): computed once
+     * and again only when time passes cur_end (0: not yet computed).
+     */
+    time_t                      cur_start;
+    time_t                      cur_end;
 } ngx_http_billing_entry_t;
 
 
@@ -48,6 +60,14 @@ ngx_int_t ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
  */
 void ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
     ngx_str_t *id, ngx_http_billing_entry_t *entry, ngx_log_t *log);
+
+/*
+ * The metering period that time now falls in, into cur_start and
+ * cur_end.  Without an anchor or a period (data older than 0.4) it is
+ * period start 0, for ever: the scheduler bills that on the next invoice.
+ */
+void ngx_http_billing_entry_period(ngx_http_billing_entry_t *entry,
+    time_t now);
 
 /* a change: drops the entry, and for a while what was asked before */
 void ngx_http_billing_cache_delete(ngx_http_billing_cache_t *cache,

@@ -36,6 +36,7 @@
 #include "ngx_http_billing_store.h"
 #include "ngx_billing_event.h"
 #include "ngx_billing_state.h"
+#include "ngx_billing_plan.h"
 
 
 /* a payment seen by another node is honoured here within this */
@@ -66,6 +67,9 @@ typedef struct {
     ngx_http_billing_entry_t    stale;
     unsigned                    has_stale:1;
     unsigned                    waiting:1;
+
+    /* let through as active: the meter counts it */
+    unsigned                    allowed:1;
 
     /* when Redis was asked: what it says is as old as that */
     ngx_msec_t                  asked;
@@ -484,7 +488,7 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
 
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR
         || (reply->type != REDIS_REPLY_NIL
-            && (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3)))
+            && (reply->type != REDIS_REPLY_ARRAY || reply->elements != 5)))
     {
         ctx->status = NGX_HTTP_BILLING_GATE_UNAVAILABLE;
 
@@ -508,6 +512,28 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
             entry->pay_url.data = (u_char *) e->str;
             entry->pay_url.len = e->len;
         }
+
+        /* the meter's: activation ("" before) and the metering period */
+
+        e = reply->element[3];
+
+        if (e->type == REDIS_REPLY_STRING && e->len) {
+            entry->anchor = ngx_atotm((u_char *) e->str, e->len);
+
+            if (entry->anchor == NGX_ERROR) {
+                entry->anchor = 0;
+            }
+        }
+
+        e = reply->element[4];
+
+        if (e->type != REDIS_REPLY_STRING
+            || ngx_billing_period_parse(&entry->period, e->str, e->len) != 0)
+        {
+            entry->period.kind = 0;
+        }
+
+        ngx_http_billing_entry_period(entry, ngx_time());
     }
 
     if (ctx->status == NGX_HTTP_BILLING_GATE_KNOWN && bmcf->cache) {
@@ -593,6 +619,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
     switch (ctx->entry.state) {
 
     case NGX_BILLING_SUB_ACTIVE:
+        ctx->allowed = 1;
         return NGX_OK;
 
     case NGX_BILLING_SUB_PENDING:
@@ -618,6 +645,38 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
                                           "unknown_subscription",
                                           "no such subscription");
     }
+}
+
+
+ngx_int_t
+ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
+    time_t *period_start)
+{
+    time_t                        now;
+    ngx_http_billing_gate_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    /* an internal redirect drops the context: a new gate decides again */
+
+    if (ctx == NULL || ctx->base.kind != NGX_HTTP_BILLING_CTX_GATE
+        || !ctx->allowed || ctx->deny)
+    {
+        return NGX_DECLINED;
+    }
+
+    now = ngx_time();
+
+    /* a request that outlived its period, or a period not computed yet */
+
+    if (now >= ctx->entry.cur_end) {
+        ngx_http_billing_entry_period(&ctx->entry, now);
+    }
+
+    *id = ctx->id;
+    *period_start = ctx->entry.cur_start;
+
+    return NGX_OK;
 }
 
 

@@ -21,6 +21,15 @@ char *ngx_http_billing_gate_conf(ngx_conf_t *cf, ngx_command_t *cmd,
 /* the phase handlers */
 ngx_int_t ngx_http_billing_gate_init(ngx_conf_t *cf);
 
+/*
+ * For the meter, in the log phase: NGX_OK only when the gate let this
+ * main request through as active; then the subscription id and the
+ * start of the metering period that now falls in (0 when the
+ * subscription's data has no period).
+ */
+ngx_int_t ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
+    time_t *period_start);
+
 /* the pub/sub connection that keeps billing_cache fresh */
 ngx_int_t ngx_http_billing_gate_init_worker(ngx_cycle_t *cycle,
     ngx_http_billing_main_conf_t *bmcf);

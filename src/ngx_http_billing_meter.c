@@ -1,6 +1,49 @@
 
 /*
- * billing_meter (placeholder, being written).
+ * billing_meter: what the gate let through, counted in the log phase.
+ *
+ * A request adds its units to a count keyed by (subscription, period
+ * start) in the shared zone "billing_meter", under the zone's mutex:
+ * no I/O, no waiting.  The zone never evicts a count; when it is full,
+ * counts go to this worker's overflow, in its own memory.  The zone is
+ * named, sized and tagged the same in every cycle, so that a reload
+ * keeps it and what it holds.
+ *
+ * Every billing_meter_flush each worker takes up to a batch of counts
+ * out of the zone and its overflow into its own memory and sends them
+ * in one script, which applies them only if the batch's flush id was
+ * never seen (SET NX): a batch whose reply was lost is resent with the
+ * same id and not counted twice.  One batch is under way per worker;
+ * until it is acknowledged, new counts wait in the zone.  The script
+ * also records the worker's mark, the wall-clock time the batch was
+ * taken: every count of the node that ended before it and that this
+ * worker took is in Redis (the scheduler's final invoices wait for the
+ * marks of all live workers).
+ *
+ * A graceful stop (nginx -s quit, and old workers at a reload) is seen
+ * through an idle fake connection, which nginx closes as the shutdown
+ * starts (as lua-nginx-module watches it).  The worker then sends what
+ * is left, its batch, its overflow and the zone, held alive by a timer
+ * that is not cancelable, until done or the deadline; its last script
+ * removes its mark.
+ *
+ * What can be lost, at most:
+ *
+ *   - a node killed (kill -9, power): the zone's counts, up to one
+ *     billing_meter_flush of its requests (more while Redis is
+ *     unreachable: all that waits), plus each worker's overflow and
+ *     batch not yet acknowledged;
+ *   - a worker crash: its batch and its overflow (the zone stays, the
+ *     master starts a new worker that sends it);
+ *   - a graceful stop while Redis cannot be reached: what the deadline
+ *     (3 x billing_redis timeout) left unsent, logged at [error] with
+ *     its units and subscriptions; the client does not reconnect while
+ *     the worker exits, so a connection lost then is not retried;
+ *   - nginx -s stop (SIGTERM) and a single process: no final send, the
+ *     zone goes with the master; the worker logs what it held.
+ *
+ * Nothing is ever counted twice: the flush id is unique to the batch
+ * (host, pid, the worker's start in ms, a sequence number).
  */
 
 
@@ -9,6 +52,157 @@
 #include <ngx_http.h>
 
 #include "ngx_http_billing_meter.h"
+#include "ngx_http_billing_gate.h"
+#include "ngx_http_billing_redis.h"
+#include "ngx_billing_event.h"
+
+
+/* entries a script carries at most: its size does not grow with load */
+#define NGX_HTTP_BILLING_METER_BATCH      2048
+
+/* "<id> <period start> <units>\n" */
+#define NGX_HTTP_BILLING_METER_LINE                                          \
+    (NGX_BILLING_SUB_ID_MAX + 1 + NGX_INT64_LEN + 1 + NGX_INT64_LEN + 1)
+
+/* units one request may count: sums stay far from overflowing */
+#define NGX_HTTP_BILLING_METER_UNITS_MAX  1000000000000LL
+
+/* a send at exit that failed is tried again after this */
+#define NGX_HTTP_BILLING_METER_RETRY      100
+
+/* the overflow is logged at [warn] at most this often */
+#define NGX_HTTP_BILLING_METER_WARN       60
+
+#define NGX_HTTP_BILLING_METER_ZONE       "billing_meter"
+
+
+typedef struct {
+    ngx_rbtree_node_t                   node;      /* key: a hash */
+    ngx_queue_t                         queue;
+    time_t                              start;
+    int64_t                             units;
+    u_char                              len;
+    u_char                              id[1];
+} ngx_http_billing_count_t;
+
+
+/* counts, in the shared zone or in a worker's overflow */
+typedef struct {
+    ngx_rbtree_t                        rbtree;
+    ngx_rbtree_node_t                   sentinel;
+    ngx_queue_t                         queue;
+    ngx_uint_t                          entries;
+    int64_t                             units;
+} ngx_http_billing_counts_t;
+
+
+struct ngx_http_billing_meter_s {
+    ngx_shm_zone_t                     *shm_zone;
+    ngx_slab_pool_t                    *shpool;
+    ngx_http_billing_counts_t          *sh;
+
+    /* this worker's, from here on */
+    ngx_http_billing_main_conf_t       *bmcf;
+    ngx_log_t                          *log;
+    ngx_http_billing_counts_t           overflow;
+    time_t                              overflow_warned;
+
+    ngx_event_t                         tick;       /* cancelable */
+    ngx_event_t                         hold;       /* at exit: not */
+    ngx_event_t                         kick;       /* posted */
+    ngx_connection_t                   *watcher;
+
+    ngx_str_t                           worker;     /* host:pid */
+    ngx_str_t                           flush_key;  /* of the batch */
+    size_t                              flush_prefix;
+    uint64_t                            seq;
+
+    /* the batch: taken, not acknowledged yet */
+    u_char                             *buf;
+    size_t                              len;
+    ngx_uint_t                          entries;
+    int64_t                             units;
+    int64_t                             mark;       /* 0: none */
+    int64_t                             last_mark;  /* of a whole take */
+    unsigned                            pending:1;
+
+    ngx_pool_t                         *pool;       /* the send under way */
+    unsigned                            failing:1;
+    unsigned                            exiting:1;
+    unsigned                            final_sent:1;
+    unsigned                            gave_up:1;
+};
+
+
+static ngx_int_t ngx_http_billing_meter_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static void ngx_http_billing_counts_init(ngx_http_billing_counts_t *counts);
+static void ngx_http_billing_counts_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static ngx_http_billing_count_t *ngx_http_billing_counts_find(
+    ngx_http_billing_counts_t *counts, ngx_str_t *id, time_t start,
+    uint32_t hash);
+static ngx_int_t ngx_http_billing_meter_handler(ngx_http_request_t *r);
+static void ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter,
+    ngx_str_t *id, time_t start, int64_t units, ngx_log_t *log);
+static void ngx_http_billing_meter_take(ngx_http_billing_meter_t *meter);
+static u_char *ngx_http_billing_meter_take_from(
+    ngx_http_billing_meter_t *meter, ngx_http_billing_counts_t *counts,
+    u_char *p, ngx_uint_t shared);
+static void ngx_http_billing_meter_send(ngx_http_billing_meter_t *meter);
+static void ngx_http_billing_meter_sent(void *data, redisReply *reply);
+static void ngx_http_billing_meter_tick(ngx_event_t *ev);
+static void ngx_http_billing_meter_kick(ngx_event_t *ev);
+static void ngx_http_billing_meter_watch(ngx_event_t *ev);
+static void ngx_http_billing_meter_exit_step(ngx_http_billing_meter_t *meter);
+static void ngx_http_billing_meter_deadline(ngx_event_t *ev);
+static ngx_uint_t ngx_http_billing_meter_left(ngx_http_billing_meter_t *meter);
+static void ngx_http_billing_meter_lost(ngx_http_billing_meter_t *meter,
+    const char *why, ngx_uint_t zone);
+static void ngx_http_billing_meter_free_watcher(
+    ngx_http_billing_meter_t *meter);
+static int ngx_libc_cdecl ngx_http_billing_meter_cmp(const void *one,
+    const void *two);
+
+
+/*
+ * KEYS[1] the batch's flush key, KEYS[2] the workers' marks
+ *
+ * ARGV[1] the key prefix, ARGV[2] this worker, ARGV[3] its mark ("":
+ * unchanged), ARGV[4] "1": the worker's last batch, ARGV[5] now,
+ * ARGV[6] the counts, "<id> <period start> <units>\n" each
+ *
+ * Units of a cancelled subscription put it in the scheduler's due set,
+ * for one more final invoice.  The reply: 1 if the counts were applied
+ * now, 0 if they were before (or there were none).
+ */
+
+static const char  ngx_http_billing_meter_lua[] =
+    "local applied = 0\n"
+    "if ARGV[6] ~= '' and redis.call('SET', KEYS[1], '1', 'NX',"
+    " 'EX', 86400) then\n"
+    "  applied = 1\n"
+    "  local seen = {}\n"
+    "  for id, s, n in string.gmatch(ARGV[6], '(%S+) (%d+) (%d+)\\n') do\n"
+    "    redis.call('HINCRBY', ARGV[1] .. 'usage:' .. id, s, n)\n"
+    "    if not seen[id] then\n"
+    "      seen[id] = true\n"
+    "      if redis.call('HGET', ARGV[1] .. 'sub:' .. id, 'state')"
+    " == 'cancelled' then\n"
+    "        redis.call('ZADD', ARGV[1] .. 'due', 'NX', ARGV[5], id)\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if ARGV[4] == '1' then\n"
+    "  redis.call('HDEL', KEYS[2], ARGV[2])\n"
+    "elseif ARGV[3] ~= '' then\n"
+    "  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])\n"
+    "end\n"
+    "return applied\n";
+
+
+static ngx_http_billing_redis_script_t  ngx_http_billing_meter_script;
 
 
 char *
@@ -16,15 +210,47 @@ ngx_http_billing_meter_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_billing_loc_conf_t  *blcf = conf;
 
-    ngx_str_t  *value;
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (blcf->meter != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
 
     value = cf->args->elts;
 
     if (ngx_strcmp(value[1].data, "off") == 0) {
         blcf->meter = NGX_HTTP_BILLING_METER_OFF;
-    } else {
-        blcf->meter = NGX_HTTP_BILLING_METER_ON;
+        blcf->meter_value = NULL;
+        return NGX_CONF_OK;
     }
+
+    if (ngx_strcmp(value[1].data, "on") == 0) {
+        blcf->meter = NGX_HTTP_BILLING_METER_ON;
+        blcf->meter_value = NULL;
+        return NGX_CONF_OK;
+    }
+
+    if (value[1].len == 0) {
+        return "has an empty value";
+    }
+
+    blcf->meter_value = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (blcf->meter_value == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = blcf->meter_value;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    blcf->meter = NGX_HTTP_BILLING_METER_VALUE;
 
     return NGX_CONF_OK;
 }
@@ -33,7 +259,397 @@ ngx_http_billing_meter_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 ngx_int_t
 ngx_http_billing_meter_init(ngx_conf_t *cf)
 {
+    ngx_str_t                      name = ngx_string(NGX_HTTP_BILLING_METER_ZONE);
+    ngx_http_handler_pt           *h;
+    ngx_http_billing_meter_t      *meter;
+    ngx_http_core_main_conf_t     *cmcf;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
+
+    /* nothing is metered where nothing is gated */
+
+    if (bmcf->gate_file.len == 0 || bmcf->redis_conf == NULL) {
+        return NGX_OK;
+    }
+
+    ngx_http_billing_redis_script_init(&ngx_http_billing_meter_script,
+                                       ngx_http_billing_meter_lua);
+
+    if (bmcf->meter_zone_size < 8 * ngx_pagesize) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"billing_meter_zone\" of %uz bytes is too small, "
+                      "%uz at least", bmcf->meter_zone_size, 8 * ngx_pagesize);
+        return NGX_ERROR;
+    }
+
+    meter = ngx_pcalloc(cf->pool, sizeof(ngx_http_billing_meter_t));
+    if (meter == NULL) {
+        return NGX_ERROR;
+    }
+
+    meter->shm_zone = ngx_shared_memory_add(cf, &name, bmcf->meter_zone_size,
+                                            &ngx_http_billing_module);
+    if (meter->shm_zone == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (meter->shm_zone->data) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "the shared memory zone \"%V\" is the meter's: "
+                      "\"billing_cache\" needs another name", &name);
+        return NGX_ERROR;
+    }
+
+    meter->shm_zone->init = ngx_http_billing_meter_init_zone;
+    meter->shm_zone->data = meter;
+
+    ngx_http_billing_counts_init(&meter->overflow);
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_billing_meter_handler;
+
+    bmcf->meter = meter;
+
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_meter_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_billing_meter_t  *ometer = data;
+
+    ngx_http_billing_meter_t  *meter;
+
+    meter = shm_zone->data;
+
+    if (ometer) {
+        /* a reload: the counts stay, the new workers send them */
+        meter->shpool = ometer->shpool;
+        meter->sh = ometer->sh;
+        return NGX_OK;
+    }
+
+    meter->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        meter->sh = meter->shpool->data;
+        return NGX_OK;
+    }
+
+    meter->sh = ngx_slab_alloc(meter->shpool,
+                               sizeof(ngx_http_billing_counts_t));
+    if (meter->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    meter->shpool->data = meter->sh;
+
+    ngx_http_billing_counts_init(meter->sh);
+
+    meter->shpool->log_ctx = ngx_slab_alloc(meter->shpool,
+                                 sizeof(" in billing_meter zone"));
+    if (meter->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(meter->shpool->log_ctx, " in billing_meter zone%Z");
+
+    /* a full zone is handled by the overflow, which says so itself */
+
+    meter->shpool->log_nomem = 0;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_counts_init(ngx_http_billing_counts_t *counts)
+{
+    ngx_rbtree_init(&counts->rbtree, &counts->sentinel,
+                    ngx_http_billing_counts_insert_value);
+    ngx_queue_init(&counts->queue);
+
+    counts->entries = 0;
+    counts->units = 0;
+}
+
+
+static ngx_inline ngx_int_t
+ngx_http_billing_count_cmp(ngx_http_billing_count_t *c, ngx_str_t *id,
+    time_t start)
+{
+    if (start != c->start) {
+        return (start < c->start) ? -1 : 1;
+    }
+
+    return ngx_memn2cmp(id->data, c->id, id->len, c->len);
+}
+
+
+static void
+ngx_http_billing_counts_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_str_t                  id;
+    ngx_rbtree_node_t        **p;
+    ngx_http_billing_count_t  *c, *ct;
+
+    c = (ngx_http_billing_count_t *) node;
+
+    id.data = c->id;
+    id.len = c->len;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else {
+            ct = (ngx_http_billing_count_t *) temp;
+
+            p = (ngx_http_billing_count_cmp(ct, &id, c->start) < 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+static ngx_http_billing_count_t *
+ngx_http_billing_counts_find(ngx_http_billing_counts_t *counts, ngx_str_t *id,
+    time_t start, uint32_t hash)
+{
+    ngx_int_t           rc;
+    ngx_rbtree_node_t  *node, *sentinel;
+
+    node = counts->rbtree.root;
+    sentinel = counts->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        rc = ngx_http_billing_count_cmp((ngx_http_billing_count_t *) node,
+                                        id, start);
+
+        if (rc == 0) {
+            return (ngx_http_billing_count_t *) node;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    return NULL;
+}
+
+
+static ngx_int_t
+ngx_http_billing_meter_handler(ngx_http_request_t *r)
+{
+    u_char                        *p;
+    time_t                         start;
+    int64_t                        units;
+    ngx_str_t                      id, value;
+    ngx_uint_t                     status;
+    ngx_http_billing_loc_conf_t   *blcf;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    if (r != r->main) {
+        return NGX_OK;
+    }
+
+    /* the final location decides: an internal redirect may leave the gate */
+
+    blcf = ngx_http_get_module_loc_conf(r, ngx_http_billing_module);
+
+    if (blcf->gate == NULL || blcf->meter == NGX_HTTP_BILLING_METER_OFF) {
+        return NGX_OK;
+    }
+
+    status = r->err_status ? r->err_status : r->headers_out.status;
+
+    if (status == 0 || status >= NGX_HTTP_BAD_REQUEST) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_billing_gate_metered(r, &id, &start) != NGX_OK) {
+        return NGX_OK;
+    }
+
+    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    if (bmcf->meter == NULL) {
+        return NGX_OK;
+    }
+
+    units = 1;
+    ngx_str_null(&value);
+
+    if (blcf->meter == NGX_HTTP_BILLING_METER_VALUE) {
+
+        if (ngx_http_complex_value(r, blcf->meter_value, &value) != NGX_OK) {
+            return NGX_OK;
+        }
+
+        units = 0;
+
+        for (p = value.data; p < value.data + value.len; p++) {
+
+            if (*p < '0' || *p > '9') {
+                goto invalid;
+            }
+
+            units = units * 10 + (*p - '0');
+
+            if (units > NGX_HTTP_BILLING_METER_UNITS_MAX) {
+                goto invalid;
+            }
+        }
+
+        if (units == 0) {
+            return NGX_OK;
+        }
+    }
+
+    ngx_http_billing_meter_add(bmcf->meter, &id, start, units,
+                               r->connection->log);
+
+    return NGX_OK;
+
+invalid:
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "billing meter: \"%V\" is not a number of units, "
+                  "nothing counted for subscription \"%V\"", &value, &id);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_str_t *id,
+    time_t start, int64_t units, ngx_log_t *log)
+{
+    size_t                      size;
+    uint32_t                    hash;
+    ngx_http_billing_count_t   *c;
+    ngx_http_billing_counts_t  *sh;
+
+    if (id->len > NGX_BILLING_SUB_ID_MAX) {
+        return;
+    }
+
+    hash = ngx_murmur_hash2(id->data, id->len) ^ (uint32_t) start;
+    size = offsetof(ngx_http_billing_count_t, id) + id->len;
+
+    sh = meter->sh;
+
+    ngx_shmtx_lock(&meter->shpool->mutex);
+
+    c = ngx_http_billing_counts_find(sh, id, start, hash);
+
+    if (c == NULL) {
+        c = ngx_slab_alloc_locked(meter->shpool, size);
+
+        if (c) {
+            c->node.key = hash;
+            c->start = start;
+            c->units = 0;
+            c->len = (u_char) id->len;
+            ngx_memcpy(c->id, id->data, id->len);
+
+            ngx_rbtree_insert(&sh->rbtree, &c->node);
+            ngx_queue_insert_tail(&sh->queue, &c->queue);
+            sh->entries++;
+        }
+    }
+
+    if (c) {
+        c->units += units;
+        sh->units += units;
+
+        ngx_shmtx_unlock(&meter->shpool->mutex);
+        goto added;
+    }
+
+    ngx_shmtx_unlock(&meter->shpool->mutex);
+
+    /* the zone is full: this worker keeps the count and sends it itself */
+
+    c = ngx_http_billing_counts_find(&meter->overflow, id, start, hash);
+
+    if (c == NULL) {
+        c = ngx_alloc(size, log);
+
+        if (c == NULL) {
+            ngx_log_error(NGX_LOG_CRIT, log, 0,
+                          "billing meter: no memory, %L units of "
+                          "subscription \"%V\" lost", units, id);
+            return;
+        }
+
+        c->node.key = hash;
+        c->start = start;
+        c->units = 0;
+        c->len = (u_char) id->len;
+        ngx_memcpy(c->id, id->data, id->len);
+
+        ngx_rbtree_insert(&meter->overflow.rbtree, &c->node);
+        ngx_queue_insert_tail(&meter->overflow.queue, &c->queue);
+        meter->overflow.entries++;
+    }
+
+    c->units += units;
+    meter->overflow.units += units;
+
+    if (ngx_time() - meter->overflow_warned >= NGX_HTTP_BILLING_METER_WARN) {
+        meter->overflow_warned = ngx_time();
+
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "billing meter: the \"billing_meter_zone\" of %uz "
+                      "bytes is full, counts wait in the worker's memory",
+                      meter->shm_zone->shm.size);
+    }
+
+added:
+
+    /* a worker that exits sends what it counts until it is gone */
+
+    if (meter->exiting && meter->pool == NULL && !meter->gave_up
+        && !meter->kick.posted)
+    {
+        ngx_post_event(&meter->kick, &ngx_posted_events);
+    }
 }
 
 
@@ -41,6 +657,89 @@ ngx_int_t
 ngx_http_billing_meter_init_worker(ngx_cycle_t *cycle,
     ngx_http_billing_main_conf_t *bmcf)
 {
+    u_char                    *p;
+    ngx_time_t                *tp;
+    ngx_connection_t          *c;
+    ngx_http_billing_meter_t  *meter;
+
+    meter = bmcf->meter;
+
+    if (meter == NULL || bmcf->redis == NULL) {
+        return NGX_OK;
+    }
+
+    meter->bmcf = bmcf;
+    meter->log = cycle->log;
+
+    meter->buf = ngx_alloc(NGX_HTTP_BILLING_METER_BATCH
+                           * NGX_HTTP_BILLING_METER_LINE, cycle->log);
+    if (meter->buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* host:pid, and the flush key "<prefix>flush:host:pid:start:seq" */
+
+    p = ngx_pnalloc(cycle->pool, cycle->hostname.len + NGX_INT64_LEN + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    meter->worker.data = p;
+    meter->worker.len = ngx_sprintf(p, "%V:%P", &cycle->hostname, ngx_pid)
+                        - p;
+
+    p = ngx_pnalloc(cycle->pool, bmcf->redis_conf->prefix.len
+                                 + sizeof("flush:") + meter->worker.len
+                                 + 2 * NGX_INT64_LEN + 2);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    tp = ngx_timeofday();
+
+    meter->flush_key.data = p;
+    meter->flush_prefix = ngx_sprintf(p, "%Vflush:%V:%M:",
+                                      &bmcf->redis_conf->prefix,
+                                      &meter->worker,
+                                      (ngx_msec_t) tp->sec * 1000 + tp->msec)
+                          - p;
+
+    meter->tick.handler = ngx_http_billing_meter_tick;
+    meter->tick.data = meter;
+    meter->tick.log = cycle->log;
+
+    /* idle, the meter does not hold up a graceful stop by itself */
+    meter->tick.cancelable = 1;
+
+    meter->hold.handler = ngx_http_billing_meter_deadline;
+    meter->hold.data = meter;
+    meter->hold.log = cycle->log;
+
+    meter->kick.handler = ngx_http_billing_meter_kick;
+    meter->kick.data = meter;
+    meter->kick.log = cycle->log;
+
+    /*
+     * nginx closes idle connections when a graceful stop starts, before
+     * it looks whether timers are left: that is when to send what is left
+     */
+
+    c = ngx_get_connection(0, cycle->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->fd = (ngx_socket_t) -2;
+    c->idle = 1;
+    c->data = meter;
+    c->read->handler = ngx_http_billing_meter_watch;
+    c->read->log = cycle->log;
+    c->write->log = cycle->log;
+
+    meter->watcher = c;
+
+    ngx_add_timer(&meter->tick, bmcf->meter_flush);
+
     return NGX_OK;
 }
 
@@ -48,4 +747,575 @@ ngx_http_billing_meter_init_worker(ngx_cycle_t *cycle,
 void
 ngx_http_billing_meter_exit_worker(ngx_http_billing_main_conf_t *bmcf)
 {
+    ngx_queue_t               *q;
+    ngx_http_billing_count_t  *c;
+    ngx_http_billing_meter_t  *meter;
+
+    meter = bmcf->meter;
+
+    if (meter == NULL || meter->buf == NULL) {
+        return;
+    }
+
+    /* nginx -s stop, or a stop that found nothing to wait for */
+
+    if (!meter->gave_up
+        && (meter->pending || meter->overflow.entries))
+    {
+        ngx_http_billing_meter_lost(meter, "the worker exits", 0);
+    }
+
+    ngx_http_billing_meter_free_watcher(meter);
+
+    if (meter->pool) {
+        /* cancels the send under way */
+        ngx_destroy_pool(meter->pool);
+        meter->pool = NULL;
+    }
+
+    if (meter->kick.posted) {
+        ngx_delete_posted_event(&meter->kick);
+    }
+
+    while (!ngx_queue_empty(&meter->overflow.queue)) {
+        q = ngx_queue_head(&meter->overflow.queue);
+        ngx_queue_remove(q);
+        c = ngx_queue_data(q, ngx_http_billing_count_t, queue);
+        ngx_free(c);
+    }
+
+    ngx_free(meter->buf);
+    meter->buf = NULL;
+}
+
+
+static void
+ngx_http_billing_meter_take(ngx_http_billing_meter_t *meter)
+{
+    u_char      *p;
+    ngx_time_t  *tp;
+    ngx_uint_t   whole;
+
+    tp = ngx_timeofday();
+
+    meter->entries = 0;
+    meter->units = 0;
+
+    /* the worker's overflow first: it is the oldest */
+
+    p = ngx_http_billing_meter_take_from(meter, &meter->overflow, meter->buf,
+                                         0);
+
+    ngx_shmtx_lock(&meter->shpool->mutex);
+    p = ngx_http_billing_meter_take_from(meter, meter->sh, p, 1);
+    whole = ngx_queue_empty(&meter->sh->queue);
+    ngx_shmtx_unlock(&meter->shpool->mutex);
+
+    whole = whole && ngx_queue_empty(&meter->overflow.queue);
+
+    meter->len = p - meter->buf;
+
+    /*
+     * The mark says every count that ended before it was taken: not so
+     * when some are left for the next batch.
+     */
+
+    if (whole) {
+        meter->mark = (int64_t) tp->sec * 1000 + tp->msec;
+        meter->last_mark = meter->mark;
+
+    } else {
+        meter->mark = meter->last_mark;
+    }
+
+    meter->flush_key.len = ngx_sprintf(meter->flush_key.data
+                                       + meter->flush_prefix, "%uL",
+                                       ++meter->seq)
+                           - meter->flush_key.data;
+
+    meter->pending = 1;
+}
+
+
+static u_char *
+ngx_http_billing_meter_take_from(ngx_http_billing_meter_t *meter,
+    ngx_http_billing_counts_t *counts, u_char *p, ngx_uint_t shared)
+{
+    ngx_queue_t               *q;
+    ngx_http_billing_count_t  *c;
+
+    while (meter->entries < NGX_HTTP_BILLING_METER_BATCH
+           && !ngx_queue_empty(&counts->queue))
+    {
+        q = ngx_queue_head(&counts->queue);
+        c = ngx_queue_data(q, ngx_http_billing_count_t, queue);
+
+        p = ngx_sprintf(p, "%*s %T %L\n", (size_t) c->len, c->id, c->start,
+                        c->units);
+
+        meter->entries++;
+        meter->units += c->units;
+
+        counts->entries--;
+        counts->units -= c->units;
+
+        ngx_queue_remove(q);
+        ngx_rbtree_delete(&counts->rbtree, &c->node);
+
+        if (shared) {
+            ngx_slab_free_locked(meter->shpool, c);
+
+        } else {
+            ngx_free(c);
+        }
+    }
+
+    return p;
+}
+
+
+static void
+ngx_http_billing_meter_send(ngx_http_billing_meter_t *meter)
+{
+    u_char                        *p;
+    ngx_str_t                      argv[8];
+    ngx_pool_t                    *pool;
+    ngx_http_billing_redis_cmd_t  *cmd;
+    ngx_http_billing_main_conf_t  *bmcf;
+
+    bmcf = meter->bmcf;
+
+    pool = ngx_create_pool(512, meter->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    p = ngx_pnalloc(pool, bmcf->redis_conf->prefix.len + sizeof("meter:nodes")
+                          + 2 * NGX_INT64_LEN);
+    if (p == NULL) {
+        ngx_destroy_pool(pool);
+        return;
+    }
+
+    argv[0] = meter->flush_key;
+
+    argv[1].data = p;
+    p = ngx_sprintf(p, "%Vmeter:nodes", &bmcf->redis_conf->prefix);
+    argv[1].len = p - argv[1].data;
+
+    argv[2] = bmcf->redis_conf->prefix;
+    argv[3] = meter->worker;
+
+    argv[4].data = p;
+
+    if (meter->mark) {
+        p = ngx_sprintf(p, "%L", meter->mark);
+    }
+
+    argv[4].len = p - argv[4].data;
+
+    if (meter->exiting) {
+        ngx_str_set(&argv[5], "1");
+
+    } else {
+        ngx_str_set(&argv[5], "0");
+    }
+
+    argv[6].data = p;
+    p = ngx_sprintf(p, "%T", ngx_time());
+    argv[6].len = p - argv[6].data;
+
+    argv[7].data = meter->buf;
+    argv[7].len = meter->len;
+
+    cmd = ngx_http_billing_redis_eval(bmcf->redis,
+                                      &ngx_http_billing_meter_script, 2, 8,
+                                      argv, ngx_http_billing_meter_sent,
+                                      meter);
+
+    if (cmd == NULL || ngx_http_billing_redis_bind(cmd, pool) != NGX_OK) {
+        if (cmd) {
+            ngx_http_billing_redis_cancel(cmd);
+        }
+
+        ngx_destroy_pool(pool);
+
+        if (!meter->failing) {
+            meter->failing = 1;
+
+            ngx_log_error(NGX_LOG_WARN, meter->log, 0,
+                          "billing meter: Redis unavailable, %L units of "
+                          "%ui counts wait in memory",
+                          meter->units, meter->entries);
+        }
+
+        return;
+    }
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, meter->log, 0,
+                   "billing meter: sending %V, %ui counts, %L units, "
+                   "mark %L", &meter->flush_key, meter->entries,
+                   meter->units, meter->mark);
+
+    meter->pool = pool;
+}
+
+
+static void
+ngx_http_billing_meter_sent(void *data, redisReply *reply)
+{
+    ngx_http_billing_meter_t  *meter = data;
+
+    ngx_destroy_pool(meter->pool);
+    meter->pool = NULL;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
+
+        /* kept: sent again with the same flush id, applied at most once */
+
+        if (reply && reply->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, meter->log, 0,
+                          "billing meter: Redis refused the counts: \"%*s\"",
+                          reply->len, reply->str);
+
+        } else if (!meter->failing) {
+            ngx_log_error(NGX_LOG_WARN, meter->log, 0,
+                          "billing meter: no answer from Redis, %L units of "
+                          "%ui counts wait in memory",
+                          meter->units, meter->entries);
+        }
+
+        meter->failing = 1;
+
+        if (meter->exiting && !meter->gave_up && !meter->tick.timer_set) {
+            ngx_add_timer(&meter->tick, NGX_HTTP_BILLING_METER_RETRY);
+        }
+
+        return;
+    }
+
+    if (meter->failing) {
+        meter->failing = 0;
+
+        ngx_log_error(NGX_LOG_NOTICE, meter->log, 0,
+                      "billing meter: Redis answers again, counts sent");
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, meter->log, 0,
+                   "billing meter: %V %s, %L units",
+                   &meter->flush_key,
+                   reply->integer ? "applied" : "was applied before",
+                   meter->units);
+
+    meter->pending = 0;
+
+    if (meter->exiting) {
+        meter->final_sent = 1;
+
+        if (!meter->gave_up) {
+            ngx_http_billing_meter_exit_step(meter);
+        }
+    }
+}
+
+
+static void
+ngx_http_billing_meter_tick(ngx_event_t *ev)
+{
+    ngx_http_billing_meter_t  *meter = ev->data;
+
+    if (meter->exiting) {
+        if (!meter->gave_up) {
+            ngx_http_billing_meter_exit_step(meter);
+        }
+
+        return;
+    }
+
+    ngx_add_timer(ev, meter->bmcf->meter_flush);
+
+    /* only one batch under way: new counts wait in the zone */
+
+    if (meter->pool) {
+        return;
+    }
+
+    if (!meter->pending) {
+        ngx_http_billing_meter_take(meter);
+    }
+
+    ngx_http_billing_meter_send(meter);
+}
+
+
+static void
+ngx_http_billing_meter_kick(ngx_event_t *ev)
+{
+    ngx_http_billing_meter_t  *meter = ev->data;
+
+    if (meter->gave_up || meter->pool) {
+        return;
+    }
+
+    /* a count made while exiting, after the worker had sent everything */
+
+    if (!meter->hold.timer_set) {
+        ngx_add_timer(&meter->hold, 3 * meter->bmcf->redis_conf->timeout);
+    }
+
+    ngx_http_billing_meter_exit_step(meter);
+}
+
+
+static void
+ngx_http_billing_meter_watch(ngx_event_t *ev)
+{
+    ngx_connection_t          *c;
+    ngx_http_billing_meter_t  *meter;
+
+    c = ev->data;
+    meter = c->data;
+
+    if (!c->close) {
+        return;
+    }
+
+    ngx_http_billing_meter_free_watcher(meter);
+
+    if (meter->exiting) {
+        return;
+    }
+
+    meter->exiting = 1;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, meter->log, 0,
+                   "billing meter: exiting, sending what is left");
+
+    if (meter->tick.timer_set) {
+        ngx_del_timer(&meter->tick);
+    }
+
+    /* not cancelable: the worker waits for it, or for the send */
+
+    ngx_add_timer(&meter->hold, 3 * meter->bmcf->redis_conf->timeout);
+
+    ngx_http_billing_meter_exit_step(meter);
+}
+
+
+static void
+ngx_http_billing_meter_exit_step(ngx_http_billing_meter_t *meter)
+{
+    if (meter->pool) {
+        /* its reply comes back here */
+        return;
+    }
+
+    if (!meter->pending) {
+
+        if (meter->final_sent && !ngx_http_billing_meter_left(meter)) {
+
+            /* all sent: nothing holds the worker any more */
+
+            if (meter->hold.timer_set) {
+                ngx_del_timer(&meter->hold);
+            }
+
+            if (meter->tick.timer_set) {
+                ngx_del_timer(&meter->tick);
+            }
+
+            return;
+        }
+
+        /* what is left, or nothing: the last batch removes the mark */
+
+        ngx_http_billing_meter_take(meter);
+    }
+
+    ngx_http_billing_meter_send(meter);
+
+    if (meter->pool == NULL && !meter->tick.timer_set) {
+        /* could not be sent: again soon, until the deadline */
+        ngx_add_timer(&meter->tick, NGX_HTTP_BILLING_METER_RETRY);
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_billing_meter_left(ngx_http_billing_meter_t *meter)
+{
+    ngx_uint_t  left;
+
+    if (meter->pending || !ngx_queue_empty(&meter->overflow.queue)) {
+        return 1;
+    }
+
+    ngx_shmtx_lock(&meter->shpool->mutex);
+    left = !ngx_queue_empty(&meter->sh->queue);
+    ngx_shmtx_unlock(&meter->shpool->mutex);
+
+    return left;
+}
+
+
+static void
+ngx_http_billing_meter_deadline(ngx_event_t *ev)
+{
+    ngx_http_billing_meter_t  *meter = ev->data;
+
+    if (!meter->pending && meter->pool == NULL
+        && !ngx_http_billing_meter_left(meter))
+    {
+        return;
+    }
+
+    meter->gave_up = 1;
+
+    if (meter->tick.timer_set) {
+        ngx_del_timer(&meter->tick);
+    }
+
+    ngx_http_billing_meter_lost(meter, meter->pool
+                                ? "Redis did not answer before the deadline"
+                                : "Redis could not be reached before the "
+                                  "deadline", 1);
+
+    if (meter->pool) {
+        ngx_destroy_pool(meter->pool);
+        meter->pool = NULL;
+    }
+}
+
+
+static void
+ngx_http_billing_meter_lost(ngx_http_billing_meter_t *meter, const char *why,
+    ngx_uint_t zone)
+{
+    u_char                    *p, *last, *sp;
+    int64_t                    units, zone_units;
+    ngx_str_t                 *ids, *id;
+    ngx_uint_t                 n, i, subs, zone_entries;
+    ngx_queue_t               *q;
+    ngx_http_billing_count_t  *c;
+
+    /* what this worker holds: its batch and its overflow */
+
+    n = (meter->pending ? meter->entries : 0) + meter->overflow.entries;
+    units = (meter->pending ? meter->units : 0) + meter->overflow.units;
+
+    ids = (n > 0) ? ngx_alloc(n * sizeof(ngx_str_t), meter->log) : NULL;
+    i = 0;
+
+    if (ids && meter->pending) {
+        p = meter->buf;
+        last = meter->buf + meter->len;
+
+        while (p < last && i < n) {
+            sp = ngx_strlchr(p, last, ' ');
+
+            if (sp == NULL) {
+                break;
+            }
+
+            ids[i].data = p;
+            ids[i].len = sp - p;
+            i++;
+
+            p = ngx_strlchr(sp, last, '\n');
+
+            if (p == NULL) {
+                break;
+            }
+
+            p++;
+        }
+    }
+
+    for (q = ngx_queue_head(&meter->overflow.queue);
+         ids && i < n && q != ngx_queue_sentinel(&meter->overflow.queue);
+         q = ngx_queue_next(q))
+    {
+        c = ngx_queue_data(q, ngx_http_billing_count_t, queue);
+        ids[i].data = c->id;
+        ids[i].len = c->len;
+        i++;
+    }
+
+    subs = i;
+
+    if (ids && i > 1) {
+        ngx_qsort(ids, i, sizeof(ngx_str_t), ngx_http_billing_meter_cmp);
+
+        subs = 1;
+
+        for (id = &ids[1]; id < &ids[i]; id++) {
+            if (ngx_http_billing_meter_cmp(id, id - 1) != 0) {
+                subs++;
+            }
+        }
+    }
+
+    if (ids) {
+        ngx_free(ids);
+    }
+
+    if (units) {
+        ngx_log_error(NGX_LOG_ERR, meter->log, 0,
+                      "billing meter: %s, %L units of %ui subscriptions "
+                      "are lost", why, units, subs);
+    }
+
+    if (!zone) {
+        return;
+    }
+
+    ngx_shmtx_lock(&meter->shpool->mutex);
+    zone_units = meter->sh->units;
+    zone_entries = meter->sh->entries;
+    ngx_shmtx_unlock(&meter->shpool->mutex);
+
+    if (zone_units) {
+        ngx_log_error(NGX_LOG_WARN, meter->log, 0,
+                      "billing meter: %s, %L units of %ui counts are left "
+                      "in the shared zone for the other workers, lost if "
+                      "nginx stops", why, zone_units, zone_entries);
+    }
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_billing_meter_cmp(const void *one, const void *two)
+{
+    const ngx_str_t  *a = one;
+    const ngx_str_t  *b = two;
+
+    return (int) ngx_memn2cmp(a->data, b->data, a->len, b->len);
+}
+
+
+static void
+ngx_http_billing_meter_free_watcher(ngx_http_billing_meter_t *meter)
+{
+    ngx_connection_t  *c, *saved;
+
+    c = meter->watcher;
+
+    if (c == NULL) {
+        return;
+    }
+
+    meter->watcher = NULL;
+
+    /* a valid fd for ngx_free_connection(), which looks it up in files */
+
+    saved = ngx_cycle->files ? ngx_cycle->files[0] : NULL;
+
+    c->fd = 0;
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+
+    if (ngx_cycle->files) {
+        ngx_cycle->files[0] = saved;
+    }
 }
