@@ -1100,6 +1100,15 @@ ngx_http_billing_meter_watch(ngx_event_t *ev)
     ngx_add_timer(&meter->hold, 3 * meter->bmcf->redis_conf->timeout);
 
     ngx_http_billing_meter_exit_step(meter);
+
+    /*
+     * Called from outside the event loop's processing: the Redis write
+     * posted meanwhile waits for the loop to wake up, so wake it soon.
+     */
+
+    if (!meter->tick.timer_set) {
+        ngx_add_timer(&meter->tick, 1);
+    }
 }
 
 

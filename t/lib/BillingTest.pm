@@ -589,6 +589,102 @@ sub raw_http_read {
 
 
 # ---------------------------------------------------------------------
+# load: client processes sending requests until told to stop
+
+# Starts clients (default 2) processes, each sending GET path in a loop
+# until load_stop, over keep-alive connections. Options: ports => [...]
+# (default [$t->port], taken in turn), subs => [...] (an
+# X-Subscription-Id drawn at random for each request; none when empty),
+# headers => {}, pause (seconds between requests of one client, default
+# 0), header => 'x-units' (a response header to record), timeout
+# (seconds, default 10). Returns a handle for load_stop.
+sub load_start {
+    my ($self, $path, %o) = @_;
+
+    my $seq = ++$self->{load_seq};
+    my $stop = "$self->{dir}/load-$seq.stop";
+    unlink $stop;
+    my @ports = @{ $o{ports} || [ $self->{port} ] };
+    my @subs = @{ $o{subs} || [] };
+    my $parent = $$;
+    my @kids;
+
+    for my $i (1 .. ($o{clients} || 2)) {
+        my $out = "$self->{dir}/load-$seq-$i.out";
+        my $pid = fork;
+        croak "fork: $!" unless defined $pid;
+
+        if ($pid == 0) {
+            my $ok = eval {
+                open my $fh, '>', $out or die "open $out: $!";
+                $fh->autoflush(1);
+                my $ua = HTTP::Tiny->new(keep_alive => 1,
+                    timeout => $o{timeout} || 10, max_redirect => 0,
+                    proxy => undef, http_proxy => undef,
+                    https_proxy => undef, agent => 'billing-load/1');
+                my $k = $i;
+                until (-e $stop || getppid() != $parent) {
+                    my $port = $ports[$k++ % @ports];
+                    my %h = %{ $o{headers} || {} };
+                    my $sub = @subs ? $subs[int rand @subs] : '-';
+                    $h{'X-Subscription-Id'} = $sub if @subs;
+                    my $res = $ua->get("http://127.0.0.1:$port$path",
+                        { headers => \%h });
+                    my $v = $o{header} ? $res->{headers}{lc $o{header}} : undef;
+                    printf $fh "%d %s %.3f %d %s\n", $res->{status}, $sub,
+                        time, $port, defined $v ? $v : '-';
+                    sleep $o{pause} if $o{pause};
+                }
+                close $fh;
+                1;
+            };
+            print STDERR $@ unless $ok;
+            POSIX::_exit($ok ? 0 : 1);
+        }
+
+        push @kids, { pid => $pid, out => $out };
+    }
+
+    return { stop => $stop, kids => \@kids, started => time };
+}
+
+# the answers a load got so far (it goes on), as load_stop returns them
+sub load_answers {
+    my ($self, $load) = @_;
+    my @answers;
+    for my $kid (@{ $load->{kids} }) {
+        open my $fh, '<', $kid->{out} or next;
+        while (my $l = <$fh>) {
+            next unless $l =~ /\n\z/;
+            my ($status, $sub, $time, $port, $value) = split ' ', $l;
+            push @answers, { status => $status, sub => $sub, time => $time,
+                port => $port, value => $value eq '-' ? undef : $value };
+        }
+        close $fh;
+    }
+    return \@answers;
+}
+
+# stops the clients of load_start, waiting for each to finish its
+# request; returns every answer: [{status, sub, time (when it came,
+# epoch seconds), port, value (the recorded header)}]
+sub load_stop {
+    my ($self, $load) = @_;
+    open my $fh, '>', $load->{stop} or croak "open $load->{stop}: $!";
+    close $fh;
+    for my $kid (@{ $load->{kids} }) {
+        my $status = _reap($kid->{pid}, 30);
+        unless (defined $status) {
+            _stop_pid($kid->{pid}, 'KILL', 1);
+            croak "load client $kid->{pid} did not stop";
+        }
+        croak "load client $kid->{pid} failed" if $status;
+    }
+    return $self->load_answers($load);
+}
+
+
+# ---------------------------------------------------------------------
 # Stripe webhooks
 
 # the secrets $t->webhook signs with by default
@@ -1196,6 +1292,23 @@ Writes the bytes as they are and reads until the server closes.
 Returns {status, headers, content, json, raw, elapsed}.
 raw_http_send($bytes) and raw_http_read($handle) are its two halves,
 to keep a request under way while doing something else.
+
+=item load_start($path, clients => 2, ports => [...], subs => [...], headers => {}, pause => 0, header => 'x-units'), load_answers($load), load_stop($load)
+
+Client processes sending GET $path in a loop (keep-alive), each
+request with an X-Subscription-Id drawn from subs, until load_stop,
+which waits for every request under way to finish and returns all the
+answers: [{status, sub, time, port, value}] (time: when the answer
+came; value: the header named by "header"). Status 599 is HTTP::Tiny's
+own failure.
+
+=item Two instances on one Redis
+
+C<< BillingTest->new(redis_port => $t1->redis_port) >> makes a second
+harness (its own directory and nginx port) that uses the first one's
+redis-server: do not call start_redis on it; freeze, stop and restart
+Redis through the first. Pass C<< redis_password => ... >> too when
+that Redis has a password.
 
 =item secrets(@whsec), webhook($body, secrets => [...], t => $time, signature => $header, headers => {}, path => ...)
 
