@@ -75,6 +75,9 @@
 
 #define NGX_HTTP_BILLING_METER_ZONE       "billing_meter"
 
+/* workers of a node the zone knows of */
+#define NGX_HTTP_BILLING_METER_PIDS       1024
+
 
 typedef struct {
     ngx_rbtree_node_t                   node;      /* key: a hash */
@@ -93,6 +96,9 @@ typedef struct {
     ngx_queue_t                         queue;
     ngx_uint_t                          entries;
     int64_t                             units;
+
+    /* the shared zone's only: the workers that run and do not exit */
+    ngx_pid_t                          *pids;
 } ngx_http_billing_counts_t;
 
 
@@ -125,6 +131,7 @@ struct ngx_http_billing_meter_s {
     int64_t                             mark;       /* 0: none */
     int64_t                             last_mark;  /* of a whole take */
     unsigned                            pending:1;
+    unsigned                            queued:1;   /* sent at least once */
 
     ngx_pool_t                         *pool;       /* the send under way */
     unsigned                            failing:1;
@@ -145,6 +152,17 @@ static ngx_http_billing_count_t *ngx_http_billing_counts_find(
 static ngx_int_t ngx_http_billing_meter_handler(ngx_http_request_t *r);
 static void ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter,
     ngx_str_t *id, time_t start, int64_t units, ngx_log_t *log);
+static ngx_int_t ngx_http_billing_meter_zone_add(
+    ngx_http_billing_meter_t *meter, ngx_str_t *id, time_t start,
+    int64_t units, uint32_t hash);
+static void ngx_http_billing_meter_overflow_add(
+    ngx_http_billing_meter_t *meter, ngx_str_t *id, time_t start,
+    int64_t units, uint32_t hash, ngx_log_t *log);
+static void ngx_http_billing_meter_give_back(ngx_http_billing_meter_t *meter);
+static ngx_uint_t ngx_http_billing_meter_others(
+    ngx_http_billing_meter_t *meter);
+static void ngx_http_billing_meter_register(ngx_http_billing_meter_t *meter,
+    ngx_uint_t on);
 static void ngx_http_billing_meter_take(ngx_http_billing_meter_t *meter);
 static u_char *ngx_http_billing_meter_take_from(
     ngx_http_billing_meter_t *meter, ngx_http_billing_counts_t *counts,
@@ -158,7 +176,7 @@ static void ngx_http_billing_meter_exit_step(ngx_http_billing_meter_t *meter);
 static void ngx_http_billing_meter_deadline(ngx_event_t *ev);
 static ngx_uint_t ngx_http_billing_meter_left(ngx_http_billing_meter_t *meter);
 static void ngx_http_billing_meter_lost(ngx_http_billing_meter_t *meter,
-    const char *why, ngx_uint_t zone);
+    const char *why, ngx_uint_t others);
 static void ngx_http_billing_meter_free_watcher(
     ngx_http_billing_meter_t *meter);
 static int ngx_libc_cdecl ngx_http_billing_meter_cmp(const void *one,
@@ -354,6 +372,13 @@ ngx_http_billing_meter_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_http_billing_counts_init(meter->sh);
 
+    meter->sh->pids = ngx_slab_calloc(meter->shpool,
+                                      NGX_HTTP_BILLING_METER_PIDS
+                                      * sizeof(ngx_pid_t));
+    if (meter->sh->pids == NULL) {
+        return NGX_ERROR;
+    }
+
     meter->shpool->log_ctx = ngx_slab_alloc(meter->shpool,
                                  sizeof(" in billing_meter zone"));
     if (meter->shpool->log_ctx == NULL) {
@@ -379,6 +404,7 @@ ngx_http_billing_counts_init(ngx_http_billing_counts_t *counts)
 
     counts->entries = 0;
     counts->units = 0;
+    counts->pids = NULL;
 }
 
 
@@ -560,17 +586,39 @@ static void
 ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_str_t *id,
     time_t start, int64_t units, ngx_log_t *log)
 {
-    size_t                      size;
-    uint32_t                    hash;
-    ngx_http_billing_count_t   *c;
-    ngx_http_billing_counts_t  *sh;
+    uint32_t  hash;
 
     if (id->len > NGX_BILLING_SUB_ID_MAX) {
         return;
     }
 
     hash = ngx_murmur_hash2(id->data, id->len) ^ (uint32_t) start;
-    size = offsetof(ngx_http_billing_count_t, id) + id->len;
+
+    if (ngx_http_billing_meter_zone_add(meter, id, start, units, hash)
+        != NGX_OK)
+    {
+        /* the zone is full: this worker keeps the count, sends it itself */
+
+        ngx_http_billing_meter_overflow_add(meter, id, start, units, hash,
+                                            log);
+    }
+
+    /* a worker that exits sends what it counts until it is gone */
+
+    if (meter->exiting && meter->pool == NULL && !meter->gave_up
+        && !meter->kick.posted)
+    {
+        ngx_post_event(&meter->kick, &ngx_posted_events);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_billing_meter_zone_add(ngx_http_billing_meter_t *meter,
+    ngx_str_t *id, time_t start, int64_t units, uint32_t hash)
+{
+    ngx_http_billing_count_t   *c;
+    ngx_http_billing_counts_t  *sh;
 
     sh = meter->sh;
 
@@ -579,37 +627,45 @@ ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_str_t *id,
     c = ngx_http_billing_counts_find(sh, id, start, hash);
 
     if (c == NULL) {
-        c = ngx_slab_alloc_locked(meter->shpool, size);
-
-        if (c) {
-            c->node.key = hash;
-            c->start = start;
-            c->units = 0;
-            c->len = (u_char) id->len;
-            ngx_memcpy(c->id, id->data, id->len);
-
-            ngx_rbtree_insert(&sh->rbtree, &c->node);
-            ngx_queue_insert_tail(&sh->queue, &c->queue);
-            sh->entries++;
+        c = ngx_slab_alloc_locked(meter->shpool,
+                                  offsetof(ngx_http_billing_count_t, id)
+                                  + id->len);
+        if (c == NULL) {
+            ngx_shmtx_unlock(&meter->shpool->mutex);
+            return NGX_DECLINED;
         }
+
+        c->node.key = hash;
+        c->start = start;
+        c->units = 0;
+        c->len = (u_char) id->len;
+        ngx_memcpy(c->id, id->data, id->len);
+
+        ngx_rbtree_insert(&sh->rbtree, &c->node);
+        ngx_queue_insert_tail(&sh->queue, &c->queue);
+        sh->entries++;
     }
 
-    if (c) {
-        c->units += units;
-        sh->units += units;
-
-        ngx_shmtx_unlock(&meter->shpool->mutex);
-        goto added;
-    }
+    c->units += units;
+    sh->units += units;
 
     ngx_shmtx_unlock(&meter->shpool->mutex);
 
-    /* the zone is full: this worker keeps the count and sends it itself */
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_billing_meter_overflow_add(ngx_http_billing_meter_t *meter,
+    ngx_str_t *id, time_t start, int64_t units, uint32_t hash,
+    ngx_log_t *log)
+{
+    ngx_http_billing_count_t  *c;
 
     c = ngx_http_billing_counts_find(&meter->overflow, id, start, hash);
 
     if (c == NULL) {
-        c = ngx_alloc(size, log);
+        c = ngx_alloc(offsetof(ngx_http_billing_count_t, id) + id->len, log);
 
         if (c == NULL) {
             ngx_log_error(NGX_LOG_CRIT, log, 0,
@@ -640,16 +696,151 @@ ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_str_t *id,
                       "bytes is full, counts wait in the worker's memory",
                       meter->shm_zone->shm.size);
     }
+}
 
-added:
 
-    /* a worker that exits sends what it counts until it is gone */
+/*
+ * A worker that gives up at exit puts back in the zone what Redis never
+ * saw, when another worker is there to send it (the new workers of a
+ * reload): only a stop loses it.
+ */
 
-    if (meter->exiting && meter->pool == NULL && !meter->gave_up
-        && !meter->kick.posted)
-    {
-        ngx_post_event(&meter->kick, &ngx_posted_events);
+static void
+ngx_http_billing_meter_give_back(ngx_http_billing_meter_t *meter)
+{
+    u_char                    *p, *last, *sp, *sp2, *nl;
+    time_t                     start;
+    off_t                      units;
+    uint32_t                   hash;
+    ngx_str_t                  id;
+    ngx_queue_t               *q, *next;
+    ngx_http_billing_count_t  *c;
+
+    if (meter->pending && !meter->queued) {
+        p = meter->buf;
+        last = meter->buf + meter->len;
+
+        while (p < last) {
+            nl = ngx_strlchr(p, last, '\n');
+            sp = ngx_strlchr(p, last, ' ');
+            sp2 = sp ? ngx_strlchr(sp + 1, last, ' ') : NULL;
+
+            if (nl == NULL || sp == NULL || sp2 == NULL || sp2 > nl) {
+                break;
+            }
+
+            id.data = p;
+            id.len = sp - p;
+            start = ngx_atotm(sp + 1, sp2 - sp - 1);
+            units = ngx_atoof(sp2 + 1, nl - sp2 - 1);
+
+            if (start != NGX_ERROR && units > 0) {
+                hash = ngx_murmur_hash2(id.data, id.len) ^ (uint32_t) start;
+
+                if (ngx_http_billing_meter_zone_add(meter, &id, start,
+                                                    units, hash)
+                    != NGX_OK)
+                {
+                    /* still this worker's, reported lost */
+                    ngx_http_billing_meter_overflow_add(meter, &id, start,
+                                                        units, hash,
+                                                        meter->log);
+                }
+            }
+
+            p = nl + 1;
+        }
+
+        meter->pending = 0;
     }
+
+    for (q = ngx_queue_head(&meter->overflow.queue);
+         q != ngx_queue_sentinel(&meter->overflow.queue);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        c = ngx_queue_data(q, ngx_http_billing_count_t, queue);
+
+        id.data = c->id;
+        id.len = c->len;
+
+        if (ngx_http_billing_meter_zone_add(meter, &id, c->start, c->units,
+                                            c->node.key)
+            != NGX_OK)
+        {
+            continue;
+        }
+
+        meter->overflow.entries--;
+        meter->overflow.units -= c->units;
+
+        ngx_queue_remove(q);
+        ngx_rbtree_delete(&meter->overflow.rbtree, &c->node);
+        ngx_free(c);
+    }
+}
+
+
+/* the workers of this node that run and do not exit, this one aside */
+
+static ngx_uint_t
+ngx_http_billing_meter_others(ngx_http_billing_meter_t *meter)
+{
+    ngx_uint_t  i, n;
+    ngx_pid_t  *pids;
+
+    n = 0;
+    pids = meter->sh->pids;
+
+    ngx_shmtx_lock(&meter->shpool->mutex);
+
+    for (i = 0; i < NGX_HTTP_BILLING_METER_PIDS; i++) {
+        if (pids[i] && pids[i] != ngx_pid
+            && (kill(pids[i], 0) == 0 || ngx_errno == NGX_EPERM))
+        {
+            n++;
+        }
+    }
+
+    ngx_shmtx_unlock(&meter->shpool->mutex);
+
+    return n;
+}
+
+
+static void
+ngx_http_billing_meter_register(ngx_http_billing_meter_t *meter,
+    ngx_uint_t on)
+{
+    ngx_uint_t  i, free;
+    ngx_pid_t  *pids;
+
+    pids = meter->sh->pids;
+    free = NGX_HTTP_BILLING_METER_PIDS;
+
+    ngx_shmtx_lock(&meter->shpool->mutex);
+
+    for (i = 0; i < NGX_HTTP_BILLING_METER_PIDS; i++) {
+
+        if (pids[i] == ngx_pid) {
+            pids[i] = 0;
+        }
+
+        /* a slot of a worker that is gone (crashed) is free again */
+
+        if (free == NGX_HTTP_BILLING_METER_PIDS
+            && (pids[i] == 0
+                || (kill(pids[i], 0) == -1 && ngx_errno == NGX_ESRCH)))
+        {
+            free = i;
+        }
+    }
+
+    if (on && free < NGX_HTTP_BILLING_METER_PIDS) {
+        pids[free] = ngx_pid;
+    }
+
+    ngx_shmtx_unlock(&meter->shpool->mutex);
 }
 
 
@@ -738,6 +929,8 @@ ngx_http_billing_meter_init_worker(ngx_cycle_t *cycle,
 
     meter->watcher = c;
 
+    ngx_http_billing_meter_register(meter, 1);
+
     ngx_add_timer(&meter->tick, bmcf->meter_flush);
 
     return NGX_OK;
@@ -747,6 +940,7 @@ ngx_http_billing_meter_init_worker(ngx_cycle_t *cycle,
 void
 ngx_http_billing_meter_exit_worker(ngx_http_billing_main_conf_t *bmcf)
 {
+    ngx_uint_t                 others;
     ngx_queue_t               *q;
     ngx_http_billing_count_t  *c;
     ngx_http_billing_meter_t  *meter;
@@ -759,10 +953,18 @@ ngx_http_billing_meter_exit_worker(ngx_http_billing_main_conf_t *bmcf)
 
     /* nginx -s stop, or a stop that found nothing to wait for */
 
+    ngx_http_billing_meter_register(meter, 0);
+
     if (!meter->gave_up
         && (meter->pending || meter->overflow.entries))
     {
-        ngx_http_billing_meter_lost(meter, "the worker exits", 0);
+        others = ngx_http_billing_meter_others(meter);
+
+        if (others) {
+            ngx_http_billing_meter_give_back(meter);
+        }
+
+        ngx_http_billing_meter_lost(meter, "the worker exits", others);
     }
 
     ngx_http_billing_meter_free_watcher(meter);
@@ -834,6 +1036,7 @@ ngx_http_billing_meter_take(ngx_http_billing_meter_t *meter)
                            - meter->flush_key.data;
 
     meter->pending = 1;
+    meter->queued = 0;
 }
 
 
@@ -878,6 +1081,7 @@ static void
 ngx_http_billing_meter_send(ngx_http_billing_meter_t *meter)
 {
     u_char                        *p;
+    ngx_uint_t                     level;
     ngx_str_t                      argv[8];
     ngx_pool_t                    *pool;
     ngx_http_billing_redis_cmd_t  *cmd;
@@ -943,7 +1147,9 @@ ngx_http_billing_meter_send(ngx_http_billing_meter_t *meter)
         if (!meter->failing) {
             meter->failing = 1;
 
-            ngx_log_error(NGX_LOG_WARN, meter->log, 0,
+            level = meter->entries ? NGX_LOG_WARN : NGX_LOG_INFO;
+
+            ngx_log_error(level, meter->log, 0,
                           "billing meter: Redis unavailable, %L units of "
                           "%ui counts wait in memory",
                           meter->units, meter->entries);
@@ -958,6 +1164,7 @@ ngx_http_billing_meter_send(ngx_http_billing_meter_t *meter)
                    meter->units, meter->mark);
 
     meter->pool = pool;
+    meter->queued = 1;
 }
 
 
@@ -965,6 +1172,8 @@ static void
 ngx_http_billing_meter_sent(void *data, redisReply *reply)
 {
     ngx_http_billing_meter_t  *meter = data;
+
+    ngx_uint_t  level;
 
     ngx_destroy_pool(meter->pool);
     meter->pool = NULL;
@@ -979,7 +1188,9 @@ ngx_http_billing_meter_sent(void *data, redisReply *reply)
                           reply->len, reply->str);
 
         } else if (!meter->failing) {
-            ngx_log_error(NGX_LOG_WARN, meter->log, 0,
+            level = meter->entries ? NGX_LOG_WARN : NGX_LOG_INFO;
+
+            ngx_log_error(level, meter->log, 0,
                           "billing meter: no answer from Redis, %L units of "
                           "%ui counts wait in memory",
                           meter->units, meter->entries);
@@ -1004,7 +1215,8 @@ ngx_http_billing_meter_sent(void *data, redisReply *reply)
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, meter->log, 0,
                    "billing meter: %V %s, %L units",
                    &meter->flush_key,
-                   reply->integer ? "applied" : "was applied before",
+                   reply->integer ? "applied"
+                   : meter->entries ? "was applied before" : "had no counts",
                    meter->units);
 
     meter->pending = 0;
@@ -1087,6 +1299,8 @@ ngx_http_billing_meter_watch(ngx_event_t *ev)
     }
 
     meter->exiting = 1;
+
+    ngx_http_billing_meter_register(meter, 0);
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, meter->log, 0,
                    "billing meter: exiting, sending what is left");
@@ -1173,6 +1387,8 @@ ngx_http_billing_meter_deadline(ngx_event_t *ev)
 {
     ngx_http_billing_meter_t  *meter = ev->data;
 
+    ngx_uint_t  others;
+
     if (!meter->pending && meter->pool == NULL
         && !ngx_http_billing_meter_left(meter))
     {
@@ -1185,21 +1401,27 @@ ngx_http_billing_meter_deadline(ngx_event_t *ev)
         ngx_del_timer(&meter->tick);
     }
 
-    ngx_http_billing_meter_lost(meter, meter->pool
-                                ? "Redis did not answer before the deadline"
-                                : "Redis could not be reached before the "
-                                  "deadline", 1);
-
     if (meter->pool) {
         ngx_destroy_pool(meter->pool);
         meter->pool = NULL;
     }
+
+    others = ngx_http_billing_meter_others(meter);
+
+    if (others) {
+        ngx_http_billing_meter_give_back(meter);
+    }
+
+    ngx_http_billing_meter_lost(meter, meter->queued
+                                ? "Redis did not answer before the deadline"
+                                : "Redis could not be reached before the "
+                                  "deadline", others);
 }
 
 
 static void
 ngx_http_billing_meter_lost(ngx_http_billing_meter_t *meter, const char *why,
-    ngx_uint_t zone)
+    ngx_uint_t others)
 {
     u_char                    *p, *last, *sp;
     int64_t                    units, zone_units;
@@ -1272,11 +1494,9 @@ ngx_http_billing_meter_lost(ngx_http_billing_meter_t *meter, const char *why,
     if (units) {
         ngx_log_error(NGX_LOG_ERR, meter->log, 0,
                       "billing meter: %s, %L units of %ui subscriptions "
-                      "are lost", why, units, subs);
-    }
-
-    if (!zone) {
-        return;
+                      "are lost%s", why, units, subs,
+                      (meter->pending && meter->queued)
+                      ? " (unless Redis ran a send it did not answer)" : "");
     }
 
     ngx_shmtx_lock(&meter->shpool->mutex);
@@ -1284,12 +1504,22 @@ ngx_http_billing_meter_lost(ngx_http_billing_meter_t *meter, const char *why,
     zone_entries = meter->sh->entries;
     ngx_shmtx_unlock(&meter->shpool->mutex);
 
-    if (zone_units) {
-        ngx_log_error(NGX_LOG_WARN, meter->log, 0,
-                      "billing meter: %s, %L units of %ui counts are left "
-                      "in the shared zone for the other workers, lost if "
-                      "nginx stops", why, zone_units, zone_entries);
+    if (zone_units == 0) {
+        return;
     }
+
+    if (others) {
+        ngx_log_error(NGX_LOG_NOTICE, meter->log, 0,
+                      "billing meter: %s, %L units of %ui counts are left "
+                      "in the shared zone for the other workers",
+                      why, zone_units, zone_entries);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, meter->log, 0,
+                  "billing meter: %s, %L units of %ui counts in the shared "
+                  "zone are lost: no running worker is left to send them",
+                  why, zone_units, zone_entries);
 }
 
 
