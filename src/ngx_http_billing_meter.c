@@ -39,6 +39,8 @@
  *     (3 x billing_redis timeout) left unsent, logged at [error] with
  *     its units and subscriptions; the client does not reconnect while
  *     the worker exits, so a connection lost then is not retried;
+ *   - a reload while Redis cannot be reached: nothing, the old workers
+ *     put back in the zone what Redis never saw, for the new ones;
  *   - nginx -s stop (SIGTERM) and a single process: no final send, the
  *     zone goes with the master; the worker logs what it held.
  *
