@@ -1012,10 +1012,10 @@ ngx_http_billing_meter_take(ngx_http_billing_meter_t *meter)
 
     ngx_shmtx_lock(&meter->shpool->mutex);
     p = ngx_http_billing_meter_take_from(meter, meter->sh, p, 1);
-    whole = ngx_queue_empty(&meter->sh->queue);
+    whole = (meter->sh->units == 0);
     ngx_shmtx_unlock(&meter->shpool->mutex);
 
-    whole = whole && ngx_queue_empty(&meter->overflow.queue);
+    whole = whole && meter->overflow.units == 0;
 
     meter->len = p - meter->buf;
 
@@ -1046,14 +1046,40 @@ static u_char *
 ngx_http_billing_meter_take_from(ngx_http_billing_meter_t *meter,
     ngx_http_billing_counts_t *counts, u_char *p, ngx_uint_t shared)
 {
+    ngx_uint_t                 n;
     ngx_queue_t               *q;
     ngx_http_billing_count_t  *c;
 
-    while (meter->entries < NGX_HTTP_BILLING_METER_BATCH
-           && !ngx_queue_empty(&counts->queue))
-    {
+    /*
+     * A count of the zone that was taken stays, empty, for one more
+     * flush, at the queue's tail: a subscription that keeps being used
+     * finds it again, which spares the request an allocation.  One that
+     * stayed empty a whole flush goes.  The overflow's counts go at once.
+     */
+
+    for (n = counts->entries; n; n--) {
         q = ngx_queue_head(&counts->queue);
         c = ngx_queue_data(q, ngx_http_billing_count_t, queue);
+
+        if (c->units == 0) {
+            counts->entries--;
+
+            ngx_queue_remove(q);
+            ngx_rbtree_delete(&counts->rbtree, &c->node);
+
+            if (shared) {
+                ngx_slab_free_locked(meter->shpool, c);
+
+            } else {
+                ngx_free(c);
+            }
+
+            continue;
+        }
+
+        if (meter->entries >= NGX_HTTP_BILLING_METER_BATCH) {
+            break;
+        }
 
         p = ngx_sprintf(p, "%*s %T %L\n", (size_t) c->len, c->id, c->start,
                         c->units);
@@ -1061,18 +1087,20 @@ ngx_http_billing_meter_take_from(ngx_http_billing_meter_t *meter,
         meter->entries++;
         meter->units += c->units;
 
-        counts->entries--;
         counts->units -= c->units;
+        c->units = 0;
+
+        if (shared) {
+            ngx_queue_remove(q);
+            ngx_queue_insert_tail(&counts->queue, q);
+            continue;
+        }
+
+        counts->entries--;
 
         ngx_queue_remove(q);
         ngx_rbtree_delete(&counts->rbtree, &c->node);
-
-        if (shared) {
-            ngx_slab_free_locked(meter->shpool, c);
-
-        } else {
-            ngx_free(c);
-        }
+        ngx_free(c);
     }
 
     return p;
@@ -1372,12 +1400,12 @@ ngx_http_billing_meter_left(ngx_http_billing_meter_t *meter)
 {
     ngx_uint_t  left;
 
-    if (meter->pending || !ngx_queue_empty(&meter->overflow.queue)) {
+    if (meter->pending || meter->overflow.units) {
         return 1;
     }
 
     ngx_shmtx_lock(&meter->shpool->mutex);
-    left = !ngx_queue_empty(&meter->sh->queue);
+    left = (meter->sh->units != 0);
     ngx_shmtx_unlock(&meter->shpool->mutex);
 
     return left;
@@ -1501,9 +1529,20 @@ ngx_http_billing_meter_lost(ngx_http_billing_meter_t *meter, const char *why,
                       ? " (unless Redis ran a send it did not answer)" : "");
     }
 
+    zone_entries = 0;
+
     ngx_shmtx_lock(&meter->shpool->mutex);
+
     zone_units = meter->sh->units;
-    zone_entries = meter->sh->entries;
+
+    for (q = ngx_queue_head(&meter->sh->queue);
+         zone_units && q != ngx_queue_sentinel(&meter->sh->queue);
+         q = ngx_queue_next(q))
+    {
+        c = ngx_queue_data(q, ngx_http_billing_count_t, queue);
+        zone_entries += (c->units != 0);
+    }
+
     ngx_shmtx_unlock(&meter->shpool->mutex);
 
     if (zone_units == 0) {
