@@ -111,6 +111,21 @@ my $HTTP = <<'EOF';
     }
 EOF
 
+# the configuration's checks
+my ($rc, $out) = $t->start_nginx($HTTP . "\n    billing_meter_zone 16k;\n",
+    nginx_test => 1, PORT2 => $PORT2, FLUSH => '1s');
+isnt $rc, 0, 'nginx -t: billing_meter_zone too small';
+like $out, qr/"billing_meter_zone" of 16384 bytes is too small/,
+    '... and says so';
+($rc, $out) = $t->start_nginx($HTTP =~ s/zone=billing:1m/zone=billing_meter:16m/r,
+    nginx_test => 1, PORT2 => $PORT2, FLUSH => '1s');
+isnt $rc, 0, 'nginx -t: a billing_cache zone named billing_meter';
+like $out, qr/zone "billing_meter" is the meter's/, '... and says so';
+($rc, $out) = $t->start_nginx($HTTP =~ s/billing_meter off;/billing_meter off; billing_meter on;/r,
+    nginx_test => 1, PORT2 => $PORT2, FLUSH => '1s');
+isnt $rc, 0, 'nginx -t: billing_meter twice';
+like $out, qr/"billing_meter" directive is duplicate/, '... and says so';
+
 $t->start_redis;
 $t->start_nginx($HTTP, workers => 2, PORT2 => $PORT2, FLUSH => '200ms');
 
