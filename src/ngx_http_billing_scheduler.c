@@ -154,6 +154,9 @@ static u_char *ngx_http_billing_run_log_handler(ngx_log_t *log, u_char *buf,
  * KEYS[1] the due set
  * ARGV[1] now, ARGV[2] how many, ARGV[3] the lease key prefix,
  * ARGV[4] this worker, ARGV[5] the lease in milliseconds
+ *
+ * What is taken is due again when its lease runs out (its worker died),
+ * and meanwhile out of the way of the others.
  */
 
 static const char  ngx_http_billing_take_lua[] =
@@ -163,6 +166,8 @@ static const char  ngx_http_billing_take_lua[] =
     "for _, id in ipairs(ids) do\n"
     "  if redis.call('SET', ARGV[3] .. id, ARGV[4], 'NX', 'PX', ARGV[5])"
     " then\n"
+    "    redis.call('ZADD', KEYS[1], 'XX',"
+    " tonumber(ARGV[1]) + math.ceil(tonumber(ARGV[5]) / 1000), id)\n"
     "    got[#got + 1] = id\n"
     "    if #got >= tonumber(ARGV[2]) then break end\n"
     "  end\n"
