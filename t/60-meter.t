@@ -1,12 +1,15 @@
-# billing_meter on one node of two workers: a unit per request answered
+# billing_meter on one node of two workers: the configuration's checks
+# (billing_meter_zone too small, a billing_cache zone with the meter's
+# name, billing_meter twice); a unit per request answered
 # below 400 with "on"; VALUE's units with $sent_http_ and
 # $upstream_http_ headers (empty, 0: nothing; not a number: nothing
 # and a warning); nothing for 4xx and 5xx answers, denied requests,
 # "billing_meter off", internal redirects to ungated locations and
 # subrequests; a subscription with no period counted under period 0;
-# every worker's mark in meter:nodes; and a graceful stop (nginx -s
-# quit) and a reload sending what a long billing_meter_flush still
-# held, the stop removing the marks.
+# every worker's mark in meter:nodes; a graceful stop (nginx -s quit)
+# and a reload sending what a long billing_meter_flush still held, the
+# stop removing the marks; and a zone too small for all the counts,
+# the rest kept and sent by the workers.
 
 use strict;
 use warnings;
@@ -262,6 +265,25 @@ is_deeply usage('h'), { $START => 3 }, 'of each subscription';
 is_deeply $t->redis_hash('billing:meter:nodes'), {},
     'and the workers removed their marks';
 unlike $t->error_log, qr/billing meter: .* lost/, 'nothing lost';
+
+# --- a full zone: the workers keep the rest in their own memory
+
+my @MANY = map { sprintf 'many-%04d', $_ } 1 .. 300;
+$t->redis('HSET', "billing:sub:$_", state => 'active',
+    period_start => $START, period => 'month') for @MANY;
+$t->start_nginx($HTTP . "\n    billing_meter_zone 32k;\n", workers => 2,
+    PORT2 => $PORT2, FLUSH => '1h');
+my $ok = 0;
+for my $sub (@MANY) {
+    $ok++ if get('/on/x', $sub)->{status} == 200;
+}
+is $ok, scalar(@MANY), 'a request for each of 300 subscriptions';
+$t->error_log_like(qr/\[warn\].*billing meter: the "billing_meter_zone" of 32768 bytes is full, counts wait in the worker's memory/,
+    'the full zone is logged');
+$t->stop_nginx;
+my @wrong = grep { (usage($_)->{$START} // 0) != 1 } @MANY;
+is scalar(@wrong), 0, 'every count was sent, from the zone or a worker'
+    or diag "wrong: @wrong[0 .. ($#wrong > 9 ? 9 : $#wrong)]";
 
 $t->done;
 done_testing;
