@@ -94,8 +94,19 @@ my $c = $t2->http('DELETE', "/billing/subscriptions/$ID",
 is $c->{status}, 200, 'cancelled under load' or diag $c->{content};
 is $c->{json}{invoice}{kind}, 'final', '... with the final invoice';
 
-sleep 1;
+sleep 1.5;
 my $answers = $t1->load_stop($load);
+
+# both nodes' gates closed within a second of the cancellation
+my $cancel = $t1->redis('HGET', "billing:sub:$ID", 'cancelled_at_ms') / 1000;
+for my $port ($t1->port, $t2->port) {
+    my @late = grep { $_->{port} == $port && $_->{status} == 200
+        && $_->{time} > $cancel + 1 } @$answers;
+    is scalar @late, 0, "node on $port: nothing served a second after the "
+        . 'cancellation';
+    ok scalar(grep { $_->{port} == $port && $_->{status} == 403 } @$answers),
+        '... refused there';
+}
 my $served = grep { $_->{status} < 400 } @$answers;
 my $refused = grep { $_->{status} == 403 } @$answers;
 my @other = grep { $_->{status} >= 400 && $_->{status} != 403 } @$answers;
