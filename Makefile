@@ -4,8 +4,9 @@
 #   make NGINX_SRC=DIR      ... against another nginx source tree
 #   make test               build and run the whole suite (prove)
 #   make test-asan          the suite against an AddressSanitizer build
-#   make test-static        API, webhook and gate tests against an nginx
-#                           built with the module in (--add-module)
+#   make test-static        API, webhook, gate, meter and cancellation
+#                           tests against an nginx built with the
+#                           module in (--add-module)
 #   make fuzz               every fuzz target for FUZZ_TIME seconds
 #   make fuzz-replay        every fuzz target once over its corpus
 #   make run                quickstart: private Redis + nginx, foreground
@@ -72,7 +73,8 @@ STATIC_PATHS := --conf-path=nginx.conf --error-log-path=stderr \
     --http-client-body-temp-path=client_body_temp \
     --http-proxy-temp-path=proxy_temp --http-fastcgi-temp-path=fastcgi_temp \
     --http-uwsgi-temp-path=uwsgi_temp --http-scgi-temp-path=scgi_temp
-STATIC_TESTS := $(wildcard t/1*.t t/2*.t t/3*.t)
+STATIC_TESTS := $(wildcard t/1*.t t/2*.t t/3*.t) t/60-meter.t t/71-cancel.t \
+                t/73-billing-e2e.t
 # set by test-static for its second make: the tree .ci/nginx-source made
 STATIC_SRC :=
 STATIC := $(BUILD)/static-$(notdir $(STATIC_SRC))

@@ -74,6 +74,7 @@ typedef struct {
     ngx_uint_t                          steps;
 
     /* the subscription, as loaded */
+    ngx_str_t                           marketplace;
     ngx_str_t                           state;
     ngx_str_t                           cancelled_from;
     ngx_str_t                           created;
@@ -143,6 +144,8 @@ static ngx_int_t ngx_http_billing_run_keys(ngx_http_billing_run_t *run,
 static ngx_int_t ngx_http_billing_run_str(ngx_http_billing_run_t *run,
     ngx_str_t *dst, redisReply *hash, const char *field);
 static int64_t ngx_http_billing_run_int(redisReply *hash, const char *field);
+static ngx_http_conf_ctx_t *ngx_http_billing_scheduler_server(
+    ngx_http_billing_main_conf_t *bmcf, ngx_str_t *marketplace);
 static ngx_msec_t ngx_http_billing_scheduler_wait_max(
     ngx_http_billing_main_conf_t *bmcf);
 static int64_t ngx_http_billing_now_ms(void);
@@ -691,7 +694,9 @@ ngx_http_billing_run_parse(ngx_http_billing_run_t *run, redisReply *sub,
     ngx_str_t      period, s;
     json_error_t   error;
 
-    if (ngx_http_billing_run_str(run, &run->state, sub, "state") != NGX_OK
+    if (ngx_http_billing_run_str(run, &run->marketplace, sub, "marketplace")
+        != NGX_OK
+        || ngx_http_billing_run_str(run, &run->state, sub, "state") != NGX_OK
         || ngx_http_billing_run_str(run, &run->cancelled_from, sub,
                                     "cancelled_from") != NGX_OK
         || ngx_http_billing_run_str(run, &run->created, sub, "created_at")
@@ -703,6 +708,17 @@ ngx_http_billing_run_parse(ngx_http_billing_run_t *run, redisReply *sub,
         || ngx_http_billing_run_str(run, &period, sub, "period") != NGX_OK
         || ngx_http_billing_run_str(run, &s, sub, "plan") != NGX_OK)
     {
+        return NGX_ERROR;
+    }
+
+    /* its invoices go with its marketplace's Stripe settings */
+
+    run->owner.conf_ctx = ngx_http_billing_scheduler_server(run->owner.bmcf,
+                                                          &run->marketplace);
+    if (run->owner.conf_ctx == NULL) {
+        ngx_log_error(NGX_LOG_ERR, &run->log, 0,
+                      "billing scheduler: no server for the marketplace "
+                      "\"%V\" of the subscription", &run->marketplace);
         return NGX_ERROR;
     }
 
@@ -1382,6 +1398,24 @@ ngx_http_billing_run_int(redisReply *hash, const char *field)
     }
 
     return ngx_atoof((u_char *) v->str, v->len);
+}
+
+
+/*
+ * The server whose Stripe settings and location a subscription's
+ * invoices use, by the marketplace recorded on it; every subscription
+ * belongs to the http-level one ("") in this version.
+ */
+
+static ngx_http_conf_ctx_t *
+ngx_http_billing_scheduler_server(ngx_http_billing_main_conf_t *bmcf,
+    ngx_str_t *marketplace)
+{
+    if (marketplace->len) {
+        return NULL;
+    }
+
+    return bmcf->timer_ctx;
 }
 
 
