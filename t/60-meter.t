@@ -8,7 +8,8 @@
 # subrequests; a subscription with no period counted under period 0;
 # every worker's mark in meter:nodes; a graceful stop (nginx -s quit)
 # and a reload sending what a long billing_meter_flush still held, the
-# stop removing the marks; and a zone too small for all the counts,
+# stop removing the marks, a request still under way at the stop
+# counted as it ends; and a zone too small for all the counts,
 # the rest kept and sent by the workers.
 
 use strict;
@@ -23,6 +24,8 @@ my $PORT2 = BillingTest::free_port();
 mkdir $t->path('www');
 mkdir $t->path('www/mirror');
 $t->write_file('www/mirror/f.txt', "mirrored\n");
+mkdir $t->path('www/slow');
+$t->write_file('www/slow/f.bin', 'x' x 60000);
 
 my $HTTP = <<'EOF';
     billing_redis 127.0.0.1:%%REDIS_PORT%% timeout=1s;
@@ -102,6 +105,11 @@ my $HTTP = <<'EOF';
         location /mirror/ {
             mirror /on/;
         }
+
+        # about 3 s to send
+        location /slow/ {
+            limit_rate 20k;
+        }
     }
 
     server {
@@ -141,7 +149,7 @@ sub active {
         period_start => $START, period => 'month', %f);
 }
 
-active($_) for qw(a b c d e f g h);
+active($_) for qw(a b c d e f g h slow);
 $t->redis('HSET', 'billing:sub:legacy', state => 'active');
 $t->redis('HSET', 'billing:sub:pending', state => 'pending',
     initial_invoice => 'in_p');
@@ -259,7 +267,16 @@ usage_is('g', { $START => 4 }, 'the old workers sent their counts as they '
     . 'exited');
 is get('/on/x', 'g')->{status}, 200, "g after the reload $_" for 1 .. 3;
 
+# a request under way when the stop begins is counted as it ends
+my $slow = $t->raw_http_send("GET /slow/f.bin HTTP/1.0\r\n"
+    . "X-Subscription-Id: slow\r\n\r\n");
+ok wait_until(sub { $t->error_log =~ m{http request line: "GET /slow/f.bin} },
+    5), 'a slow request under way';
 $t->stop_nginx;
+my $res = $t->raw_http_read($slow);
+is $res->{status}, 200, 'it was answered during the graceful stop';
+is length($res->{content} // ''), 60000, '... all of it';
+is_deeply usage('slow'), { $START => 1 }, '... and counted';
 is_deeply usage('g'), { $START => 7 }, 'a graceful stop sent the rest';
 is_deeply usage('h'), { $START => 3 }, 'of each subscription';
 is_deeply $t->redis_hash('billing:meter:nodes'), {},
