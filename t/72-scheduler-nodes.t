@@ -117,7 +117,11 @@ ok wait_until(sub {
     my $n = grep { $by->{"sub-m$_"} && $by->{"sub-m$_"}{$start + $P} } 1 .. $N;
     $n == $N }, 120), "all $N second periods invoiced, through 429s";
 
-sleep 2;
+# finalized, each (the last calls may still be backing off)
+ok wait_until(sub {
+    my $by = period_invoices();
+    !grep { $_->{status} eq 'draft' } map { @$_ } map { values %$_ }
+        values %$by }, 120), 'every period invoice finalized';
 
 my $by = period_invoices();
 my ($dups, $wrong, $open) = (0, 0, 0);
