@@ -279,7 +279,7 @@ ngx_http_billing_meter_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 ngx_int_t
 ngx_http_billing_meter_init(ngx_conf_t *cf)
 {
-    ngx_str_t                      name = ngx_string(NGX_HTTP_BILLING_METER_ZONE);
+    ngx_str_t                      name;
     ngx_http_handler_pt           *h;
     ngx_http_billing_meter_t      *meter;
     ngx_http_core_main_conf_t     *cmcf;
@@ -295,6 +295,8 @@ ngx_http_billing_meter_init(ngx_conf_t *cf)
 
     ngx_http_billing_redis_script_init(&ngx_http_billing_meter_script,
                                        ngx_http_billing_meter_lua);
+
+    ngx_str_set(&name, NGX_HTTP_BILLING_METER_ZONE);
 
     if (bmcf->meter_zone_size < 8 * ngx_pagesize) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
