@@ -1,0 +1,54 @@
+# Sourced by bench/run and bench/meter: what both need.
+#
+# wrk_rps and wrk_run expect $dir (a scratch directory) and $conns.
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
+    || perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(Listen=>1,LocalAddr=>"127.0.0.1:0")->sockport'
+}
+
+# waits for a Redis on port $1 to answer
+wait_redis() {
+    for _ in $(seq 50); do
+        redis-cli -p "$1" ping > /dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "bench: Redis on port $1 did not start" >&2
+    exit 1
+}
+
+# waits for an nginx to answer GET $1 (any status), $2 tenths of a second
+wait_http() {
+    for _ in $(seq "${2:-50}"); do
+        curl -s -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    echo "bench: $1 did not answer" >&2
+    exit 1
+}
+
+# one wrk run into $dir/wrk.out; any answer but 2xx voids the run
+wrk_run() {
+    wrk "$@" > "$dir/wrk.out"
+
+    if grep -q 'Non-2xx' "$dir/wrk.out"; then
+        echo "bench: answers other than 2xx:" >&2
+        cat "$dir/wrk.out" >&2
+        exit 1
+    fi
+}
+
+# requests per second of one wrk run of $time seconds, $conns connections
+wrk_rps() {
+    wrk_run -t1 -c"$conns" -d"${time}s" "$@"
+    awk '/^Requests\/sec:/ { print $2 }' "$dir/wrk.out"
+}
+
+median() {
+    sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+}
+
+# user + system CPU of process $1 so far, in clock ticks
+cpu_ticks() {
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
