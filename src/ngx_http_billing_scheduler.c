@@ -31,6 +31,7 @@
 #include "ngx_http_billing_scheduler.h"
 #include "ngx_http_billing_invoice.h"
 #include "ngx_http_billing_store.h"
+#include "ngx_http_billing_stripe.h"
 #include "ngx_billing_plan.h"
 
 
@@ -499,6 +500,18 @@ ngx_http_billing_scheduler_tick(ngx_event_t *ev)
     if (sched->taking || sched->running >= NGX_HTTP_BILLING_SCHED_RUNS
         || (ngx_msec_int_t) (sched->paused_until - ngx_current_msec) > 0)
     {
+        return;
+    }
+
+    /* Stripe limited a call of this worker's within the last second */
+
+    if (ngx_http_billing_stripe_limited
+        && ngx_current_msec - ngx_http_billing_stripe_limited
+           < NGX_HTTP_BILLING_SCHED_TICK)
+    {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, sched->log, 0,
+                       "billing scheduler: Stripe limits the rate, "
+                       "no new work");
         return;
     }
 

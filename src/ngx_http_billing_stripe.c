@@ -58,6 +58,9 @@ struct ngx_http_billing_stripe_attempt_s {
 };
 
 
+ngx_msec_t  ngx_http_billing_stripe_limited;
+
+
 static ngx_int_t ngx_http_billing_stripe_send(
     ngx_http_billing_stripe_call_t *call);
 static ngx_int_t ngx_http_billing_stripe_request(
@@ -574,6 +577,10 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
     ngx_log_error(NGX_LOG_INFO, call->owner.log, 0,
                   "billing stripe: %V answered %ui", &call->path,
                   call->status);
+
+    if (call->status == NGX_HTTP_TOO_MANY_REQUESTS) {
+        ngx_http_billing_stripe_limited = ngx_current_msec;
+    }
 
     if (call->status >= 200 && call->status < 300 && call->json) {
         ngx_http_billing_stripe_finish(call);
