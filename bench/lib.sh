@@ -48,7 +48,14 @@ median() {
     sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
 
-# user + system CPU of process $1 so far, in clock ticks
-cpu_ticks() {
-    awk '{ print $14 + $15 }' "/proc/$1/stat"
+# CPU time of process $1 so far, in ns: its main thread's time on a CPU
+# (/proc/PID/schedstat), or utime + stime (/proc/PID/stat, clock ticks)
+# where the kernel has no schedstat
+cpu_ns() {
+    if [ -r "/proc/$1/schedstat" ]; then
+        awk '{ print $1 }' "/proc/$1/schedstat"
+    else
+        awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f\n", ($14 + $15) * 1e9 / hz }' \
+            "/proc/$1/stat"
+    fi
 }
