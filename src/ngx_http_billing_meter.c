@@ -11,9 +11,9 @@
  *
  * Every billing_meter_flush each worker takes up to a batch of counts
  * out of the zone and its overflow into its own memory and sends them
- * in one script, which applies them only if the batch's flush id was
- * never seen (SET NX): a batch whose reply was lost is resent with the
- * same id and not counted twice.  One batch is under way per worker;
+ * in one script, which applies them only if the batch's number is above
+ * the last one Redis applied for this worker: a batch whose reply was
+ * lost is resent with the same number and not counted twice.  One batch is under way per worker;
  * until it is acknowledged, new counts wait in the zone.  The script
  * also records the worker's mark, the wall-clock time the batch was
  * taken: every count of the node that ended before it and that this
@@ -186,11 +186,18 @@ static int ngx_libc_cdecl ngx_http_billing_meter_cmp(const void *one,
 
 
 /*
- * KEYS[1] the batch's flush key, KEYS[2] the workers' marks
+ * KEYS[1] the last batch applied of each worker, KEYS[2] the workers'
+ * marks
  *
  * ARGV[1] the key prefix, ARGV[2] this worker, ARGV[3] its mark ("":
  * unchanged), ARGV[4] "1": the worker's last batch, ARGV[5] now,
- * ARGV[6] the counts, "<id> <period start> <units>\n" each
+ * ARGV[6] the counts, "<id> <period start> <units>\n" each, ARGV[7]
+ * the worker's flush id (host:pid:start), ARGV[8] the batch's number
+ *
+ * A worker sends its batches one at a time, in order, each until it is
+ * answered: a batch is new when its number is above the last applied,
+ * and one field per worker is all the de-duplication needs (a key per
+ * batch would keep 86,400 keys a day per busy worker).
  *
  * Units of a cancelled subscription put it in the scheduler's due set,
  * for one more final invoice.  The reply: 1 if the counts were applied
@@ -199,8 +206,9 @@ static int ngx_libc_cdecl ngx_http_billing_meter_cmp(const void *one,
 
 static const char  ngx_http_billing_meter_lua[] =
     "local applied = 0\n"
-    "if ARGV[6] ~= '' and redis.call('SET', KEYS[1], '1', 'NX',"
-    " 'EX', 86400) then\n"
+    "if ARGV[6] ~= '' and tonumber(redis.call('HGET', KEYS[1], ARGV[7])"
+    " or '0') < tonumber(ARGV[8]) then\n"
+    "  redis.call('HSET', KEYS[1], ARGV[7], ARGV[8])\n"
     "  applied = 1\n"
     "  local seen = {}\n"
     "  for id, s, n in string.gmatch(ARGV[6], '(%S+) (%d+) (%d+)\\n') do\n"
@@ -216,6 +224,7 @@ static const char  ngx_http_billing_meter_lua[] =
     "end\n"
     "if ARGV[4] == '1' then\n"
     "  redis.call('HDEL', KEYS[2], ARGV[2])\n"
+    "  redis.call('HDEL', KEYS[1], ARGV[7])\n"
     "elseif ARGV[3] ~= '' then\n"
     "  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])\n"
     "end\n"
@@ -872,7 +881,11 @@ ngx_http_billing_meter_init_worker(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
-    /* host:pid, and the flush key "<prefix>flush:host:pid:start:seq" */
+    /*
+     * host:pid, and the batch's name "<prefix>flush:host:pid:start:seq":
+     * the flush id host:pid:start and the number in the script, the
+     * whole in log lines
+     */
 
     p = ngx_pnalloc(cycle->pool, cycle->hostname.len + NGX_INT64_LEN + 1);
     if (p == NULL) {
@@ -1114,7 +1127,8 @@ ngx_http_billing_meter_send(ngx_http_billing_meter_t *meter)
 {
     u_char                        *p;
     ngx_uint_t                     level;
-    ngx_str_t                      argv[8];
+    size_t                         off;
+    ngx_str_t                      argv[10];
     ngx_pool_t                    *pool;
     ngx_http_billing_redis_cmd_t  *cmd;
     ngx_http_billing_main_conf_t  *bmcf;
@@ -1126,18 +1140,30 @@ ngx_http_billing_meter_send(ngx_http_billing_meter_t *meter)
         return;
     }
 
-    p = ngx_pnalloc(pool, bmcf->redis_conf->prefix.len + sizeof("meter:nodes")
+    p = ngx_pnalloc(pool, 2 * bmcf->redis_conf->prefix.len
+                          + sizeof("meter:nodes") + sizeof("meter:flushed")
                           + 2 * NGX_INT64_LEN);
     if (p == NULL) {
         ngx_destroy_pool(pool);
         return;
     }
 
-    argv[0] = meter->flush_key;
+    argv[0].data = p;
+    p = ngx_sprintf(p, "%Vmeter:flushed", &bmcf->redis_conf->prefix);
+    argv[0].len = p - argv[0].data;
 
     argv[1].data = p;
     p = ngx_sprintf(p, "%Vmeter:nodes", &bmcf->redis_conf->prefix);
     argv[1].len = p - argv[1].data;
+
+    /* "<prefix>flush:" <flush id> ":" <number> */
+
+    off = bmcf->redis_conf->prefix.len + sizeof("flush:") - 1;
+
+    argv[8].data = meter->flush_key.data + off;
+    argv[8].len = meter->flush_prefix - off - 1;
+    argv[9].data = meter->flush_key.data + meter->flush_prefix;
+    argv[9].len = meter->flush_key.len - meter->flush_prefix;
 
     argv[2] = bmcf->redis_conf->prefix;
     argv[3] = meter->worker;
@@ -1165,7 +1191,7 @@ ngx_http_billing_meter_send(ngx_http_billing_meter_t *meter)
     argv[7].len = meter->len;
 
     cmd = ngx_http_billing_redis_eval(bmcf->redis,
-                                      &ngx_http_billing_meter_script, 2, 8,
+                                      &ngx_http_billing_meter_script, 2, 10,
                                       argv, ngx_http_billing_meter_sent,
                                       meter);
 

@@ -37,6 +37,8 @@
 #define NGX_HTTP_BILLING_REDIS_BUF          16384
 
 
+static ngx_uint_t ngx_http_billing_redis_may_connect(
+    ngx_http_billing_redis_t *rd);
 static ngx_int_t ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd);
 static void ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd);
 static ngx_uint_t ngx_http_billing_redis_handshaking(
@@ -144,13 +146,30 @@ ngx_http_billing_redis_subscribe(ngx_http_billing_redis_t *rd,
 }
 
 
+/*
+ * A worker that stops gracefully still sends what it must (the meter's
+ * last counts): its command connection may connect again, within the
+ * time the meter holds the worker for; the subscription has no more use.
+ */
+
+static ngx_uint_t
+ngx_http_billing_redis_may_connect(ngx_http_billing_redis_t *rd)
+{
+    if (ngx_terminate) {
+        return 0;
+    }
+
+    return !((ngx_exiting || ngx_quit) && rd->channel.len);
+}
+
+
 void
 ngx_http_billing_redis_connect(ngx_http_billing_redis_t *rd)
 {
     ngx_int_t          rc;
     ngx_connection_t  *c;
 
-    if (ngx_exiting || ngx_terminate || ngx_quit) {
+    if (!ngx_http_billing_redis_may_connect(rd)) {
         return;
     }
 
@@ -752,7 +771,7 @@ ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd, ngx_uint_t level,
         rd->on_state(rd->data, 0);
     }
 
-    if (!(ngx_exiting || ngx_terminate || ngx_quit)) {
+    if (ngx_http_billing_redis_may_connect(rd)) {
         if (rd->reconnect.timer_set) {
             ngx_del_timer(&rd->reconnect);
         }

@@ -66,9 +66,12 @@ ok wait_until(sub {
     $n >= 2;
 }, 10), 'both workers sent again after the thaw';
 
+# each batch is named by its worker's flush id and its number, the
+# script's last two arguments
 my %sets;
-$sets{$_}++ for map { /"SET" "(billing:flush:[^"]+)"/ ? $1 : () }
-    $t->monitor_lines($mon, qr/"SET" "billing:flush:/);
+$sets{$_}++ for map { /"billing:meter:flushed" .* "([^"]+)" "(\d+)"\s*$/
+                      ? "$1 $2" : () }
+    $t->monitor_lines($mon, qr/"(?i:evalsha|eval)" .*"billing:meter:flushed"/);
 $mon->close;
 my @again = grep { $sets{$_} > 1 } keys %sets;
 ok @again, 'a flush Redis ran during the freeze was sent again ('
