@@ -13,8 +13,9 @@
  * out of the zone and its overflow into its own memory and sends them
  * in one script, which applies them only if the batch's number is above
  * the last one Redis applied for this worker: a batch whose reply was
- * lost is resent with the same number and not counted twice.  One batch is under way per worker;
- * until it is acknowledged, new counts wait in the zone.  The script
+ * lost is resent with the same number and not counted twice.  One
+ * batch is under way per worker; until it is acknowledged, new counts
+ * wait in the zone.  The script
  * also records the worker's mark, the wall-clock time the batch was
  * taken: every count of the node that ended before it and that this
  * worker took is in Redis (the scheduler's final invoices wait for the
