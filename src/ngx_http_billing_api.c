@@ -557,6 +557,7 @@ ngx_http_billing_api_issued(void *data,
     switch (result->rc) {
 
     case NGX_OK:
+    case NGX_HTTP_CONFLICT:     /* cancelled meanwhile: as it is now */
         if (ngx_http_billing_api_read(r) != NGX_OK) {
             ngx_http_billing_api_unavailable(r);
         }
@@ -772,11 +773,16 @@ ngx_http_billing_api_cancelled(void *data, redisReply *reply)
         }
 
         if (ctx->invoice.len == 0
-            || (reply->element[2]->type == REDIS_REPLY_STRING
-                && reply->element[2]->len == 4
+            || reply->element[2]->type != REDIS_REPLY_STRING
+            || reply->element[2]->len == 0
+            || (reply->element[2]->len == 4
                 && ngx_strncmp(reply->element[2]->str, "void", 4) == 0))
         {
-            /* nothing to void */
+            /*
+             * Nothing to void: no first invoice, a draft (the job making
+             * it finalizes nothing once it sees the cancellation), or
+             * void already.
+             */
 
             if (ngx_http_billing_store_cancel(&ctx->owner, &ctx->id, 1,
                                               ngx_http_billing_api_cancelled,

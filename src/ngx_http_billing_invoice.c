@@ -65,6 +65,7 @@ struct ngx_http_billing_invoice_job_s {
     ngx_event_t                          done;
 
     unsigned                             detached:1;
+    unsigned                             checked:1;  /* not cancelled */
 };
 
 
@@ -99,6 +100,7 @@ static void ngx_http_billing_invoice_item_stored(void *data,
 static void ngx_http_billing_invoice_finalized(
     ngx_http_billing_stripe_call_t *call);
 static void ngx_http_billing_invoice_recorded(void *data, redisReply *reply);
+static void ngx_http_billing_invoice_checked(void *data, redisReply *reply);
 static ngx_int_t ngx_http_billing_invoice_string(ngx_pool_t *pool,
     ngx_str_t *dst, redisReply *reply);
 static void ngx_http_billing_invoice_stripe_failed(
@@ -352,7 +354,7 @@ ngx_http_billing_invoice_next(ngx_http_billing_invoice_job_t *job)
 {
     u_char                           *buf;
     ngx_int_t                         rc;
-    ngx_str_t                         path, *name;
+    ngx_str_t                         path, *name, argv[3];
     ngx_uint_t                        i;
     ngx_billing_form_t                form;
     ngx_http_billing_invoice_item_t  *item;
@@ -449,6 +451,30 @@ ngx_http_billing_invoice_next(ngx_http_billing_invoice_job_t *job)
 
             rc = ngx_http_billing_invoice_stripe(job, &form, &path, NULL,
                                                  name);
+
+        } else if (!job->checked && job->spec.kind.len == 7
+                   && ngx_strncmp(job->spec.kind.data, "initial", 7) == 0)
+        {
+            /*
+             * A first invoice is finalized (and so sent to be paid) only
+             * if its subscription was not cancelled while it was made.
+             */
+
+            ngx_str_set(&argv[0], "HGET");
+            ngx_str_set(&argv[2], "state");
+
+            rc = ngx_http_billing_store_key(&job->owner, &argv[1], "sub:",
+                                            &job->spec.subscription, NULL);
+            if (rc == NGX_OK) {
+                rc = ngx_http_billing_store_run(&job->owner, NULL, 0, 3, argv,
+                                            ngx_http_billing_invoice_checked,
+                                            job);
+            }
+
+            if (rc != NGX_OK) {
+                ngx_http_billing_invoice_unavailable(job);
+                return;
+            }
 
         } else {
             path.len = sizeof("/v1/invoices//finalize") - 1
@@ -834,6 +860,32 @@ ngx_http_billing_invoice_recorded(void *data, redisReply *reply)
     }
 
     ngx_http_billing_invoice_finish(job, NGX_OK);
+}
+
+
+static void
+ngx_http_billing_invoice_checked(void *data, redisReply *reply)
+{
+    ngx_http_billing_invoice_job_t  *job = data;
+
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_billing_invoice_unavailable(job);
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_STRING && reply->len == 9
+        && ngx_strncmp(reply->str, "cancelled", 9) == 0)
+    {
+        ngx_log_error(NGX_LOG_INFO, &job->log, 0,
+                      "billing invoice: the subscription was cancelled, "
+                      "%V stays a draft", &job->invoice);
+        ngx_http_billing_invoice_finish(job, NGX_HTTP_CONFLICT);
+        return;
+    }
+
+    job->checked = 1;
+
+    ngx_http_billing_invoice_next(job);
 }
 
 

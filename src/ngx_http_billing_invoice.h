@@ -49,7 +49,11 @@ typedef struct {
 } ngx_http_billing_invoice_result_t;
 
 
-/* rc: NGX_OK, NGX_HTTP_BAD_GATEWAY (Stripe), or 503 (Redis) */
+/*
+ * rc: NGX_OK, NGX_HTTP_BAD_GATEWAY (Stripe), 503 (Redis), or 409 (a
+ * first invoice whose subscription was cancelled before it was
+ * finalized: it stays a draft)
+ */
 typedef void (*ngx_http_billing_invoice_done_pt)(void *data,
     ngx_http_billing_invoice_result_t *result);
 

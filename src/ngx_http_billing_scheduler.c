@@ -58,10 +58,12 @@ struct ngx_http_billing_scheduler_s {
     ngx_event_t                         tick;
     ngx_log_t                          *log;
     ngx_str_t                           worker;     /* host:pid */
+    ngx_uint_t                          serial;     /* of lease tokens */
     ngx_uint_t                          running;
     ngx_msec_t                          paused_until;
     ngx_msec_t                          pause;
     ngx_pool_t                         *taking;     /* a take under way */
+    ngx_str_t                           token;      /* its leases' */
 };
 
 
@@ -71,6 +73,7 @@ typedef struct {
     ngx_http_billing_owner_t            owner;
     ngx_http_billing_scheduler_t       *sched;
     ngx_str_t                           id;
+    ngx_str_t                           token;      /* its lease's */
     ngx_event_t                         wait;
     ngx_uint_t                          steps;
 
@@ -112,6 +115,7 @@ typedef struct {
     ngx_http_billing_scheduler_t       *sched;
     ngx_http_billing_owner_t            owner;
     ngx_str_t                           id;
+    ngx_str_t                           token;
 } ngx_http_billing_lease_t;
 
 
@@ -121,7 +125,9 @@ static void ngx_http_billing_scheduler_tick(ngx_event_t *ev);
 static void ngx_http_billing_scheduler_taken(void *data, redisReply *reply);
 static void ngx_http_billing_scheduler_leased(void *data, redisReply *reply);
 static void ngx_http_billing_run_start(ngx_http_billing_scheduler_t *sched,
-    ngx_str_t *id);
+    ngx_str_t *id, ngx_str_t *token);
+static ngx_int_t ngx_http_billing_scheduler_token(
+    ngx_http_billing_scheduler_t *sched, ngx_pool_t *pool, ngx_str_t *token);
 static void ngx_http_billing_run_load(ngx_http_billing_run_t *run);
 static void ngx_http_billing_run_wait(ngx_event_t *ev);
 static void ngx_http_billing_run_loaded(void *data, redisReply *reply);
@@ -179,9 +185,22 @@ static const char  ngx_http_billing_take_lua[] =
     "return got\n";
 
 
-/* KEYS[1] the subscription, KEYS[2] the meter's marks */
+/*
+ * KEYS[1] the subscription, KEYS[2] the meter's marks, KEYS[3] the
+ * lease, KEYS[4] the due set
+ *
+ * ARGV[1] the run's lease token, ARGV[2] the lease in milliseconds,
+ * ARGV[3] now, ARGV[4] the id
+ *
+ * Each step renews the lease, so that a long run keeps it; a run that
+ * lost it (it ran out, another took it) stops: "lost".
+ */
 
 static const char  ngx_http_billing_load_lua[] =
+    "if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 'lost' end\n"
+    "redis.call('PEXPIRE', KEYS[3], ARGV[2])\n"
+    "redis.call('ZADD', KEYS[4], 'XX',"
+    " tonumber(ARGV[3]) + math.ceil(tonumber(ARGV[2]) / 1000), ARGV[4])\n"
     "local s = redis.call('HGETALL', KEYS[1])\n"
     "if #s == 0 then return false end\n"
     "return { s, redis.call('HGETALL', KEYS[2]) }\n";
@@ -189,8 +208,10 @@ static const char  ngx_http_billing_load_lua[] =
 
 /*
  * Freezes an invoice's parameters, once: the units of the periods that
- * started before ARGV[3] and are not billed yet are marked billed and
- * recorded with it.
+ * started before ARGV[3] and are not billed yet are recorded with it,
+ * and leave the usage (a unit that comes later for such a period starts
+ * its field again, unbilled).  The subscription names the record until
+ * the invoice is finalized: until then it is never dropped from "due".
  *
  * KEYS[1] the subscription, KEYS[2] the invoice's record, KEYS[3] the
  * usage (period start -> units), KEYS[4] what of it is billed
@@ -223,11 +244,15 @@ static const char  ngx_http_billing_freeze_lua[] =
     "    local b = tonumber(redis.call('HGET', KEYS[4], u[i]) or '0')\n"
     "    if n > b then\n"
     "      q = q + n - b\n"
-    "      redis.call('HSET', KEYS[4], u[i], u[i + 1])\n"
+    "    end\n"
+    "    if n >= b then\n"
+    "      redis.call('HDEL', KEYS[3], u[i])\n"
+    "      redis.call('HDEL', KEYS[4], u[i])\n"
     "    end\n"
     "  end\n"
     "end\n"
     "if ARGV[9] == '1' and q == 0 then return 'nothing' end\n"
+    "redis.call('HSET', KEYS[1], 'frozen', KEYS[2])\n"
     "redis.call('HSET', KEYS[2], 'kind', ARGV[1], 'seq', ARGV[2],"
     " 'units', string.format('%.0f', q), 'period_start', ARGV[4],"
     " 'period_end', ARGV[5], 'base_start', ARGV[6], 'base_end', ARGV[7],"
@@ -247,7 +272,7 @@ static const char  ngx_http_billing_issued_lua[] =
     " < tonumber(ARGV[2]) then\n"
     "  redis.call('HSET', KEYS[1], f, ARGV[2])\n"
     "end\n"
-    "redis.call('HDEL', KEYS[1], 'retries')\n"
+    "redis.call('HDEL', KEYS[1], 'retries', 'frozen')\n"
     "redis.call('DEL', KEYS[2])\n"
     "return 1\n";
 
@@ -259,15 +284,25 @@ static const char  ngx_http_billing_issued_lua[] =
  * KEYS[4] its usage, KEYS[5] what of it is billed
  *
  * ARGV[1] when ("": no more work, unless units are still to be billed,
- * which then wait ARGV[5] seconds), ARGV[2] the id, ARGV[3] this worker,
- * ARGV[4] "1" after a failure, ARGV[6] now
+ * which then wait ARGV[5] seconds), ARGV[2] the id, ARGV[3] the run's
+ * lease token, ARGV[4] "1" after a failure, ARGV[6] now, ARGV[7] the
+ * state the run decided on
+ *
+ * A subscription whose state changed since (a cancellation) is due now;
+ * one with an invoice frozen and not finalized is never dropped.
  */
 
 static const char  ngx_http_billing_park_lua[] =
     "if ARGV[4] == '1' then\n"
     "  redis.call('HINCRBY', KEYS[3], 'retries', 1)\n"
     "end\n"
-    "if ARGV[1] ~= '' then\n"
+    "local state = redis.call('HGET', KEYS[3], 'state')\n"
+    "if state and state ~= ARGV[7] then\n"
+    "  redis.call('ZADD', KEYS[1], ARGV[6], ARGV[2])\n"
+    "elseif ARGV[1] == '' and"
+    " redis.call('HEXISTS', KEYS[3], 'frozen') == 1 then\n"
+    "  redis.call('ZADD', KEYS[1], tonumber(ARGV[6]) + 60, ARGV[2])\n"
+    "elseif ARGV[1] ~= '' then\n"
     "  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])\n"
     "else\n"
     "  local left = false\n"
@@ -400,7 +435,8 @@ ngx_http_billing_scheduler_kick(ngx_http_billing_main_conf_t *bmcf,
     sched = bmcf->sched;
 
     if (sched == NULL || sched->running >= NGX_HTTP_BILLING_SCHED_RUNS
-        || ngx_exiting)
+        || ngx_exiting
+        || (ngx_msec_int_t) (sched->paused_until - ngx_current_msec) > 0)
     {
         /* another worker or node takes it from the due set */
         return NGX_DECLINED;
@@ -426,8 +462,15 @@ ngx_http_billing_scheduler_kick(ngx_http_billing_main_conf_t *bmcf,
     lease->id.data = ngx_pstrdup(pool, id);
     lease->id.len = id->len;
 
+    if (ngx_http_billing_scheduler_token(sched, pool, &lease->token)
+        != NGX_OK)
+    {
+        ngx_destroy_pool(pool);
+        return NGX_ERROR;
+    }
+
     ngx_str_set(&argv[0], "SET");
-    argv[2] = sched->worker;
+    argv[2] = lease->token;
     ngx_str_set(&argv[3], "NX");
     ngx_str_set(&argv[4], "PX");
 
@@ -463,11 +506,32 @@ ngx_http_billing_scheduler_leased(void *data, redisReply *reply)
     sched = lease->sched;
     sched->running--;
 
-    if (reply && reply->type == REDIS_REPLY_STATUS) {
-        ngx_http_billing_run_start(sched, &lease->id);
+    if (reply && reply->type == REDIS_REPLY_STATUS && !ngx_exiting) {
+        ngx_http_billing_run_start(sched, &lease->id, &lease->token);
     }
 
     ngx_destroy_pool(lease->owner.pool);
+}
+
+
+/* host:pid:n, new for each take: a run gives back only its own lease */
+
+static ngx_int_t
+ngx_http_billing_scheduler_token(ngx_http_billing_scheduler_t *sched,
+    ngx_pool_t *pool, ngx_str_t *token)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, sched->worker.len + 1 + NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    token->data = p;
+    token->len = ngx_sprintf(p, "%V:%ui", &sched->worker, ++sched->serial)
+                 - p;
+
+    return NGX_OK;
 }
 
 
@@ -525,7 +589,14 @@ ngx_http_billing_scheduler_tick(ngx_event_t *ev)
     o.bmcf = bmcf;
     o.conf_ctx = bmcf->timer_ctx;
 
-    argv[4] = sched->worker;
+    if (ngx_http_billing_scheduler_token(sched, pool, &sched->token)
+        != NGX_OK)
+    {
+        ngx_destroy_pool(pool);
+        return;
+    }
+
+    argv[4] = sched->token;
 
     if (ngx_http_billing_store_key(&o, &argv[0], "due", NULL, NULL) != NGX_OK
         || ngx_http_billing_store_num(&o, &argv[1], ngx_time()) != NGX_OK
@@ -573,7 +644,12 @@ ngx_http_billing_scheduler_taken(void *data, redisReply *reply)
             id.data = (u_char *) e->str;
             id.len = e->len;
 
-            ngx_http_billing_run_start(sched, &id);
+            if (ngx_exiting) {
+                /* the leases run out; others take them then */
+                break;
+            }
+
+            ngx_http_billing_run_start(sched, &id, &sched->token);
         }
 
     } else if (reply && reply->type == REDIS_REPLY_ERROR) {
@@ -588,7 +664,8 @@ ngx_http_billing_scheduler_taken(void *data, redisReply *reply)
 
 
 static void
-ngx_http_billing_run_start(ngx_http_billing_scheduler_t *sched, ngx_str_t *id)
+ngx_http_billing_run_start(ngx_http_billing_scheduler_t *sched, ngx_str_t *id,
+    ngx_str_t *token)
 {
     ngx_pool_t              *pool;
     ngx_http_billing_run_t  *run;
@@ -621,6 +698,14 @@ ngx_http_billing_run_start(ngx_http_billing_scheduler_t *sched, ngx_str_t *id)
 
     run->id.len = id->len;
 
+    run->token.data = ngx_pstrdup(pool, token);
+    if (run->token.data == NULL) {
+        ngx_destroy_pool(pool);
+        return;
+    }
+
+    run->token.len = token->len;
+
     run->owner.pool = pool;
     run->owner.log = &run->log;
     run->owner.bmcf = sched->bmcf;
@@ -642,7 +727,16 @@ ngx_http_billing_run_start(ngx_http_billing_scheduler_t *sched, ngx_str_t *id)
 static void
 ngx_http_billing_run_load(ngx_http_billing_run_t *run)
 {
-    ngx_str_t  argv[2];
+    ngx_str_t  argv[8];
+
+    if (ngx_exiting) {
+        /* the lease given back: another worker goes on at once */
+        ngx_http_billing_run_park(run, ngx_time(), 0);
+        return;
+    }
+
+    argv[4] = run->token;
+    argv[7] = run->id;
 
     if (ngx_http_billing_store_key(&run->owner, &argv[0], "sub:", &run->id,
                                    NULL)
@@ -650,8 +744,19 @@ ngx_http_billing_run_load(ngx_http_billing_run_t *run)
         || ngx_http_billing_store_key(&run->owner, &argv[1], "meter:nodes",
                                       NULL, NULL)
            != NGX_OK
+        || ngx_http_billing_store_key(&run->owner, &argv[2], "lease:",
+                                      &run->id, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_key(&run->owner, &argv[3], "due", NULL,
+                                      NULL)
+           != NGX_OK
+        || ngx_http_billing_store_num(&run->owner, &argv[5],
+                           ngx_http_billing_scheduler_lease(run->owner.bmcf))
+           != NGX_OK
+        || ngx_http_billing_store_num(&run->owner, &argv[6], ngx_time())
+           != NGX_OK
         || ngx_http_billing_store_run(&run->owner,
-                                      &ngx_http_billing_load_script, 2, 2,
+                                      &ngx_http_billing_load_script, 4, 8,
                                       argv, ngx_http_billing_run_loaded, run)
            != NGX_OK)
     {
@@ -680,8 +785,18 @@ ngx_http_billing_run_loaded(void *data, redisReply *reply)
         return;
     }
 
+    if (reply->type == REDIS_REPLY_STATUS || reply->type == REDIS_REPLY_STRING)
+    {
+        /* the lease ran out and another run has the subscription */
+        ngx_log_error(NGX_LOG_WARN, &run->log, 0,
+                      "billing scheduler: the lease was lost, stopped");
+        ngx_http_billing_run_end(run);
+        return;
+    }
+
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
         /* gone */
+        ngx_str_set(&run->state, "");
         ngx_http_billing_run_park(run, -1, 0);
         return;
     }
@@ -689,7 +804,9 @@ ngx_http_billing_run_loaded(void *data, redisReply *reply)
     if (ngx_http_billing_run_parse(run, reply->element[0], reply->element[1])
         != NGX_OK)
     {
-        ngx_http_billing_run_park(run, -1, 0);
+        /* looked at again later: a later version may know what to do */
+        ngx_http_billing_run_park(run, ngx_time()
+                                       + NGX_HTTP_BILLING_SCHED_RETRY_MAX, 1);
         return;
     }
 
@@ -878,8 +995,10 @@ ngx_http_billing_run_decide(ngx_http_billing_run_t *run)
     ps = ngx_billing_period_bound(&run->period, run->start,
                                   (uint64_t) run->billed);
 
-    if (ngx_strncmp(run->state.data, "active", run->state.len) == 0
-        && run->state.len == sizeof("active") - 1)
+    if ((run->state.len == sizeof("active") - 1
+         && ngx_strncmp(run->state.data, "active", run->state.len) == 0)
+        || (run->state.len == sizeof("past_due") - 1
+            && ngx_strncmp(run->state.data, "past_due", run->state.len) == 0))
     {
         if (end + bmcf->invoice_delay > now) {
             ngx_http_billing_run_park(run, end + bmcf->invoice_delay, 0);
@@ -1197,8 +1316,9 @@ ngx_http_billing_run_issued(void *data,
         }
 
         ngx_http_billing_run_park(run, ngx_time()
-                                  + ngx_min((int64_t) 1 << ngx_min(run->retries,
-                                                                   9),
+                                  + ngx_min((int64_t) 1
+                                            << ngx_min(ngx_max(run->retries,
+                                                               0), 9),
                                             NGX_HTTP_BILLING_SCHED_RETRY_MAX),
                                   1);
         return;
@@ -1249,7 +1369,7 @@ static void
 ngx_http_billing_run_park(ngx_http_billing_run_t *run, int64_t when,
     ngx_uint_t failed)
 {
-    ngx_str_t                      argv[11];
+    ngx_str_t                      argv[12];
     ngx_http_billing_main_conf_t  *bmcf;
 
     bmcf = run->owner.bmcf;
@@ -1265,7 +1385,8 @@ ngx_http_billing_run_park(ngx_http_billing_run_t *run, int64_t when,
     }
 
     argv[6] = run->id;
-    argv[7] = run->sched->worker;
+    argv[7] = run->token;
+    argv[11] = run->state;
 
     if (failed) {
         ngx_str_set(&argv[8], "1");
@@ -1289,7 +1410,7 @@ ngx_http_billing_run_park(ngx_http_billing_run_t *run, int64_t when,
         || ngx_http_billing_store_num(&run->owner, &argv[10], ngx_time())
            != NGX_OK
         || ngx_http_billing_store_run(&run->owner,
-                                      &ngx_http_billing_park_script, 5, 11,
+                                      &ngx_http_billing_park_script, 5, 12,
                                       argv, ngx_http_billing_run_parked, run)
            != NGX_OK)
     {

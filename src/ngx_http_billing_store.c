@@ -31,7 +31,8 @@
  * ARGV[14] invoice id, ARGV[15] now, ARGV[16] the scheduler's set
  *
  * A subscription that becomes active starts its first metering period
- * now, and the scheduler is told to look at it.
+ * now, and the scheduler is told to look at it.  One claimed before 0.4
+ * (no "period") had its period start set at the claim: it starts now.
  */
 
 static const char  ngx_http_billing_invoice_lua[] =
@@ -66,10 +67,18 @@ static const char  ngx_http_billing_invoice_lua[] =
     "      redis.call('HSET', KEYS[2], 'state', ARGV[11],"
     " 'updated_at', ARGV[15])\n"
     "      if ARGV[11] == 'active' then\n"
-    "        if redis.call('HSETNX', KEYS[2], 'period_start', ARGV[15])"
-    " == 1 then\n"
-    "          redis.call('ZADD', ARGV[16], ARGV[15], ARGV[5])\n"
+    "        if redis.call('HEXISTS', KEYS[2], 'period') == 0 then\n"
+    "          local ok, plan = pcall(cjson.decode,"
+    " redis.call('HGET', KEYS[2], 'plan') or '')\n"
+    "          if ok and type(plan) == 'table' and plan.metering_period"
+    " then\n"
+    "            redis.call('HSET', KEYS[2], 'period_start', ARGV[15],"
+    " 'period', tostring(plan.metering_period))\n"
+    "          end\n"
+    "        else\n"
+    "          redis.call('HSETNX', KEYS[2], 'period_start', ARGV[15])\n"
     "        end\n"
+    "        redis.call('ZADD', ARGV[16], 'NX', ARGV[15], ARGV[5])\n"
     "      end\n"
     "      state = ARGV[11]\n"
     "      moved = 1\n"

@@ -174,6 +174,13 @@ is $inv2->{metadata}{billing_period_start}, $start + $P,
 is $usage && $usage->{quantity}, 3, '... units that came late for the '
     . 'first period are billed on the next invoice, once';
 
+# what is billed leaves the usage hash: it does not grow with the periods
+{
+    my $u = $t->redis_hash('billing:usage:sub-p1');
+    ok !grep({ $_ < $start + $P } keys %$u),
+        'the usage of invoiced periods is gone from Redis' or diag explain $u;
+}
+
 # GET: the invoices, the current period
 my $g = api('GET', 'subscriptions/sub-p1');
 is $g->{status}, 200, 'GET: 200';
@@ -261,6 +268,28 @@ for my $step (['POST', '^/v1/invoices$'], ['POST', '^/v1/invoiceitems$'],
     my @q = map { my ($u) = usage_item($_); $u->{quantity} } @new;
     is "@q", '2 4', '... each with its own units';
     check_invoices('sub-down', $st, 'sub-down');
+}
+
+# a subscription claimed before 0.4 (its period start set at the claim,
+# no "period"): activated, its periods start then, and it is scheduled
+{
+    my $plan = '{"base_price":1500,"currency":"usd","days_until_due":30,'
+        . '"metering_period":"4","unit":"request","unit_price":"0.25"}';
+    $t->redis('HSET', 'billing:sub:sub-old', id => 'sub-old',
+        state => 'pending', consumer_org => 'org-old',
+        email => 'ops@old.test', name => 'Old', plan => $plan,
+        created_at => time - 86400, period_start => time - 86400,
+        period_end => time + 86400, initial_invoice => 'in_oldoldold');
+    my $w = $t->webhook(invoice_event(type => 'invoice.paid',
+        invoice_id => 'in_oldoldold', subscription => 'sub-old',
+        kind => 'initial'));
+    is $w->{status}, 200, 'a subscription of 0.3: paid';
+    my $h = $t->redis_hash('billing:sub:sub-old');
+    is $h->{state}, 'active', '... active';
+    ok abs($h->{period_start} - time) < 3, '... its periods start now';
+    is $h->{period}, '4', '... its period from the plan';
+    ok wait_until(sub { @{ period_invoices('sub-old') } >= 1 }, 20),
+        '... and its first period is invoiced';
 }
 
 # every period of every subscription so far: once

@@ -10,6 +10,7 @@ use strict;
 use warnings;
 
 use JSON::PP;
+use POSIX ();
 use Test::More;
 use Time::HiRes qw(time sleep);
 
@@ -258,6 +259,42 @@ is "@kinds", 'final initial period', '... all three invoices';
     my $again = api('DELETE', 'subscriptions/sub-p');
     is $again->{status}, 200, 'repeat: 200';
     is scalar @{ $s->requests }, $n, '... nothing at Stripe';
+}
+
+
+# ---------------------------------------------------------------------
+# pending, cancelled while its first invoice is being made: that
+# invoice is never finalized (nothing to pay for a cancelled one)
+
+{
+    $s->fail(method => 'POST', path => '^/v1/invoiceitems$', delay => 0.8,
+        times => 1);
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        my $r = api('POST', 'subscriptions',
+            subscription_request('sub-race', 'org-race',
+                                 metering_period => "$P"));
+        $t->write_file('race.status', $r->{status} . ' '
+            . ($r->{json}{state} // ''));
+        POSIX::_exit(0);
+    }
+    ok wait_until(sub {
+        grep { $_->{path} eq '/v1/invoiceitems'
+            && ($_->{params}{'metadata[billing_subscription]'} // '') eq ''
+            && defined $_->{time} } @{ $s->requests };
+        $t->redis('HGET', 'billing:sub:sub-race', 'initial_invoice') }, 10),
+        'a first invoice is being made';
+    my $d = api('DELETE', 'subscriptions/sub-race');
+    is $d->{status}, 200, 'DELETE meanwhile: 200' or diag $d->{content};
+    is $d->{json}{state}, 'cancelled', '... cancelled';
+    waitpid $pid, 0;
+    like $t->read_file('race.status'), qr/^20[01] cancelled$/,
+        '... the POST answers with the cancelled subscription';
+    my $inv = $t->redis('HGET', 'billing:sub:sub-race', 'initial_invoice');
+    ok !grep({ $_->{path} eq "/v1/invoices/$inv/finalize" } @{ $s->requests }),
+        '... its first invoice was not finalized';
+    is stripe_status($inv), 'draft', '... it stays a draft';
+    $s->clear_rules;
 }
 
 
