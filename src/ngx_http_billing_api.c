@@ -43,6 +43,8 @@ typedef struct {
     /* DELETE: voiding a first invoice; waiting for the final one */
     ngx_http_billing_stripe_call_t   call;
     ngx_str_t                        invoice;
+    ngx_str_t                        void_error;   /* Stripe's refusal */
+    ngx_uint_t                       void_status;
     ngx_event_t                      poll;
     ngx_msec_t                       deadline;
 
@@ -65,6 +67,7 @@ static void ngx_http_billing_api_issued(void *data,
 static ngx_int_t ngx_http_billing_api_read(ngx_http_request_t *r);
 static void ngx_http_billing_api_cancelled(void *data, redisReply *reply);
 static void ngx_http_billing_api_voided(ngx_http_billing_stripe_call_t *call);
+static void ngx_http_billing_api_void_failed(ngx_http_request_t *r);
 static void ngx_http_billing_api_void_recorded(void *data,
     redisReply *reply);
 static void ngx_http_billing_api_poll(ngx_event_t *ev);
@@ -866,26 +869,58 @@ ngx_http_billing_api_voided(ngx_http_billing_stripe_call_t *call)
 {
     ngx_http_request_t  *r = call->data;
 
-    json_t                             *amount;
-    ngx_connection_t                   *c;
-    ngx_http_billing_invoice_t          inv;
-    ngx_http_billing_api_ctx_t         *ctx;
-    ngx_http_billing_invoice_result_t   result;
+    json_t                      *amount;
+    ngx_str_t                    status;
+    ngx_connection_t            *c;
+    ngx_http_billing_invoice_t   inv;
+    ngx_http_billing_api_ctx_t  *ctx;
 
     c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
 
     if (call->json == NULL || call->status < 200 || call->status >= 300) {
-        ngx_memzero(&result, sizeof(ngx_http_billing_invoice_result_t));
-        result.rc = NGX_HTTP_BAD_GATEWAY;
-        result.stripe_status = call->status;
-        result.message = call->error;
 
-        if (result.message.len == 0) {
-            ngx_str_set(&result.message, "unexpected answer from Stripe");
+        if (call->method == NGX_HTTP_GET || call->internal
+            || call->status < 400 || call->status >= 500)
+        {
+            if (call->method == NGX_HTTP_POST) {
+                ctx->void_status = call->status;
+                ctx->void_error = call->error;
+            }
+
+            ngx_http_billing_api_void_failed(r);
+            goto done;
         }
 
-        ngx_http_billing_api_stripe_failed(r, &result);
+        /*
+         * Refused: void already (in the Dashboard, or by a void whose
+         * idempotency key Stripe has forgotten)?  Stripe's invoice says.
+         */
+
+        ctx->void_status = call->status;
+        ctx->void_error.len = call->error.len;
+        ctx->void_error.data = ngx_pstrdup(r->pool, &call->error);
+
+        if (ctx->void_error.data == NULL) {
+            ctx->void_error.len = 0;
+        }
+
+        call->method = NGX_HTTP_GET;
+        ngx_str_set(&call->idempotency_key, "");
+        call->path.len -= sizeof("/void") - 1;
+
+        if (ngx_http_billing_stripe_call(call) != NGX_OK) {
+            ngx_http_billing_api_void_failed(r);
+        }
+
+        goto done;
+    }
+
+    if (call->method == NGX_HTTP_GET
+        && (ngx_http_billing_stripe_string(call, "status", &status) != NGX_OK
+            || status.len != 4 || ngx_strncmp(status.data, "void", 4) != 0))
+    {
+        ngx_http_billing_api_void_failed(r);
         goto done;
     }
 
@@ -912,6 +947,29 @@ ngx_http_billing_api_voided(ngx_http_billing_stripe_call_t *call)
 done:
 
     ngx_http_run_posted_requests(c);
+}
+
+
+/* Stripe's refusal of the void, as it said it */
+
+static void
+ngx_http_billing_api_void_failed(ngx_http_request_t *r)
+{
+    ngx_http_billing_api_ctx_t         *ctx;
+    ngx_http_billing_invoice_result_t   result;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    ngx_memzero(&result, sizeof(ngx_http_billing_invoice_result_t));
+    result.rc = NGX_HTTP_BAD_GATEWAY;
+    result.stripe_status = ctx->void_status;
+    result.message = ctx->void_error;
+
+    if (result.message.len == 0) {
+        ngx_str_set(&result.message, "unexpected answer from Stripe");
+    }
+
+    ngx_http_billing_api_stripe_failed(r, &result);
 }
 
 

@@ -9,6 +9,7 @@
 use strict;
 use warnings;
 
+use HTTP::Tiny;
 use JSON::PP;
 use POSIX ();
 use Test::More;
@@ -259,6 +260,26 @@ is "@kinds", 'final initial period', '... all three invoices';
     my $again = api('DELETE', 'subscriptions/sub-p');
     is $again->{status}, 200, 'repeat: 200';
     is scalar @{ $s->requests }, $n, '... nothing at Stripe';
+}
+
+
+# ---------------------------------------------------------------------
+# pending, its first invoice voided at Stripe already (the Dashboard):
+# Stripe refuses the void, its invoice says void, the cancellation goes on
+
+{
+    my $inv = create_sub('sub-pv');
+    my $v = HTTP::Tiny->new->post($s->url . "/v1/invoices/$inv/void",
+        { headers => { Authorization => "Bearer $KEY",
+                       'Stripe-Version' => '2022-11-15' } });
+    ok $v->{success}, 'voided at Stripe by hand' or diag $v->{content};
+    my $r = api('DELETE', 'subscriptions/sub-pv');
+    is $r->{status}, 200, 'DELETE: 200 all the same' or diag $r->{content};
+    is $r->{json}{state}, 'cancelled', '... cancelled';
+    my ($i) = grep { $_->{kind} eq 'initial' } @{ $r->{json}{invoices} };
+    is $i->{status}, 'void', '... the first invoice void';
+    ok scalar(grep { $_->{method} eq 'GET' && $_->{path} eq "/v1/invoices/$inv" }
+        @{ $s->requests }), '... as Stripe said when asked';
 }
 
 
