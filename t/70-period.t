@@ -18,17 +18,8 @@ use BillingTest qw(:all);
 use StripeMock;
 
 my $t = BillingTest->new;
-
-my $TOKEN  = 'api-' . random_id('', 32);
-my $KEY    = 'sk_test_' . random_id('', 40);
-my $SECRET = 'whsec_' . random_id('', 32);
-
-$t->write_file('api.token', "$TOKEN\n");
-$t->write_file('stripe.key', "$KEY\n");
-$t->write_file('whsec', "$SECRET\n");
-$t->secrets($SECRET);
-
-my $s = StripeMock->start(dir => $t->dir, key => $KEY);
+my $f = $t->billing_files;
+my $s = StripeMock->start(dir => $t->dir, key => $f->{key});
 
 my $CONF = <<'EOF';
     billing_redis 127.0.0.1:%%REDIS_PORT%% timeout=1s;
@@ -55,17 +46,9 @@ EOF
 $t->start_redis;
 $t->start_nginx($CONF, STRIPE_PORT => $s->port, workers => 2);
 
-my $JSON = JSON::PP->new->utf8->canonical;
 my $P = 4;      # seconds per period
 
-
-sub api {
-    my ($method, $path, $body) = @_;
-    return $t->http($method, "/billing/$path",
-        headers => { Authorization => "Bearer $TOKEN",
-                     'Content-Type' => 'application/json' },
-        defined $body ? (body => $JSON->encode($body)) : (), timeout => 20);
-}
+sub api { $t->api(@_) }
 
 # a subscription made active: created through the API, its first
 # invoice paid by a webhook; returns its period start

@@ -19,16 +19,8 @@ use BillingTest qw(:all);
 use StripeMock;
 
 my $t = BillingTest->new;
-
-my $TOKEN  = 'api-' . random_id('', 32);
-my $KEY    = 'sk_test_' . random_id('', 40);
-my $SECRET = 'whsec_' . random_id('', 32);
-
-$t->write_file('api.token', "$TOKEN\n");
-$t->write_file('stripe.key', "$KEY\n");
-$t->write_file('whsec', "$SECRET\n");
-$t->secrets($SECRET);
-
+my $f = $t->billing_files;
+my $KEY = $f->{key};
 my $s = StripeMock->start(dir => $t->dir, key => $KEY);
 
 # periods end, but are not invoiced by themselves during this test
@@ -61,17 +53,9 @@ $t->start_nginx(<<'EOF', STRIPE_PORT => $s->port, workers => 2);
     }
 EOF
 
-my $JSON = JSON::PP->new->utf8->canonical;
 my $P = 4;
 
-
-sub api {
-    my ($method, $path, $body) = @_;
-    return $t->http($method, "/billing/$path",
-        headers => { Authorization => "Bearer $TOKEN",
-                     'Content-Type' => 'application/json' },
-        defined $body ? (body => $JSON->encode($body)) : (), timeout => 30);
-}
+sub api { $t->api(@_) }
 
 sub create_sub {
     my ($id) = @_;

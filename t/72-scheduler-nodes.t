@@ -19,18 +19,9 @@ my $t1 = BillingTest->new;
 my $t2 = BillingTest->new;
 my $t3 = BillingTest->new;
 
-my $TOKEN  = 'api-' . random_id('', 32);
-my $KEY    = 'sk_test_' . random_id('', 40);
-my $SECRET = 'whsec_' . random_id('', 32);
-
-for my $t ($t1, $t2, $t3) {
-    $t->write_file('api.token', "$TOKEN\n");
-    $t->write_file('stripe.key', "$KEY\n");
-    $t->write_file('whsec', "$SECRET\n");
-    $t->secrets($SECRET);
-}
-
-my $s = StripeMock->start(dir => $t1->dir, key => $KEY);
+my $f = $t1->billing_files;
+$_->billing_files(%$f) for $t2, $t3;
+my $s = StripeMock->start(dir => $t1->dir, key => $f->{key});
 
 my $CONF = <<'EOF';
     billing_redis 127.0.0.1:%%REDIS_PORT%% timeout=1s;
@@ -96,11 +87,8 @@ sub period_invoices {
 
 # the API is served while the scheduler works
 ok wait_until(sub { time >= $start + $P + 1 }, 10), 'the periods ended';
-my $r = $t2->http('POST', '/billing/subscriptions',
-    headers => { Authorization => "Bearer $TOKEN",
-                 'Content-Type' => 'application/json' },
-    body => JSON::PP->new->encode(subscription_request('sub-new', 'org-new')),
-    timeout => 30);
+my $r = $t2->api('POST', 'subscriptions',
+    subscription_request('sub-new', 'org-new'));
 is $r->{status}, 201, 'the API answers during the storm' or diag $r->{content};
 
 ok wait_until(sub {
@@ -161,8 +149,7 @@ is $dupkeys, 0, 'no Stripe object made twice (each key executed once)';
 # late units after the final invoice: one more final invoice
 
 {
-    my $c = $t1->http('DELETE', '/billing/subscriptions/sub-m7',
-        headers => { Authorization => "Bearer $TOKEN" }, timeout => 30);
+    my $c = $t1->api('DELETE', 'subscriptions/sub-m7');
     is $c->{status}, 200, 'sub-m7 cancelled' or diag $c->{content};
     is $c->{json}{invoice}{kind}, 'final', '... its final invoice';
     my $cur = $t1->redis('HGET', 'billing:sub:sub-m7', 'period_start');

@@ -21,18 +21,9 @@ my $t1 = BillingTest->new;
 $t1->start_redis;
 my $t2 = BillingTest->new(redis_port => $t1->redis_port);
 
-my $TOKEN  = 'api-' . random_id('', 32);
-my $KEY    = 'sk_test_' . random_id('', 40);
-my $SECRET = 'whsec_' . random_id('', 32);
-
-for my $t ($t1, $t2) {
-    $t->write_file('api.token', "$TOKEN\n");
-    $t->write_file('stripe.key', "$KEY\n");
-    $t->write_file('whsec', "$SECRET\n");
-    $t->secrets($SECRET);
-}
-
-my $s = StripeMock->start(dir => $t1->dir, key => $KEY);
+my $f = $t1->billing_files;
+$t2->billing_files(%$f);
+my $s = StripeMock->start(dir => $t1->dir, key => $f->{key});
 
 my $CONF = <<'EOF';
     billing_redis 127.0.0.1:%%REDIS_PORT%% timeout=1s;
@@ -69,11 +60,8 @@ $t2->start_nginx($CONF, STRIPE_PORT => $s->port, workers => 2);
 my $P = 4;
 my $ID = 'sub-e2e';
 
-my $r = $t1->http('POST', '/billing/subscriptions',
-    headers => { Authorization => "Bearer $TOKEN",
-                 'Content-Type' => 'application/json' },
-    body => JSON::PP->new->encode(subscription_request($ID, 'org-e2e',
-        metering_period => "$P")));
+my $r = $t1->api('POST', 'subscriptions',
+    subscription_request($ID, 'org-e2e', metering_period => "$P"));
 is $r->{status}, 201, 'created' or diag $r->{content};
 my $w = $t2->webhook(invoice_event(type => 'invoice.paid',
     invoice_id => $r->{json}{invoice}{id}, subscription => $ID,
@@ -89,8 +77,7 @@ ok wait_until(sub {
         @{ $s->invoices_of($ID) }) >= 2 }, 30),
     'two period-end invoices issued under load';
 
-my $c = $t2->http('DELETE', "/billing/subscriptions/$ID",
-    headers => { Authorization => "Bearer $TOKEN" }, timeout => 30);
+my $c = $t2->api('DELETE', "subscriptions/$ID");
 is $c->{status}, 200, 'cancelled under load' or diag $c->{content};
 is $c->{json}{invoice}{kind}, 'final', '... with the final invoice';
 
@@ -141,8 +128,7 @@ my $dup = grep { $ps{ $_->{metadata}{billing_period_start} }++ }
     @{ $s->invoices_of($ID) };
 is $dup, 0, 'no period invoiced twice';
 
-my $g = $t1->http('GET', "/billing/subscriptions/$ID",
-    headers => { Authorization => "Bearer $TOKEN" });
+my $g = $t1->api('GET', "subscriptions/$ID");
 my $sum = 0;
 $sum += $_->{units} // 0 for @{ $g->{json}{invoices} };
 is $sum, $served, 'GET: the invoices\' units add up to what was served';

@@ -694,6 +694,37 @@ sub secrets {
     return @{ $self->{secrets} || [] };
 }
 
+# Writes the secret files of a billing configuration (api.token,
+# stripe.key, whsec, as %%DIR%%/<name>) and signs webhooks with that
+# whsec; returns { token, key, secret }. Given (another instance's),
+# they are shared.
+sub billing_files {
+    my ($self, %o) = @_;
+    my %f = (token  => $o{token}  || 'api-' . random_id('', 32),
+             key    => $o{key}    || 'sk_test_' . random_id('', 40),
+             secret => $o{secret} || 'whsec_' . random_id('', 32));
+    $self->write_file('api.token', "$f{token}\n");
+    $self->write_file('stripe.key', "$f{key}\n");
+    $self->write_file('whsec', "$f{secret}\n");
+    $self->secrets($f{secret});
+    $self->{api_token} = $f{token};
+    return \%f;
+}
+
+# A request to billing_api at /billing/ (prefix => ...), with the bearer
+# token billing_files wrote; $body (a Perl structure) is sent as JSON.
+# Options as for http (port, timeout: default 30).
+sub api {
+    my ($self, $method, $path, $body, %o) = @_;
+    my $prefix = delete $o{prefix} || '/billing/';
+    return $self->http($method, "$prefix$path",
+        headers => { Authorization => "Bearer $self->{api_token}",
+                     'Content-Type' => 'application/json' },
+        defined $body ? (body => JSON::PP->new->utf8->canonical->encode($body))
+                      : (),
+        timeout => 30, %o);
+}
+
 # POSTs $body to the webhook location (path, default /stripe/webhook)
 # with a Stripe-Signature made with secrets (default $t->secrets) at
 # time t (default now). signature => '...' sends that header instead;
@@ -1309,6 +1340,11 @@ harness (its own directory and nginx port) that uses the first one's
 redis-server: do not call start_redis on it; freeze, stop and restart
 Redis through the first. Pass C<< redis_password => ... >> too when
 that Redis has a password.
+
+=item billing_files(token => ..., key => ..., secret => ...), api($method, $path, $body, %http_opts)
+
+The secret files a billing configuration reads, and requests to its
+C<billing_api> at C</billing/>.
 
 =item secrets(@whsec), webhook($body, secrets => [...], t => $time, signature => $header, headers => {}, path => ...)
 
