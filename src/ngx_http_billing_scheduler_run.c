@@ -31,6 +31,8 @@ static void ngx_http_billing_run_decide(ngx_http_billing_run_t *run);
 static void ngx_http_billing_run_parked(void *data, redisReply *reply);
 static ngx_int_t ngx_http_billing_run_str(ngx_http_billing_run_t *run,
     ngx_str_t *dst, redisReply *hash, const char *field);
+static void ngx_http_billing_run_json(ngx_http_billing_run_t *run,
+    json_t *plan, const char *name, ngx_str_t *dst);
 static ngx_http_conf_ctx_t *ngx_http_billing_scheduler_server(
     ngx_http_billing_main_conf_t *bmcf, ngx_str_t *marketplace);
 static ngx_msec_t ngx_http_billing_scheduler_wait_max(
@@ -330,31 +332,9 @@ ngx_http_billing_run_parse(ngx_http_billing_run_t *run, redisReply *sub,
         return NGX_ERROR;
     }
 
-    v = json_object_get(plan, "currency");
-    run->currency.len = json_is_string(v) ? json_string_length(v) : 0;
-    run->currency.data = ngx_pnalloc(run->pool, run->currency.len + 1);
-
-    if (run->currency.data && run->currency.len) {
-        ngx_memcpy(run->currency.data, json_string_value(v),
-                   run->currency.len);
-    }
-
-    v = json_object_get(plan, "unit_price");
-    run->unit_price.len = json_is_string(v) ? json_string_length(v) : 0;
-    run->unit_price.data = ngx_pnalloc(run->pool, run->unit_price.len + 1);
-
-    if (run->unit_price.data && run->unit_price.len) {
-        ngx_memcpy(run->unit_price.data, json_string_value(v),
-                   run->unit_price.len);
-    }
-
-    v = json_object_get(plan, "unit");
-    run->unit.len = json_is_string(v) ? json_string_length(v) : 0;
-    run->unit.data = ngx_pnalloc(run->pool, run->unit.len + 1);
-
-    if (run->unit.data && run->unit.len) {
-        ngx_memcpy(run->unit.data, json_string_value(v), run->unit.len);
-    }
+    ngx_http_billing_run_json(run, plan, "currency", &run->currency);
+    ngx_http_billing_run_json(run, plan, "unit_price", &run->unit_price);
+    ngx_http_billing_run_json(run, plan, "unit", &run->unit);
 
     v = json_object_get(plan, "base_price");
     run->base_price = json_is_integer(v) ? json_integer_value(v) : -1;
@@ -363,16 +343,7 @@ ngx_http_billing_run_parse(ngx_http_billing_run_t *run, redisReply *sub,
     run->days_until_due = json_is_integer(v) ? json_integer_value(v) : 30;
 
     if (period.len == 0) {
-        v = json_object_get(plan, "metering_period");
-
-        if (json_is_string(v)) {
-            period.len = json_string_length(v);
-            period.data = ngx_pnalloc(run->pool, period.len + 1);
-
-            if (period.data) {
-                ngx_memcpy(period.data, json_string_value(v), period.len);
-            }
-        }
+        ngx_http_billing_run_json(run, plan, "metering_period", &period);
     }
 
     json_decref(plan);
@@ -679,6 +650,31 @@ ngx_http_billing_run_str(ngx_http_billing_run_t *run, ngx_str_t *dst,
     dst->len = v->len;
 
     return NGX_OK;
+}
+
+
+/* a string member of the plan, "" when none; data NULL: no memory */
+
+static void
+ngx_http_billing_run_json(ngx_http_billing_run_t *run, json_t *plan,
+    const char *name, ngx_str_t *dst)
+{
+    json_t  *v;
+
+    v = json_object_get(plan, name);
+
+    dst->len = json_is_string(v) ? json_string_length(v) : 0;
+    dst->data = ngx_pnalloc(run->pool, dst->len + 1);
+
+    if (dst->data == NULL) {
+        return;
+    }
+
+    if (dst->len) {
+        ngx_memcpy(dst->data, json_string_value(v), dst->len);
+    }
+
+    dst->data[dst->len] = '\0';
 }
 
 
