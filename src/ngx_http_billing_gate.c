@@ -123,6 +123,11 @@ ngx_http_billing_gate_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;
     }
 
+    if (blcf->json_errors == 1) {
+        return "cannot be in a billing_webhook or billing_api location: "
+               "the module's own handlers are not gated";
+    }
+
     bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
 
     if (bmcf->gate_file.len == 0) {

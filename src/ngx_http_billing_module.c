@@ -309,6 +309,18 @@ ngx_http_billing_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     /* only where the module itself answers: not inherited */
     ngx_conf_init_value(conf->json_errors, 0);
 
+    /*
+     * The module's own handlers (Stripe's webhooks, the API) are never
+     * gated nor metered, whatever billing_gate the server or http level
+     * has: Stripe would retry a refused webhook and then disable the
+     * endpoint.
+     */
+
+    if (conf->json_errors) {
+        conf->gate = NULL;
+        conf->meter = NGX_HTTP_BILLING_METER_OFF;
+    }
+
     return NGX_CONF_OK;
 }
 
@@ -654,9 +666,14 @@ ngx_http_billing_content(ngx_conf_t *cf, ngx_http_handler_pt h,
         return "is duplicate";
     }
 
-    clcf->handler = h;
-
     blcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_billing_module);
+
+    if (blcf->gate != NGX_CONF_UNSET_PTR && blcf->gate != NULL) {
+        return "cannot be in a location with \"billing_gate\": the "
+               "module's own handlers are not gated";
+    }
+
+    clcf->handler = h;
     blcf->json_errors = 1;
 
     if (file->len == 0) {
