@@ -93,6 +93,8 @@ static ngx_int_t ngx_http_billing_gate_fresh(ngx_http_request_t *r,
 static void ngx_http_billing_gate_looked_up(void *data, redisReply *reply);
 static ngx_int_t ngx_http_billing_gate_verdict(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx);
+static ngx_int_t ngx_http_billing_gate_let_through(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx);
 static ngx_int_t ngx_http_billing_gate_deny(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx, ngx_uint_t status, const char *code,
     const char *message);
@@ -585,6 +587,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx)
 {
     ngx_msec_t                     age;
+    ngx_http_billing_loc_conf_t   *blcf;
     ngx_http_billing_main_conf_t  *bmcf;
 
     if (ctx->deny) {
@@ -606,6 +609,12 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
         if (!ctx->has_stale
             || age >= bmcf->cache->ttl + bmcf->cache->stale)
         {
+            blcf = ngx_http_get_module_loc_conf(r, ngx_http_billing_module);
+
+            if (blcf->unavailable) {
+                return ngx_http_billing_gate_let_through(r, ctx);
+            }
+
             return ngx_http_billing_gate_deny(r, ctx,
                                           NGX_HTTP_SERVICE_UNAVAILABLE,
                                           "billing_unavailable",
@@ -650,6 +659,35 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
                                           "unknown_subscription",
                                           "no such subscription");
     }
+}
+
+
+/*
+ * billing_unavailable allow: the request goes on, metered on no period
+ * (its units are billed with the subscription's next invoice); said at
+ * most once a second, not once a request.
+ */
+
+static ngx_int_t
+ngx_http_billing_gate_let_through(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx)
+{
+    static time_t  said;
+
+    if (said != ngx_time()) {
+        said = ngx_time();
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "billing gate: Redis unavailable, subscription "
+                      "\"%V\" let through (billing_unavailable allow)",
+                      &ctx->id);
+    }
+
+    ngx_memzero(&ctx->entry, sizeof(ngx_http_billing_entry_t));
+    ctx->entry.state = NGX_BILLING_SUB_ACTIVE;
+    ctx->allowed = 1;
+
+    return NGX_OK;
 }
 
 

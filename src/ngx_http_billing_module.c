@@ -45,6 +45,13 @@ static ngx_conf_post_handler_pt  ngx_http_billing_portal_url_p =
     ngx_http_billing_portal_url;
 
 
+static ngx_conf_enum_t  ngx_http_billing_unavailable[] = {
+    { ngx_string("deny"), 0 },
+    { ngx_string("allow"), 1 },
+    { ngx_null_string, 0 }
+};
+
+
 static ngx_command_t  ngx_http_billing_commands[] = {
 
     { ngx_string("billing_redis"),
@@ -137,6 +144,13 @@ static ngx_command_t  ngx_http_billing_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
+
+    { ngx_string("billing_unavailable"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_billing_loc_conf_t, unavailable),
+      &ngx_http_billing_unavailable },
 
     { ngx_string("billing_meter"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -287,6 +301,7 @@ ngx_http_billing_create_loc_conf(ngx_conf_t *cf)
 
     blcf->gate = NGX_CONF_UNSET_PTR;
     blcf->json_errors = NGX_CONF_UNSET;
+    blcf->unavailable = NGX_CONF_UNSET_UINT;
     blcf->meter = NGX_CONF_UNSET;
     blcf->meter_value = NGX_CONF_UNSET_PTR;
 
@@ -301,6 +316,7 @@ ngx_http_billing_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_billing_loc_conf_t  *conf = child;
 
     ngx_conf_merge_ptr_value(conf->gate, prev->gate, NULL);
+    ngx_conf_merge_uint_value(conf->unavailable, prev->unavailable, 0);
 
     /* on where billing_gate is: the meter counts only what the gate let by */
     ngx_conf_merge_value(conf->meter, prev->meter, NGX_HTTP_BILLING_METER_ON);

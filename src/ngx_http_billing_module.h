@@ -106,6 +106,9 @@ typedef struct {
     /* nginx's own error answers here are made JSON */
     ngx_flag_t                      json_errors;
 
+    /* billing_unavailable: 1 lets a request through when Redis is down */
+    ngx_uint_t                      unavailable;
+
     /* billing_meter: NGX_HTTP_BILLING_METER_* */
     ngx_int_t                       meter;
     ngx_http_complex_value_t       *meter_value;
