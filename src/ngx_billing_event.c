@@ -222,6 +222,13 @@ ngx_billing_sub_id_valid(const char *s, size_t len)
         return 0;
     }
 
+    /* a path segment nginx would resolve: /subscriptions/.. is not it */
+
+    if ((len == 1 && s[0] == '.') || (len == 2 && s[0] == '.' && s[1] == '.'))
+    {
+        return 0;
+    }
+
     for (i = 0; i < len; i++) {
         if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z')
               || (s[i] >= '0' && s[i] <= '9')

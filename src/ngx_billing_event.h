@@ -60,7 +60,10 @@ void ngx_billing_event_free(ngx_billing_event_t *ev);
 /* Stripe ids: [A-Za-z0-9_], 1 to NGX_BILLING_STRIPE_ID_MAX */
 int ngx_billing_stripe_id_valid(const char *s, size_t len);
 
-/* our subscription ids: [A-Za-z0-9_.-], 1 to NGX_BILLING_SUB_ID_MAX */
+/*
+ * our subscription ids: [A-Za-z0-9_.-], 1 to NGX_BILLING_SUB_ID_MAX, not
+ * "." or ".." (which no URI could name)
+ */
 int ngx_billing_sub_id_valid(const char *s, size_t len);
 
 

@@ -80,7 +80,8 @@ ngx_billing_sub_request_parse(ngx_billing_sub_request_t *r,
 
     if (!ngx_billing_sub_id_valid(r->id.data, r->id.len)) {
         return ngx_billing_fail(r, "\"id\" must be 1 to %d characters of "
-                                "A-Z a-z 0-9 _ . -", NGX_BILLING_SUB_ID_MAX);
+                                "A-Z a-z 0-9 _ . -, not \".\" or \"..\"",
+                                NGX_BILLING_SUB_ID_MAX);
     }
 
     if (ngx_billing_string(r, root, "consumer_org", "", 1, &r->consumer_org)
@@ -92,8 +93,8 @@ ngx_billing_sub_request_parse(ngx_billing_sub_request_t *r,
     if (!ngx_billing_sub_id_valid(r->consumer_org.data, r->consumer_org.len))
     {
         return ngx_billing_fail(r, "\"consumer_org\" must be 1 to %d "
-                                "characters of A-Z a-z 0-9 _ . -",
-                                NGX_BILLING_ORG_ID_MAX);
+                                "characters of A-Z a-z 0-9 _ . -, not \".\" "
+                                "or \"..\"", NGX_BILLING_ORG_ID_MAX);
     }
 
     /* customer */

@@ -292,7 +292,8 @@ sub months_later {
     $add->("id with $_->[0]", 'id', id => $_->[1])
         for [ 'a space', 'sub 42' ], [ 'a slash', 'sub/42' ],
             [ 'a colon', 'sub:42' ], [ 'non-ASCII', "sub-\x{e9}" ],
-            [ 'a newline', "sub-42\n" ];
+            [ 'a newline', "sub-42\n" ], [ 'only a dot', '.' ],
+            [ 'only two dots', '..' ];
     $add->('id a number', 'id', id => 42);
     $add->('id null', 'id', id => undef);
 

@@ -1371,6 +1371,10 @@ test_validators(void)
     ok(!ngx_billing_sub_id_valid("a b", 3), "sub id: space");
     ok(!ngx_billing_sub_id_valid("a:b", 3), "sub id: ':'");
     ok(!ngx_billing_sub_id_valid("a/b", 3), "sub id: '/'");
+    ok(!ngx_billing_sub_id_valid(".", 1), "sub id: '.'");
+    ok(!ngx_billing_sub_id_valid("..", 2), "sub id: '..'");
+    ok(ngx_billing_sub_id_valid("...", 3), "sub id: '...' is one");
+    ok(ngx_billing_sub_id_valid(".a", 2), "sub id: '.a' is one");
     ok(!ngx_billing_sub_id_valid("a\0b", 3), "sub id: NUL");
     ok(!ngx_billing_sub_id_valid("a\xff", 2), "sub id: 0xff");
 

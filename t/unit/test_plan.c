@@ -763,7 +763,8 @@ test_messages(void)
     /* messages as they are */
 
     parse_mod(&r, NULL, "id", "\"\"");
-    is_str(r.error, "\"id\" must be 1 to 64 characters of A-Z a-z 0-9 _ . -",
+    is_str(r.error, "\"id\" must be 1 to 64 characters of A-Z a-z 0-9 _ . -, "
+           "not \".\" or \"..\"",
            "the id message");
     ngx_billing_sub_request_free(&r);
 
