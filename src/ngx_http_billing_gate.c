@@ -728,14 +728,19 @@ ngx_http_billing_gate_deny(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx, ngx_uint_t status, const char *code,
     const char *message)
 {
+    ngx_str_t                  id;
     ngx_http_core_loc_conf_t  *clcf;
 
     ctx->deny = status;
     ctx->code = code;
     ctx->message = message;
 
-    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "billing gate: %s for subscription \"%V\"", code, &ctx->id);
+    if (r->connection->log->log_level >= NGX_LOG_INFO) {
+        ngx_http_billing_log_safe(r->pool, &ctx->id, &id);
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "billing gate: %s for subscription \"%V\"", code, &id);
+    }
 
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 

@@ -699,3 +699,52 @@ ngx_http_billing_content(ngx_conf_t *cf, ngx_http_handler_pt h,
 
     return NGX_CONF_OK;
 }
+
+
+/*
+ * A string a client sent, as a log line may show it: bytes outside
+ * printable ASCII, quotes and backslashes as \xHH, and no more than
+ * NGX_HTTP_BILLING_LOG_MAX of them ("..." says it was cut), so that a
+ * 7 KB header does not write 7 KB a request.  Always succeeds: without
+ * memory, the string is "...".
+ */
+
+void
+ngx_http_billing_log_safe(ngx_pool_t *pool, ngx_str_t *in, ngx_str_t *out)
+{
+    u_char      *p, c;
+    size_t       n;
+    ngx_uint_t   i;
+
+    static u_char  hex[] = "0123456789abcdef";
+
+    n = ngx_min(in->len, NGX_HTTP_BILLING_LOG_MAX);
+
+    p = ngx_pnalloc(pool, 4 * n + sizeof("...") - 1);
+    if (p == NULL) {
+        ngx_str_set(out, "...");
+        return;
+    }
+
+    out->data = p;
+
+    for (i = 0; i < n; i++) {
+        c = in->data[i];
+
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+            *p++ = '\\';
+            *p++ = 'x';
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 0xf];
+            continue;
+        }
+
+        *p++ = c;
+    }
+
+    if (n < in->len) {
+        p = ngx_cpymem(p, "...", sizeof("...") - 1);
+    }
+
+    out->len = p - out->data;
+}

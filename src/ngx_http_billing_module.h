@@ -159,6 +159,14 @@ char *ngx_http_billing_content(ngx_conf_t *cf, ngx_http_handler_pt h,
     ngx_str_t *file, ngx_uint_t *line);
 
 
+/* bytes of a client's string a log line shows at most */
+#define NGX_HTTP_BILLING_LOG_MAX  96
+
+/* a client's string made safe for a log line (see the function) */
+void ngx_http_billing_log_safe(ngx_pool_t *pool, ngx_str_t *in,
+    ngx_str_t *out);
+
+
 extern ngx_module_t  ngx_http_billing_module;
 
 

@@ -2,7 +2,8 @@
 # cached, "deny" (the default) answers 503 billing_unavailable, "allow"
 # lets the request through with a warning (once a second, not once a
 # request) and meters it: its units reach Redis once Redis is back, on
-# the subscription's next invoice (period start 0).
+# the subscription's next invoice (period start 0). A hostile id from a
+# header is logged escaped and cut short.
 
 use strict;
 use warnings;
@@ -74,6 +75,20 @@ $t->redis('HSET', 'billing:sub:sub-u', 'state', 'active', 'period',
 
 ok wait_until(sub { ($t->redis('HGET', 'billing:usage:sub-u', '0') // 0) >= 5 },
     15), 'Redis back: the units let through reach it, for the next invoice';
+
+# a hostile subscription header reaches error.log escaped and cut short
+{
+    my $evil = "sub-\e[31mred\e[0m\x01" . ('A' x 7000);
+    my $r = $t->raw_http("GET /deny/x HTTP/1.0\r\nHost: localhost\r\n"
+        . "X-Subscription-Id: $evil\r\n\r\n");
+    like $r->{raw} // '', qr/^HTTP\/1\.1 403/, 'a hostile id: 403';
+    my ($line) = grep { /unknown_subscription for subscription/
+                         && /HTTP\/1\.0/ } split /\n/, $t->error_log;
+    ok $line, '... logged';
+    ok $line !~ /[\x00-\x08\x0e-\x1f\x7f]/, '... with no raw control byte';
+    like $line, qr/sub-\\x1b\[31mred/, '... escaped';
+    cmp_ok length($line), '<', 1000, '... and cut short';
+}
 
 $t->done;
 done_testing;
