@@ -22,7 +22,7 @@ static int ngx_billing_string(ngx_billing_sub_request_t *r, json_t *obj,
     const char *key, const char *where, int required, ngx_billing_str_t *out);
 static size_t ngx_billing_utf8_prefix(const char *s, size_t len);
 static void ngx_billing_message_fix(char *s);
-static int ngx_billing_text_valid(const char *s, size_t len);
+static long ngx_billing_text_chars(const char *s, size_t len);
 static int ngx_billing_unit_valid(const char *s, size_t len);
 static int64_t ngx_billing_days_from_civil(int64_t y, unsigned m, unsigned d);
 static void ngx_billing_civil_from_days(int64_t z, int64_t *y, unsigned *m,
@@ -48,6 +48,7 @@ int
 ngx_billing_sub_request_parse(ngx_billing_sub_request_t *r,
     const unsigned char *buf, size_t len)
 {
+    long           n;
     size_t         i;
     json_t        *root, *customer, *plan, *value, *norm;
     json_error_t   error;
@@ -128,12 +129,13 @@ ngx_billing_sub_request_parse(ngx_billing_sub_request_t *r,
         return -1;
     }
 
-    if (r->name.len > NGX_BILLING_NAME_MAX
-        || !ngx_billing_text_valid(r->name.data, r->name.len))
-    {
+    n = ngx_billing_text_chars(r->name.data, r->name.len);
+
+    if (n < 0 || n > NGX_BILLING_NAME_MAX) {
         return ngx_billing_fail(r, "\"customer.name\" must be at most %d "
                                 "characters, none of them control "
-                                "characters", NGX_BILLING_NAME_MAX);
+                                "characters or line and paragraph "
+                                "separators", NGX_BILLING_NAME_MAX);
     }
 
     /* plan */
@@ -535,18 +537,47 @@ ngx_billing_email_valid(const char *s, size_t len)
 }
 
 
-static int
-ngx_billing_text_valid(const char *s, size_t len)
+/*
+ * The characters of UTF-8 text (jansson's strings are valid UTF-8), or -1
+ * for one that has no place in a name: C0 and C1 controls, DEL, U+2028
+ * and U+2029 (line breaks to JavaScript and to some log readers).
+ */
+
+static long
+ngx_billing_text_chars(const char *s, size_t len)
 {
-    size_t  i;
+    long                  n;
+    size_t                i;
+    const unsigned char  *p;
+
+    p = (const unsigned char *) s;
+    n = 0;
 
     for (i = 0; i < len; i++) {
-        if ((unsigned char) s[i] < ' ' || s[i] == 0x7f) {
-            return 0;
+        if (p[i] < 0x20 || p[i] == 0x7f) {
+            return -1;
+        }
+
+        if (p[i] == 0xc2 && i + 1 < len && p[i + 1] >= 0x80
+            && p[i + 1] <= 0x9f)
+        {
+            return -1;
+        }
+
+        if (p[i] == 0xe2 && i + 2 < len && p[i + 1] == 0x80
+            && (p[i + 2] == 0xa8 || p[i + 2] == 0xa9))
+        {
+            return -1;
+        }
+
+        /* a character starts at every byte but continuation bytes */
+
+        if ((p[i] & 0xc0) != 0x80) {
+            n++;
         }
     }
 
-    return 1;
+    return n;
 }
 
 

@@ -155,7 +155,10 @@ static const rule_case_t  rules[] = {
     { "customer", "email", "null", F_EMAIL },
     { "customer", "email", "[\"ops@acme.test\"]", F_EMAIL },
 
-    /* customer.name: optional, at most 256, no control characters */
+    /*
+     * customer.name: optional, at most 256 characters, no C0 or C1
+     * control characters, no line or paragraph separators
+     */
 
     { "customer", "name", REMOVED, ACCEPTED },
     { "customer", "name", "\"\"", ACCEPTED },
@@ -168,6 +171,11 @@ static const rule_case_t  rules[] = {
     { "customer", "name", "\"ACME\\u0001\"", F_NAME },
     { "customer", "name", "\"ACME\\u001f\"", F_NAME },
     { "customer", "name", "\"ACME\\u007f\"", F_NAME },
+    { "customer", "name", "\"ACME\\u0085\"", F_NAME },
+    { "customer", "name", "\"ACME\\u009f\"", F_NAME },
+    { "customer", "name", "\"ACME\\u2028Inc\"", F_NAME },
+    { "customer", "name", "\"ACME\\u2029\"", F_NAME },
+    { "customer", "name", "\"ACME\\u00a0\\u2027\\u202a\"", ACCEPTED },
     { "customer", "name", "5", F_NAME },
     { "customer", "name", "null", F_NAME },
     { "customer", "name", "{}", F_NAME },
@@ -549,7 +557,7 @@ static void
 test_lengths(void)
 {
     size_t                     i;
-    char                       v[1024];
+    char                       v[2048];
     ngx_billing_sub_request_t  r;
 
     static const struct {
@@ -582,26 +590,26 @@ test_lengths(void)
     }
 
     /*
-     * The name is limited in bytes: 128 two-byte characters fit, 129 do
-     * not (README: "at most 256 characters").
+     * The name is limited in characters, not bytes: 256 two-byte ones
+     * fit, 257 do not.
      */
 
     strcpy(v, "\"");
 
-    for (i = 0; i < 128; i++) {
+    for (i = 0; i < 256; i++) {
         strcat(v, "\\u00e9");
     }
 
     strcat(v, "\"");
     is_int(parse_mod(&r, "customer", "name", v), 0,
-           "name: 128 x U+00E9, 256 bytes, accepted");
-    is_int(r.name.len, 256, "... 256 bytes");
+           "name: 256 x U+00E9, 512 bytes, accepted");
+    is_int(r.name.len, 512, "... 512 bytes");
     ngx_billing_sub_request_free(&r);
 
     v[strlen(v) - 1] = '\0';
     strcat(v, "\\u00e9\"");
     is_int(parse_mod(&r, "customer", "name", v), -1,
-           "name: 129 x U+00E9, 258 bytes, refused");
+           "name: 257 x U+00E9 refused");
     ngx_billing_sub_request_free(&r);
 }
 
