@@ -61,14 +61,35 @@ ngx_http_billing_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_billing_main_conf_t  *bmcf = conf;
 
-    ngx_http_core_srv_conf_t  *cscf;
+    ngx_http_core_srv_conf_t   *cscf;
+    ngx_http_billing_server_t  *srv;
+
+    cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
 
     /* the scheduler's Stripe calls go where the API's go */
 
     if (bmcf->timer_ctx == NULL) {
-        cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
         bmcf->timer_ctx = cscf->ctx;
     }
+
+    /* each such server must have billing_stripe_location: checked later */
+
+    if (bmcf->api_servers == NULL) {
+        bmcf->api_servers = ngx_array_create(cf->pool, 2,
+                                             sizeof(ngx_http_billing_server_t));
+        if (bmcf->api_servers == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    srv = ngx_array_push(bmcf->api_servers);
+    if (srv == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    srv->cscf = cscf;
+    srv->file = cf->conf_file->file.name;
+    srv->line = cf->conf_file->line;
 
     return ngx_http_billing_content(cf, ngx_http_billing_api_handler,
                                     &bmcf->api_file, &bmcf->api_line);

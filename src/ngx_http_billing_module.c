@@ -18,6 +18,7 @@
 #include "ngx_http_billing_gate.h"
 #include "ngx_http_billing_meter.h"
 #include "ngx_http_billing_scheduler.h"
+#include "ngx_http_billing_stripe.h"
 
 
 static void *ngx_http_billing_create_main_conf(ngx_conf_t *cf);
@@ -301,6 +302,7 @@ ngx_http_billing_create_loc_conf(ngx_conf_t *cf)
 
     blcf->gate = NGX_CONF_UNSET_PTR;
     blcf->json_errors = NGX_CONF_UNSET;
+    blcf->stripe_ok = 0;
     blcf->unavailable = NGX_CONF_UNSET_UINT;
     blcf->meter = NGX_CONF_UNSET;
     blcf->meter_value = NGX_CONF_UNSET_PTR;
@@ -399,7 +401,8 @@ ngx_http_billing_postconfiguration(ngx_conf_t *cf)
 
     if (ngx_http_billing_gate_init(cf) != NGX_OK
         || ngx_http_billing_meter_init(cf) != NGX_OK
-        || ngx_http_billing_scheduler_init(cf) != NGX_OK)
+        || ngx_http_billing_scheduler_init(cf) != NGX_OK
+        || ngx_http_billing_stripe_init(cf) != NGX_OK)
     {
         return NGX_ERROR;
     }

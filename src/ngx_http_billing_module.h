@@ -78,6 +78,9 @@ typedef struct {
 
     ngx_http_billing_cache_t       *cache;
 
+    /* of ngx_http_billing_server_t: the servers with billing_api */
+    ngx_array_t                    *api_servers;
+
     /* metering: its shared zone (NULL: nothing is metered) */
     ngx_http_billing_meter_t       *meter;
     size_t                          meter_zone_size;
@@ -106,6 +109,9 @@ typedef struct {
     /* nginx's own error answers here are made JSON */
     ngx_flag_t                      json_errors;
 
+    /* the location billing_stripe_location leads to, checked: not merged */
+    ngx_flag_t                      stripe_ok;
+
     /* billing_unavailable: 1 lets a request through when Redis is down */
     ngx_uint_t                      unavailable;
 
@@ -118,6 +124,14 @@ typedef struct {
 #define NGX_HTTP_BILLING_METER_OFF    0
 #define NGX_HTTP_BILLING_METER_ON     1   /* a unit per request */
 #define NGX_HTTP_BILLING_METER_VALUE  2   /* meter_value units */
+
+
+/* a server that makes Stripe calls, and the directive that makes it */
+typedef struct {
+    ngx_http_core_srv_conf_t       *cscf;
+    ngx_str_t                       file;
+    ngx_uint_t                      line;
+} ngx_http_billing_server_t;
 
 
 /*

@@ -55,6 +55,7 @@ struct ngx_http_billing_stripe_attempt_s {
     unsigned                            broken:1;
     unsigned                            complete:1;
     unsigned                            over:1;
+    unsigned                            misrouted:1;
 };
 
 
@@ -599,8 +600,8 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
                 || (call->status < 300 && call->json == NULL);
     }
 
-    if (too_large) {
-        /* the same answer again would be as large */
+    if (too_large || (at && at->misrouted)) {
+        /* the same answer again would be as large; the same place */
         retry = 0;
     }
 
@@ -624,7 +625,11 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
     err = call->json ? json_object_get(call->json, "error") : NULL;
     msg = json_is_object(err) ? json_object_get(err, "message") : NULL;
 
-    if (json_is_string(msg)) {
+    if (at && at->misrouted) {
+        ngx_str_set(&call->error, "the call did not reach "
+                                  "billing_stripe_location: nothing was sent");
+
+    } else if (json_is_string(msg)) {
         call->error.data = (u_char *) json_string_value(msg);
         call->error.len = json_string_length(msg);
 
@@ -828,6 +833,19 @@ ngx_http_billing_stripe_attempt(ngx_http_request_t *r)
     }
 
     return at;
+}
+
+
+void
+ngx_http_billing_stripe_misrouted(ngx_http_request_t *r)
+{
+    ngx_http_billing_stripe_attempt_t  *at;
+
+    at = ngx_http_billing_stripe_attempt(r);
+
+    if (at) {
+        at->misrouted = 1;
+    }
 }
 
 

@@ -79,6 +79,17 @@ struct ngx_http_billing_stripe_call_s {
  */
 ngx_int_t ngx_http_billing_stripe_call(ngx_http_billing_stripe_call_t *call);
 
+/*
+ * nginx -t: billing_stripe_location must lead, in every server that makes
+ * Stripe calls, to an internal location with a content handler, which is
+ * then the only one a call may land in (a rewrite phase handler refuses
+ * the others, before anything is sent).
+ */
+ngx_int_t ngx_http_billing_stripe_init(ngx_conf_t *cf);
+
+/* the attempt r is landed elsewhere: it fails, and is not tried again */
+void ngx_http_billing_stripe_misrouted(ngx_http_request_t *r);
+
 /* the handler will not be called */
 void ngx_http_billing_stripe_cancel(ngx_http_billing_stripe_call_t *call);
 

@@ -28,6 +28,7 @@ $t->start_nginx(<<'EOF');
     billing_stripe_webhook_secret_file %%DIR%%/whsec;
     billing_stripe_key_file %%DIR%%/stripe.key;
     billing_stripe_api_version 2022-11-15;
+    billing_scheduler off;
 
     server {
         listen 127.0.0.1:%%PORT%%;

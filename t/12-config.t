@@ -28,6 +28,7 @@ my $SERVER = <<'EOF';
     server {
         listen 127.0.0.1:%%PORT%%;
         location = /stripe/webhook { billing_webhook; }
+        location /_billing_stripe/ { internal; proxy_pass http://127.0.0.1:9/; }
     }
 EOF
 

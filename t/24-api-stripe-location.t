@@ -86,6 +86,7 @@ $t->start_nginx(<<'EOF', STRIPE_PORT => $s->port, DEAD_PORT => $DEAD,
         location /_billing_stripe/ {
             internal;
             return 444;
+            proxy_pass http://127.0.0.1:%%STRIPE_PORT%%/;
         }
     }
 
