@@ -406,7 +406,8 @@ ngx_http_billing_api_claimed(void *data, redisReply *reply)
 
     if (reply->elements != 7
         || reply->element[6]->type != REDIS_REPLY_STRING
-        || ngx_http_billing_api_copy(r, &ctx->created, reply->element[5])
+        || ngx_http_billing_store_copy(r->pool, &ctx->created,
+                                       reply->element[5])
            != NGX_OK)
     {
         ngx_http_billing_api_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -853,28 +854,6 @@ ngx_http_billing_api_integer(redisReply *hash, const char *field)
 }
 
 
-ngx_int_t
-ngx_http_billing_api_copy(ngx_http_request_t *r, ngx_str_t *dst,
-    redisReply *reply)
-{
-    if (reply == NULL || reply->type != REDIS_REPLY_STRING) {
-        return NGX_ERROR;
-    }
-
-    dst->len = reply->len;
-    dst->data = ngx_pnalloc(r->pool, reply->len + 1);
-
-    if (dst->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(dst->data, reply->str, reply->len);
-    dst->data[dst->len] = '\0';
-
-    return NGX_OK;
-}
-
-
 void
 ngx_http_billing_api_fail(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, const char *message)
@@ -889,7 +868,6 @@ ngx_http_billing_api_unavailable(ngx_http_request_t *r)
 {
     ngx_http_finalize_request(r, ngx_http_billing_send_unavailable(r));
 }
-
 
 
 void

@@ -49,8 +49,6 @@ typedef struct {
 
 /* ngx_http_billing_api.c */
 ngx_int_t ngx_http_billing_api_read(ngx_http_request_t *r);
-ngx_int_t ngx_http_billing_api_copy(ngx_http_request_t *r,
-    ngx_str_t *dst, redisReply *reply);
 void ngx_http_billing_api_fail(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
 void ngx_http_billing_api_unavailable(ngx_http_request_t *r);

@@ -104,7 +104,8 @@ ngx_http_billing_api_cancelled(void *data, redisReply *reply)
 
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
         || reply->elements < 3
-        || ngx_http_billing_api_copy(r, &state, reply->element[0]) != NGX_OK)
+        || ngx_http_billing_store_copy(r->pool, &state, reply->element[0])
+           != NGX_OK)
     {
         ngx_http_billing_api_unavailable(r);
         goto done;
@@ -113,9 +114,10 @@ ngx_http_billing_api_cancelled(void *data, redisReply *reply)
     if (state.len == 7 && ngx_strncmp(state.data, "pending", 7) == 0) {
 
         if (reply->elements != 4
-            || ngx_http_billing_api_copy(r, &ctx->invoice, reply->element[1])
+            || ngx_http_billing_store_copy(r->pool, &ctx->invoice,
+                                           reply->element[1])
                != NGX_OK
-            || ngx_http_billing_api_copy(r, &created, reply->element[3])
+            || ngx_http_billing_store_copy(r->pool, &created, reply->element[3])
                != NGX_OK)
         {
             ngx_http_billing_api_unavailable(r);

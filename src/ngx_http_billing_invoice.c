@@ -252,11 +252,11 @@ ngx_http_billing_invoice_resumed(void *data, redisReply *reply)
         return;
     }
 
-    if (ngx_http_billing_invoice_string(job->pool, &job->customer,
+    if (ngx_http_billing_store_copy(job->pool, &job->customer,
                                         reply->element[0]) != NGX_OK
-        || ngx_http_billing_invoice_string(job->pool, &job->invoice,
+        || ngx_http_billing_store_copy(job->pool, &job->invoice,
                                            reply->element[1]) != NGX_OK
-        || ngx_http_billing_invoice_string(job->pool, &job->status,
+        || ngx_http_billing_store_copy(job->pool, &job->status,
                                            reply->element[2]) != NGX_OK)
     {
         ngx_http_billing_invoice_unavailable(job);
@@ -264,7 +264,7 @@ ngx_http_billing_invoice_resumed(void *data, redisReply *reply)
     }
 
     for (i = 0; i < job->spec.nitems; i++) {
-        if (ngx_http_billing_invoice_string(job->pool, &job->ids[i],
+        if (ngx_http_billing_store_copy(job->pool, &job->ids[i],
                                             reply->element[3 + i])
             != NGX_OK)
         {
@@ -431,23 +431,6 @@ ngx_http_billing_invoice_next(ngx_http_billing_invoice_job_t *job)
     if (rc != NGX_OK) {
         ngx_http_billing_invoice_finish(job, NGX_HTTP_INTERNAL_SERVER_ERROR);
     }
-}
-
-
-ngx_int_t
-ngx_http_billing_invoice_string(ngx_pool_t *pool, ngx_str_t *dst,
-    redisReply *reply)
-{
-    ngx_str_t  s;
-
-    if (reply == NULL || reply->type != REDIS_REPLY_STRING) {
-        return NGX_ERROR;
-    }
-
-    s.data = (u_char *) reply->str;
-    s.len = reply->len;
-
-    return ngx_http_billing_invoice_dup(pool, dst, &s);
 }
 
 

@@ -56,8 +56,6 @@ void ngx_http_billing_invoice_resume(
     ngx_http_billing_invoice_job_t *job);
 void ngx_http_billing_invoice_next(
     ngx_http_billing_invoice_job_t *job);
-ngx_int_t ngx_http_billing_invoice_string(ngx_pool_t *pool,
-    ngx_str_t *dst, redisReply *reply);
 void ngx_http_billing_invoice_stripe_failed(
     ngx_http_billing_invoice_job_t *job);
 void ngx_http_billing_invoice_unavailable(

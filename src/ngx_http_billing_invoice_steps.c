@@ -199,7 +199,7 @@ ngx_http_billing_invoice_customer_stored(void *data, redisReply *reply)
 {
     ngx_http_billing_invoice_job_t  *job = data;
 
-    if (ngx_http_billing_invoice_string(job->pool, &job->customer, reply)
+    if (ngx_http_billing_store_copy(job->pool, &job->customer, reply)
         != NGX_OK
         || job->customer.len == 0)
     {
@@ -251,7 +251,7 @@ ngx_http_billing_invoice_attached(void *data, redisReply *reply)
 
     ngx_str_t  id;
 
-    if (ngx_http_billing_invoice_string(job->pool, &id, reply) != NGX_OK
+    if (ngx_http_billing_store_copy(job->pool, &id, reply) != NGX_OK
         || id.len == 0)
     {
         ngx_http_billing_invoice_unavailable(job);

@@ -212,7 +212,6 @@ ngx_http_billing_meter_init_worker(ngx_cycle_t *cycle,
     ngx_http_billing_main_conf_t *bmcf)
 {
     u_char                    *p;
-    ngx_time_t                *tp;
     ngx_connection_t          *c;
     ngx_http_billing_meter_t  *meter;
 
@@ -253,13 +252,11 @@ ngx_http_billing_meter_init_worker(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
-    tp = ngx_timeofday();
-
     meter->flush_key.data = p;
     meter->flush_prefix = ngx_sprintf(p, "%Vflush:%V:%M:",
                                       &bmcf->redis_conf->prefix,
                                       &meter->worker,
-                                      (ngx_msec_t) tp->sec * 1000 + tp->msec)
+                                      (ngx_msec_t) ngx_http_billing_now_ms())
                           - p;
 
     meter->tick.handler = ngx_http_billing_meter_tick;
@@ -362,10 +359,7 @@ static void
 ngx_http_billing_meter_take(ngx_http_billing_meter_t *meter)
 {
     u_char      *p;
-    ngx_time_t  *tp;
     ngx_uint_t   whole;
-
-    tp = ngx_timeofday();
 
     meter->entries = 0;
     meter->units = 0;
@@ -390,7 +384,7 @@ ngx_http_billing_meter_take(ngx_http_billing_meter_t *meter)
      */
 
     if (whole) {
-        meter->mark = (int64_t) tp->sec * 1000 + tp->msec;
+        meter->mark = ngx_http_billing_now_ms();
         meter->last_mark = meter->mark;
 
     } else {

@@ -751,3 +751,14 @@ ngx_http_billing_log_safe(ngx_pool_t *pool, ngx_str_t *in, ngx_str_t *out)
 
     out->len = p - out->data;
 }
+
+
+int64_t
+ngx_http_billing_now_ms(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (int64_t) tp->sec * 1000 + tp->msec;
+}

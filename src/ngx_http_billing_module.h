@@ -173,6 +173,9 @@ char *ngx_http_billing_content(ngx_conf_t *cf, ngx_http_handler_pt h,
     ngx_str_t *file, ngx_uint_t *line);
 
 
+/* the wall clock in milliseconds, as nodes compare it */
+int64_t ngx_http_billing_now_ms(void);
+
 /* bytes of a client's string a log line shows at most */
 #define NGX_HTTP_BILLING_LOG_MAX  96
 

@@ -37,7 +37,6 @@ static ngx_http_conf_ctx_t *ngx_http_billing_scheduler_server(
     ngx_http_billing_main_conf_t *bmcf, ngx_str_t *marketplace);
 static ngx_msec_t ngx_http_billing_scheduler_wait_max(
     ngx_http_billing_main_conf_t *bmcf);
-static int64_t ngx_http_billing_now_ms(void);
 static u_char *ngx_http_billing_run_log_handler(ngx_log_t *log, u_char *buf,
     size_t len);
 
@@ -640,16 +639,7 @@ ngx_http_billing_run_str(ngx_http_billing_run_t *run, ngx_str_t *dst,
         return NGX_OK;
     }
 
-    dst->data = ngx_pnalloc(run->pool, v->len + 1);
-    if (dst->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(dst->data, v->str, v->len);
-    dst->data[v->len] = '\0';
-    dst->len = v->len;
-
-    return NGX_OK;
+    return ngx_http_billing_store_copy(run->pool, dst, v);
 }
 
 
@@ -731,17 +721,6 @@ ngx_msec_t
 ngx_http_billing_scheduler_final_wait(ngx_http_billing_main_conf_t *bmcf)
 {
     return ngx_http_billing_scheduler_wait_max(bmcf);
-}
-
-
-static int64_t
-ngx_http_billing_now_ms(void)
-{
-    ngx_time_t  *tp;
-
-    tp = ngx_timeofday();
-
-    return (int64_t) tp->sec * 1000 + tp->msec;
 }
 
 

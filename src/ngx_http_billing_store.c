@@ -321,8 +321,7 @@ ngx_http_billing_store_cancel(ngx_http_billing_owner_t *o, ngx_str_t *sub,
         || ngx_http_billing_store_key(o, &argv[1], "due", NULL, NULL)
            != NGX_OK
         || ngx_http_billing_store_num(o, &argv[2], tp->sec) != NGX_OK
-        || ngx_http_billing_store_num(o, &argv[3],
-                                      (int64_t) tp->sec * 1000 + tp->msec)
+        || ngx_http_billing_store_num(o, &argv[3], ngx_http_billing_now_ms())
            != NGX_OK
         || ngx_http_billing_store_key(o, &argv[5], "events", NULL, NULL)
            != NGX_OK
@@ -639,6 +638,28 @@ ngx_http_billing_store_gate(ngx_http_billing_owner_t *o, ngx_str_t *sub,
 
     return ngx_http_billing_store_run(o, &ngx_http_billing_gate_script,
                                       1, 2, argv, handler, data);
+}
+
+
+ngx_int_t
+ngx_http_billing_store_copy(ngx_pool_t *pool, ngx_str_t *dst,
+    redisReply *reply)
+{
+    if (reply == NULL || reply->type != REDIS_REPLY_STRING) {
+        return NGX_ERROR;
+    }
+
+    dst->len = reply->len;
+    dst->data = ngx_pnalloc(pool, reply->len + 1);
+
+    if (dst->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(dst->data, reply->str, reply->len);
+    dst->data[dst->len] = '\0';
+
+    return NGX_OK;
 }
 
 

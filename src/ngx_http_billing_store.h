@@ -133,6 +133,10 @@ ngx_int_t ngx_http_billing_store_key(ngx_http_billing_owner_t *o,
 ngx_int_t ngx_http_billing_store_num(ngx_http_billing_owner_t *o,
     ngx_str_t *s, int64_t n);
 
+/* a string reply, copied into pool with a '\0' after it */
+ngx_int_t ngx_http_billing_store_copy(ngx_pool_t *pool, ngx_str_t *dst,
+    redisReply *reply);
+
 /* the value of field in an HGETALL reply, or NULL */
 redisReply *ngx_http_billing_store_field(redisReply *hash, const char *field);
 
