@@ -8,9 +8,12 @@
  * finds it with the decision and the calendar is worked out once a
  * period, not once a request.
  *
- * A change drops an entry by leaving a tombstone with the time it came:
- * a lookup asked before then, or shortly after, may have been answered
- * before the change and arrive later, so it is not stored.
+ * Every change of a subscription in Redis increments its version, and
+ * the notification carries it.  The cache keeps the highest version seen
+ * per id: a change drops the entry's data but leaves its version (a
+ * marker), and a lookup answer is stored unless a newer version is
+ * known, so an answer that was on its way during a change is never kept,
+ * and one that came after it is.
  */
 
 
@@ -22,10 +25,8 @@
 #include "ngx_http_billing_cache.h"
 
 
-/* a lookup asked this soon after a change is not kept */
-#define NGX_HTTP_BILLING_CACHE_QUIET      1000
-
-#define NGX_HTTP_BILLING_CACHE_TOMBSTONE  0xff
+/* a version known, its data not: looked up as a miss */
+#define NGX_HTTP_BILLING_CACHE_MARKER  0xff
 
 
 typedef struct {
@@ -36,6 +37,7 @@ typedef struct {
     u_short                     url_len;
     ngx_queue_t                 queue;
     ngx_msec_t                  fetched;
+    uint64_t                    version;
 
     /* the meter's: see ngx_http_billing_entry_t */
     time_t                      anchor;
@@ -70,6 +72,8 @@ static ngx_rbtree_node_t *ngx_http_billing_cache_lookup(
     ngx_http_billing_cache_zone_t *zone, ngx_str_t *id, uint32_t hash);
 static void ngx_http_billing_cache_remove(ngx_http_billing_cache_zone_t *zone,
     ngx_rbtree_node_t *node);
+static ngx_rbtree_node_t *ngx_http_billing_cache_alloc(
+    ngx_http_billing_cache_zone_t *zone, size_t size, ngx_log_t *log);
 
 
 char *
@@ -275,7 +279,7 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache, ngx_str_t *id,
 
     cn = (ngx_http_billing_cache_node_t *) &node->color;
 
-    if (cn->state == NGX_HTTP_BILLING_CACHE_TOMBSTONE) {
+    if (cn->state == NGX_HTTP_BILLING_CACHE_MARKER) {
         ngx_shmtx_unlock(&zone->shpool->mutex);
         return NGX_DECLINED;
     }
@@ -300,6 +304,7 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache, ngx_str_t *id,
 
     entry->state = cn->state;
     entry->fetched = cn->fetched;
+    entry->version = cn->version;
     entry->anchor = cn->anchor;
     entry->period.kind = cn->period_kind;
     entry->period.seconds = cn->period_seconds;
@@ -333,8 +338,6 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
     u_char                         *p;
     size_t                          size;
     uint32_t                        hash;
-    ngx_uint_t                      evicted;
-    ngx_queue_t                    *q;
     ngx_rbtree_node_t              *node;
     ngx_http_billing_cache_node_t  *cn;
     ngx_http_billing_cache_zone_t  *zone;
@@ -359,37 +362,21 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
     if (node) {
         cn = (ngx_http_billing_cache_node_t *) &node->color;
 
-        if (cn->state == NGX_HTTP_BILLING_CACHE_TOMBSTONE
-            && entry->state != NGX_HTTP_BILLING_CACHE_TOMBSTONE
-            && (ngx_msec_int_t) (entry->fetched - cn->fetched)
-               < NGX_HTTP_BILLING_CACHE_QUIET)
-        {
+        /* answered before a change this cache knows of: not kept */
+
+        if (cn->version > entry->version) {
             ngx_shmtx_unlock(&zone->shpool->mutex);
+
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
+                           "billing cache: version %uL older than %uL, "
+                           "not kept", entry->version, cn->version);
             return;
         }
 
         ngx_http_billing_cache_remove(zone, node);
     }
 
-    evicted = 0;
-
-    for ( ;; ) {
-        node = ngx_slab_alloc_locked(zone->shpool, size);
-
-        if (node || ngx_queue_empty(&zone->sh->queue)) {
-            break;
-        }
-
-        /* full: the least recently used go, a few at a time */
-
-        q = ngx_queue_last(&zone->sh->queue);
-        cn = ngx_queue_data(q, ngx_http_billing_cache_node_t, queue);
-
-        ngx_http_billing_cache_remove(zone, (ngx_rbtree_node_t *)
-                                  ((u_char *) cn
-                                   - offsetof(ngx_rbtree_node_t, color)));
-        evicted++;
-    }
+    node = ngx_http_billing_cache_alloc(zone, size, log);
 
     if (node == NULL) {
         ngx_shmtx_unlock(&zone->shpool->mutex);
@@ -402,6 +389,7 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
 
     cn->state = (u_char) entry->state;
     cn->fetched = entry->fetched;
+    cn->version = entry->version;
     cn->id_len = (u_short) id->len;
     cn->invoice_len = (u_short) entry->invoice.len;
     cn->url_len = (u_short) entry->pay_url.len;
@@ -427,11 +415,129 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
     ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+void
+ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
+    ngx_str_t *id, uint64_t version, ngx_log_t *log)
+{
+    uint32_t                        hash;
+    ngx_rbtree_node_t              *node;
+    ngx_http_billing_cache_node_t  *cn;
+    ngx_http_billing_cache_zone_t  *zone;
+
+    if (id->len == 0 || id->len > 0xffff) {
+        return;
+    }
+
+    zone = cache->shm_zone->data;
+    hash = ngx_crc32_short(id->data, id->len);
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    node = ngx_http_billing_cache_lookup(zone, id, hash);
+
+    if (node) {
+        cn = (ngx_http_billing_cache_node_t *) &node->color;
+
+        if (version && cn->version >= version) {
+            /* known already, or older than what is known: a repeat */
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            return;
+        }
+
+        if (version == 0) {
+            /* a change without a version (a node before 0.5) */
+            ngx_http_billing_cache_remove(zone, node);
+            ngx_shmtx_unlock(&zone->shpool->mutex);
+            return;
+        }
+
+        /* the data go, the version stays: the node's size does not matter */
+
+        cn->state = NGX_HTTP_BILLING_CACHE_MARKER;
+        cn->version = version;
+        cn->invoice_len = 0;
+        cn->url_len = 0;
+
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return;
+    }
+
+    if (version == 0) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return;
+    }
+
+    /*
+     * Even for an id not cached: a lookup may be on its way, whose answer
+     * predates this change.
+     */
+
+    node = ngx_http_billing_cache_alloc(zone,
+                                  offsetof(ngx_rbtree_node_t, color)
+                                  + offsetof(ngx_http_billing_cache_node_t,
+                                             data)
+                                  + id->len, log);
+    if (node == NULL) {
+        ngx_shmtx_unlock(&zone->shpool->mutex);
+        return;
+    }
+
+    node->key = hash;
+
+    cn = (ngx_http_billing_cache_node_t *) &node->color;
+
+    ngx_memzero(cn, offsetof(ngx_http_billing_cache_node_t, data));
+
+    cn->state = NGX_HTTP_BILLING_CACHE_MARKER;
+    cn->version = version;
+    cn->id_len = (u_short) id->len;
+    ngx_memcpy(cn->data, id->data, id->len);
+
+    ngx_rbtree_insert(&zone->sh->rbtree, node);
+    ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+static ngx_rbtree_node_t *
+ngx_http_billing_cache_alloc(ngx_http_billing_cache_zone_t *zone, size_t size,
+    ngx_log_t *log)
+{
+    ngx_uint_t                      evicted;
+    ngx_queue_t                    *q;
+    ngx_rbtree_node_t              *node;
+    ngx_http_billing_cache_node_t  *cn;
+
+    evicted = 0;
+
+    for ( ;; ) {
+        node = ngx_slab_alloc_locked(zone->shpool, size);
+
+        if (node || ngx_queue_empty(&zone->sh->queue)) {
+            break;
+        }
+
+        /* full: the least recently used go, a few at a time */
+
+        q = ngx_queue_last(&zone->sh->queue);
+        cn = ngx_queue_data(q, ngx_http_billing_cache_node_t, queue);
+
+        ngx_http_billing_cache_remove(zone, (ngx_rbtree_node_t *)
+                                  ((u_char *) cn
+                                   - offsetof(ngx_rbtree_node_t, color)));
+        evicted++;
+    }
 
     if (evicted) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, log, 0,
                        "billing cache: %ui entries evicted", evicted);
     }
+
+    return node;
 }
 
 
@@ -475,20 +581,6 @@ done:
 
     entry->cur_start = (time_t) start;
     entry->cur_end = (time_t) end;
-}
-
-
-void
-ngx_http_billing_cache_delete(ngx_http_billing_cache_t *cache, ngx_str_t *id)
-{
-    ngx_http_billing_entry_t  tombstone;
-
-    ngx_memzero(&tombstone, sizeof(ngx_http_billing_entry_t));
-
-    tombstone.state = NGX_HTTP_BILLING_CACHE_TOMBSTONE;
-    tombstone.fetched = ngx_current_msec;
-
-    ngx_http_billing_cache_put(cache, id, &tombstone, ngx_cycle->log);
 }
 
 

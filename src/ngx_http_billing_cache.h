@@ -24,6 +24,7 @@ typedef struct {
     ngx_str_t                   invoice;     /* the first invoice */
     ngx_str_t                   pay_url;     /* its hosted_invoice_url */
     ngx_msec_t                  fetched;     /* when Redis said so */
+    uint64_t                    version;     /* of the subscription */
 
     /* the first period's start (activation), 0 when unknown */
     time_t                      anchor;
@@ -55,8 +56,9 @@ ngx_int_t ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
     ngx_str_t *id, ngx_http_billing_entry_t *entry, ngx_pool_t *pool);
 
 /*
- * Stores what Redis said, entry->fetched being when it was asked; makes
- * room by evicting when the zone is full.
+ * Stores what Redis said, entry->fetched being when it was asked, unless
+ * a newer version than entry->version is known; makes room by evicting
+ * when the zone is full.
  */
 void ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
     ngx_str_t *id, ngx_http_billing_entry_t *entry, ngx_log_t *log);
@@ -69,9 +71,13 @@ void ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
 void ngx_http_billing_entry_period(ngx_http_billing_entry_t *entry,
     time_t now);
 
-/* a change: drops the entry, and for a while what was asked before */
-void ngx_http_billing_cache_delete(ngx_http_billing_cache_t *cache,
-    ngx_str_t *id);
+/*
+ * A change, to version (0: unknown, from a node before 0.5): drops the
+ * entry unless it is as new, and keeps the version, so that no older
+ * answer is stored afterwards.
+ */
+void ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
+    ngx_str_t *id, uint64_t version, ngx_log_t *log);
 
 
 #endif /* _NGX_HTTP_BILLING_CACHE_H_INCLUDED_ */

@@ -261,10 +261,32 @@ ngx_http_billing_gate_message(void *data, ngx_str_t *message)
 {
     ngx_http_billing_cache_t  *cache = data;
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
-                   "billing gate: \"%V\" changed", message);
+    u_char     *p;
+    off_t       version;
+    ngx_str_t   id;
 
-    ngx_http_billing_cache_delete(cache, message);
+    /* "VERSION ID"; a node before 0.5 publishes the bare id */
+
+    p = ngx_strlchr(message->data, message->data + message->len, ' ');
+
+    version = (p == NULL) ? NGX_ERROR
+                          : ngx_atoof(message->data, p - message->data);
+
+    if (version > 0) {
+        id.data = p + 1;
+        id.len = message->data + message->len - id.data;
+
+    } else {
+        version = 0;
+        id = *message;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "billing gate: \"%V\" changed, version %O",
+                   &id, version);
+
+    ngx_http_billing_cache_changed(cache, &id, (uint64_t) version,
+                                   ngx_cycle->log);
 }
 
 
@@ -476,6 +498,7 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
 {
     ngx_http_request_t  *r = data;
 
+    off_t                          version;
     redisReply                    *e;
     ngx_connection_t              *c;
     ngx_http_billing_entry_t      *entry;
@@ -495,7 +518,7 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
 
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR
         || (reply->type != REDIS_REPLY_NIL
-            && (reply->type != REDIS_REPLY_ARRAY || reply->elements != 5)))
+            && (reply->type != REDIS_REPLY_ARRAY || reply->elements != 6)))
     {
         ctx->status = NGX_HTTP_BILLING_GATE_UNAVAILABLE;
 
@@ -541,6 +564,13 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
         }
 
         ngx_http_billing_entry_period(entry, ngx_time());
+
+        e = reply->element[5];
+
+        if (e->type == REDIS_REPLY_STRING) {
+            version = ngx_atoof((u_char *) e->str, e->len);
+            entry->version = (version > 0) ? (uint64_t) version : 0;
+        }
     }
 
     if (ctx->status == NGX_HTTP_BILLING_GATE_KNOWN && bmcf->cache) {

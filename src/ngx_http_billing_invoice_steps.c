@@ -379,7 +379,7 @@ ngx_http_billing_invoice_recorded(void *data, redisReply *reply)
     ngx_http_billing_invoice_job_t  *job = data;
 
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
-        || reply->elements != 3)
+        || reply->elements != 4)
     {
         ngx_http_billing_invoice_unavailable(job);
         return;

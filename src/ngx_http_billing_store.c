@@ -2,6 +2,10 @@
 /*
  * The module's data in Redis.
  *
+ * A change of what the gate caches of a subscription increments its
+ * "version" and publishes "VERSION ID" on the events channel, so that
+ * every cache keeps the newest and never an answer older than a change.
+ *
  * Every change that touches several keys is one Lua script, so that a
  * worker or node dying halfway leaves nothing half done.  The keys of
  * a subscription are not hash-tagged: Redis Cluster is not supported.
@@ -33,6 +37,11 @@
  * A subscription that becomes active starts its first metering period
  * now, and the scheduler is told to look at it.  One claimed before 0.4
  * (no "period") had its period start set at the claim: it starts now.
+ *
+ * Only a change the gate sees (the subscription's state, its first
+ * invoice) is published: a repeated or stale event, or one of a period
+ * invoice, drops no cache entry anywhere.  The reply's fourth element is
+ * the subscription's new version, 0 when nothing was published.
  */
 
 static const char  ngx_http_billing_invoice_lua[] =
@@ -56,11 +65,12 @@ static const char  ngx_http_billing_invoice_lua[] =
     "end\n"
     "local state = ''\n"
     "local moved = 0\n"
+    "local first = false\n"
     "if #KEYS == 2 and cur == ARGV[1] then\n"
     "  local s = redis.call('HMGET', KEYS[2], 'state', 'initial_invoice')\n"
     "  if s[1] then\n"
     "    state = s[1]\n"
-    "    local first = (s[2] == ARGV[14])"
+    "    first = (s[2] == ARGV[14])"
     " or (not s[2] and ARGV[6] == 'initial')\n"
     "    if first and ARGV[11] ~= '' and state ~= ARGV[11]"
     " and string.find(ARGV[12], ' ' .. state .. ' ', 1, true) then\n"
@@ -85,10 +95,12 @@ static const char  ngx_http_billing_invoice_lua[] =
     "    end\n"
     "  end\n"
     "end\n"
-    "if ARGV[5] ~= '' and (changed == 1 or moved == 1) then\n"
-    "  redis.call('PUBLISH', ARGV[13], ARGV[5])\n"
+    "local ver = 0\n"
+    "if moved == 1 or (changed == 1 and first) then\n"
+    "  ver = redis.call('HINCRBY', KEYS[2], 'version', 1)\n"
+    "  redis.call('PUBLISH', ARGV[13], ver .. ' ' .. ARGV[5])\n"
     "end\n"
-    "return { cur, changed, state }\n";
+    "return { cur, changed, state, ver }\n";
 
 
 /*
@@ -123,7 +135,8 @@ static const char  ngx_http_billing_claim_lua[] =
     "if cust ~= '' then\n"
     "  redis.call('HSET', KEYS[1], 'customer_id', cust)\n"
     "end\n"
-    "redis.call('PUBLISH', ARGV[10], ARGV[2])\n"
+    "local ver = redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
+    "redis.call('PUBLISH', ARGV[10], ver .. ' ' .. ARGV[2])\n"
     "return { 'new', 'pending', cust, '', '', ARGV[7], '' }\n";
 
 
@@ -189,7 +202,7 @@ static const char  ngx_http_billing_get_lua[] =
 
 static const char  ngx_http_billing_gate_lua[] =
     "local s = redis.call('HMGET', KEYS[1], 'state', 'initial_invoice',"
-    " 'period_start', 'period', 'plan')\n"
+    " 'period_start', 'period', 'plan', 'version')\n"
     "if not s[1] then return false end\n"
     "local url = ''\n"
     "if s[2] then\n"
@@ -203,7 +216,8 @@ static const char  ngx_http_billing_gate_lua[] =
     "    period = tostring(plan.metering_period)\n"
     "  end\n"
     "end\n"
-    "return { s[1], s[2] or '', url, s[3] or '', period or '' }\n";
+    "return { s[1], s[2] or '', url, s[3] or '', period or '',"
+    " s[6] or '0' }\n";
 
 
 /*
@@ -272,7 +286,8 @@ static const char  ngx_http_billing_cancel_lua[] =
     "if s[1] == 'active' or s[1] == 'past_due' then\n"
     "  redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])\n"
     "end\n"
-    "redis.call('PUBLISH', ARGV[4], ARGV[3])\n"
+    "local ver = redis.call('HINCRBY', KEYS[1], 'version', 1)\n"
+    "redis.call('PUBLISH', ARGV[4], ver .. ' ' .. ARGV[3])\n"
     "return { 'cancelled', 'now', s[1] }\n";
 
 

@@ -296,7 +296,8 @@ ngx_http_billing_webhook_recorded(void *data, redisReply *reply)
     c = r->connection;
 
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
-        || reply->elements != 3)
+        || reply->elements != 4
+        || reply->element[3]->type != REDIS_REPLY_INTEGER)
     {
         if (reply && reply->type == REDIS_REPLY_ERROR) {
             ngx_log_error(NGX_LOG_ERR, c->log, 0,
@@ -322,14 +323,18 @@ ngx_http_billing_webhook_recorded(void *data, redisReply *reply)
                    ? reply->element[2]->str : "?");
 
     /*
-     * This node's gate sees the change at once; other nodes drop their
-     * entries when the change is published.
+     * This node's gate sees a change at once; other nodes drop their
+     * entries when it is published.  A repeat changed nothing.
      */
 
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
 
-    if (bmcf->cache && wh->subscription.len) {
-        ngx_http_billing_cache_delete(bmcf->cache, &wh->subscription);
+    if (bmcf->cache && wh->subscription.len
+        && reply->element[3]->integer > 0)
+    {
+        ngx_http_billing_cache_changed(bmcf->cache, &wh->subscription,
+                                       (uint64_t) reply->element[3]->integer,
+                                       c->log);
     }
 
     json = json_pack("{s:b}", "received", 1);

@@ -429,12 +429,14 @@ sub sub_case {
 
 sub sub_state { $t->redis('HGET', "billing:sub:$_[0]", 'state') }
 
-# drains announcements, returns those for $sub within $timeout
+# drains announcements ("VERSION ID"), returns the version of the first
+# for $sub within $timeout, 0 when none came
 sub announced {
     my ($sub, $timeout) = @_;
     my $deadline = time + $timeout;
     while (my $m = $subscriber->next_message($deadline - time)) {
-        return 1 if $m->[0] eq 'billing:events' && $m->[1] eq $sub;
+        return $1 if $m->[0] eq 'billing:events'
+            && $m->[1] =~ /^([1-9][0-9]*) \Q$sub\E$/;
         last if time >= $deadline;
     }
     return 0;
@@ -466,6 +468,48 @@ sub announced {
         events => [ 'invoice.marked_uncollectible', 'invoice.paid' ]);
     is sub_state($sub), 'active', 'payment_failed -> active when finally paid';
     ok announced($sub, 3), 'reactivation published';
+}
+
+# every change the gate sees increments the version it is published with;
+# what changes nothing (a repeat, a stale event, a period invoice)
+# publishes nothing
+{
+    my $sub = rid('sub-');
+    my $inv = rid('in_');
+    $t->redis('HSET', "billing:sub:$sub", 'state', 'pending',
+        'consumer_org', 'org-7', 'initial_invoice', $inv);
+    my $send = sub {
+        my ($type, %o) = @_;
+        my $r = $t->webhook(invoice_event(type => $type, invoice_id => $inv,
+            subscription => $sub, kind => 'initial', %o));
+        is_received($r, "versions: $type");
+    };
+
+    $send->('invoice.finalized');
+    my $v1 = announced($sub, 3);
+    ok $v1, "versions: finalized published with version $v1";
+    $send->('invoice.finalized');
+    is announced($sub, 0.5), 0, 'versions: a repeated finalized publishes nothing';
+    $send->('invoice.paid');
+    my $v2 = announced($sub, 3);
+    cmp_ok $v2, '>', $v1, "versions: paid published with a newer version ($v2)";
+    is $t->redis('HGET', "billing:sub:$sub", 'version'), $v2,
+        'versions: the subscription holds the version published';
+    $send->('invoice.paid');
+    is announced($sub, 0.5), 0, 'versions: a repeated paid publishes nothing';
+    $send->('invoice.finalized', created => int(time) - 60);
+    is announced($sub, 0.5), 0, 'versions: a stale finalized publishes nothing';
+    is $t->redis('HGET', "billing:sub:$sub", 'version'), $v2,
+        'versions: nothing published, nothing incremented';
+
+    # a period invoice of the same subscription: not what the gate sees
+    my $pinv = rid('in_');
+    my $r = $t->webhook(invoice_event(type => 'invoice.finalized',
+        invoice_id => $pinv, subscription => $sub, kind => 'period'));
+    is_received($r, 'versions: period invoice finalized');
+    is announced($sub, 0.5), 0, 'versions: a period invoice publishes nothing';
+    is $t->redis('HGET', inv_key($pinv), 'status'), 'open',
+        'versions: the period invoice is recorded all the same';
 }
 
 {
