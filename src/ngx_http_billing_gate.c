@@ -13,6 +13,12 @@
  * status.  nginx then answers that status itself, error_page included,
  * and the module's filter gives its page the JSON body.
  *
+ * In the target location of auth_request it gates the main request:
+ * the subrequest can only say 401 or 403 to auth_request (anything else
+ * is a 500), so the decision goes to the main request's context, whose
+ * answer the filter turns into the gate's own status and JSON, and the
+ * main request is metered as its target location says.
+ *
  * Decisions come from billing_cache when they are fresh, from Redis
  * otherwise.  Fresh means younger than the ttl (negative_ttl for
  * unknown ids) and known to this worker's pub/sub subscription, which
@@ -30,6 +36,7 @@
 
 #include "ngx_http_billing_module.h"
 #include "ngx_http_billing_gate.h"
+#include "ngx_http_billing_gate_int.h"
 #include "ngx_http_billing_json.h"
 #include "ngx_http_billing_cache.h"
 #include "ngx_http_billing_redis.h"
@@ -45,43 +52,6 @@
 #define NGX_HTTP_BILLING_PAYMENT_REQUIRED       402
 
 
-typedef enum {
-    NGX_HTTP_BILLING_GATE_LOOKUP = 0,
-    NGX_HTTP_BILLING_GATE_KNOWN,
-    NGX_HTTP_BILLING_GATE_NO_ID,
-    NGX_HTTP_BILLING_GATE_UNAVAILABLE
-} ngx_http_billing_gate_status_e;
-
-
-typedef struct {
-    ngx_http_billing_ctx_t      base;
-
-    /* the gate decided on: a "rewrite ... last" may lead to another */
-    ngx_http_complex_value_t   *gate;
-
-    ngx_str_t                   id;
-    ngx_uint_t                  status;
-    ngx_http_billing_entry_t    entry;
-
-    /* what was cached but is too old, for when Redis cannot answer */
-    ngx_http_billing_entry_t    stale;
-    unsigned                    has_stale:1;
-    unsigned                    waiting:1;
-
-    /* let through as active: the meter counts it */
-    unsigned                    allowed:1;
-
-    /* when Redis was asked: what it says is as old as that */
-    ngx_msec_t                  asked;
-
-    /* the denial: its status, what the handler returned for it */
-    ngx_uint_t                  deny;
-    ngx_int_t                   returned;
-    const char                 *code;
-    const char                 *message;
-} ngx_http_billing_gate_ctx_t;
-
-
 static void ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up);
 static void ngx_http_billing_gate_message(void *data, ngx_str_t *message);
 static ngx_int_t ngx_http_billing_gate_rewrite(ngx_http_request_t *r);
@@ -94,6 +64,8 @@ static void ngx_http_billing_gate_looked_up(void *data, redisReply *reply);
 static ngx_int_t ngx_http_billing_gate_verdict(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx);
 static ngx_int_t ngx_http_billing_gate_let_through(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx);
+static ngx_int_t ngx_http_billing_gate_allow(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx);
 static ngx_int_t ngx_http_billing_gate_deny(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx, ngx_uint_t status, const char *code,
@@ -344,8 +316,8 @@ ngx_http_billing_gate_access_last(ngx_http_request_t *r)
      * a 403 becomes the gate's denial.
      */
 
-    ctx = (r == r->main) ? ngx_http_get_module_ctx(r, ngx_http_billing_module)
-                         : NULL;
+    ctx = (r == r->main || ngx_http_billing_gate_auth_subrequest(r))
+          ? ngx_http_get_module_ctx(r, ngx_http_billing_module) : NULL;
 
     if (ctx == NULL || ctx->base.kind != NGX_HTTP_BILLING_CTX_GATE
         || ctx->deny == 0 || ctx->waiting)
@@ -357,8 +329,12 @@ ngx_http_billing_gate_access_last(ngx_http_request_t *r)
         || (r->access_code == NGX_HTTP_UNAUTHORIZED
             && ctx->deny == NGX_HTTP_UNAUTHORIZED))
     {
-        ctx->returned = ctx->deny;
-        r->access_code = ctx->deny;
+        /* auth_request hears only 401 and 403: the main request the rest */
+
+        if (r == r->main) {
+            ctx->returned = ctx->deny;
+            r->access_code = ctx->deny;
+        }
 
         if (ngx_http_billing_gate_body(r, ctx) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -379,9 +355,14 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
 
     blcf = ngx_http_get_module_loc_conf(r, ngx_http_billing_module);
 
-    /* subrequests belong to a request that passed already */
+    /*
+     * Other subrequests belong to a request that passed already, the
+     * module's own among them.
+     */
 
-    if (blcf->gate == NULL || r != r->main) {
+    if (blcf->gate == NULL
+        || (r != r->main && !ngx_http_billing_gate_auth_subrequest(r)))
+    {
         return NGX_DECLINED;
     }
 
@@ -613,6 +594,20 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
 
 
 static ngx_int_t
+ngx_http_billing_gate_allow(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx)
+{
+    ctx->allowed = 1;
+
+    if (r != r->main) {
+        return ngx_http_billing_gate_auth_allow(r, ctx);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
 ngx_http_billing_gate_verdict(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx)
 {
@@ -663,8 +658,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
     switch (ctx->entry.state) {
 
     case NGX_BILLING_SUB_ACTIVE:
-        ctx->allowed = 1;
-        return NGX_OK;
+        return ngx_http_billing_gate_allow(r, ctx);
 
     case NGX_BILLING_SUB_PENDING:
         return ngx_http_billing_gate_deny(r, ctx,
@@ -715,17 +709,17 @@ ngx_http_billing_gate_let_through(ngx_http_request_t *r,
 
     ngx_memzero(&ctx->entry, sizeof(ngx_http_billing_entry_t));
     ctx->entry.state = NGX_BILLING_SUB_ACTIVE;
-    ctx->allowed = 1;
 
-    return NGX_OK;
+    return ngx_http_billing_gate_allow(r, ctx);
 }
 
 
 ngx_int_t
 ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
-    time_t *period_start)
+    time_t *period_start, ngx_http_billing_loc_conf_t **meter_conf)
 {
     time_t                        now;
+    ngx_http_billing_loc_conf_t  *blcf;
     ngx_http_billing_gate_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
@@ -738,6 +732,19 @@ ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
         return NGX_DECLINED;
     }
 
+    if (ctx->auth) {
+        blcf = ctx->meter_conf;
+
+    } else {
+        /* the final location decides: a redirect may leave the gate */
+
+        blcf = ngx_http_get_module_loc_conf(r, ngx_http_billing_module);
+
+        if (blcf->gate == NULL) {
+            return NGX_DECLINED;
+        }
+    }
+
     now = ngx_time();
 
     /* a request that outlived its period, or a period not computed yet */
@@ -748,6 +755,7 @@ ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
 
     *id = ctx->id;
     *period_start = ctx->entry.cur_start;
+    *meter_conf = blcf;
 
     return NGX_OK;
 }
@@ -776,12 +784,19 @@ ngx_http_billing_gate_deny(ngx_http_request_t *r,
 
     /* "satisfy any": a plain denial, which another module may overrule */
 
-    if (clcf->satisfy == NGX_HTTP_SATISFY_ANY) {
+    if (clcf->satisfy == NGX_HTTP_SATISFY_ANY || r != r->main) {
 
         /* the body waits: another module may yet grant access */
 
         ctx->returned = (status == NGX_HTTP_UNAUTHORIZED)
                         ? NGX_HTTP_UNAUTHORIZED : NGX_HTTP_FORBIDDEN;
+
+        if (clcf->satisfy == NGX_HTTP_SATISFY_ALL
+            && ngx_http_billing_gate_body(r, ctx) != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
         return ctx->returned;
     }
 
@@ -836,8 +851,14 @@ ngx_http_billing_gate_body(ngx_http_request_t *r,
         json_object_set_new(json, "portal_url", v);
     }
 
-    rc = ngx_http_billing_error_replace(r, &ctx->base, ctx->returned,
-                                        ctx->deny, json);
+    if (r == r->main) {
+        rc = ngx_http_billing_error_replace(r, &ctx->base, ctx->returned,
+                                            ctx->deny, json);
+        json_decref(json);
+        return rc;
+    }
+
+    rc = ngx_http_billing_gate_auth_deny(r, ctx, json);
     json_decref(json);
 
     return rc;

@@ -23,12 +23,13 @@ ngx_int_t ngx_http_billing_gate_init(ngx_conf_t *cf);
 
 /*
  * For the meter, in the log phase: NGX_OK only when the gate let this
- * main request through as active; then the subscription id and the
- * start of the metering period that now falls in (0 when the
- * subscription's data has no period).
+ * main request through as active; then the subscription id, the start
+ * of the metering period that now falls in (0 when the subscription's
+ * data has no period) and the configuration whose billing_meter counts
+ * (the final location's, or the auth_request target's that decided).
  */
 ngx_int_t ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
-    time_t *period_start);
+    time_t *period_start, ngx_http_billing_loc_conf_t **meter_conf);
 
 /* the pub/sub connection that keeps billing_cache fresh */
 ngx_int_t ngx_http_billing_gate_init_worker(ngx_cycle_t *cycle,

@@ -343,21 +343,15 @@ ngx_http_billing_meter_handler(ngx_http_request_t *r)
         return NGX_OK;
     }
 
-    /* the final location decides: an internal redirect may leave the gate */
-
-    blcf = ngx_http_get_module_loc_conf(r, ngx_http_billing_module);
-
-    if (blcf->gate == NULL || blcf->meter == NGX_HTTP_BILLING_METER_OFF) {
-        return NGX_OK;
-    }
-
     status = r->err_status ? r->err_status : r->headers_out.status;
 
     if (status == 0 || status >= NGX_HTTP_BAD_REQUEST) {
         return NGX_OK;
     }
 
-    if (ngx_http_billing_gate_metered(r, &id, &start) != NGX_OK) {
+    if (ngx_http_billing_gate_metered(r, &id, &start, &blcf) != NGX_OK
+        || blcf->meter == NGX_HTTP_BILLING_METER_OFF)
+    {
         return NGX_OK;
     }
 

@@ -1,0 +1,146 @@
+
+/*
+ * billing_gate in the target location of auth_request.
+ *
+ *     location /api/ { auth_request /_check; proxy_pass ...; }
+ *     location = /_check { internal; billing_gate ...; return 204; }
+ *
+ * The gate runs in the subrequest but decides for the main request.
+ * auth_request passes on a 401 or a 403 of its subrequest and makes a
+ * 500 of anything else, so the subrequest says 401 or 403 and the
+ * decision (status, JSON, the subscription and its period) goes to the
+ * main request's context: the filter turns the main request's 401 or
+ * 403 into the gate's answer, and the meter counts the main request as
+ * the target location's billing_meter says.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_billing_module.h"
+#include "ngx_http_billing_json.h"
+#include "ngx_http_billing_gate_int.h"
+
+
+static ngx_http_billing_gate_ctx_t *ngx_http_billing_gate_main_ctx(
+    ngx_http_request_t *r);
+
+
+/*
+ * Made by the main request's access phase, waited for, its answer's
+ * header only: what auth_request makes.  The module's own subrequests
+ * (to Stripe) are none of these.
+ */
+
+ngx_uint_t
+ngx_http_billing_gate_auth_subrequest(ngx_http_request_t *r)
+{
+    ngx_http_billing_loc_conf_t  *mlcf;
+
+    if (r == r->main || r->parent != r->main || !r->waited
+        || !r->header_only)
+    {
+        return 0;
+    }
+
+    /* the module's own handlers are never gated, this way neither */
+
+    mlcf = ngx_http_get_module_loc_conf(r->main, ngx_http_billing_module);
+
+    return !mlcf->json_errors;
+}
+
+
+ngx_int_t
+ngx_http_billing_gate_auth_allow(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx)
+{
+    ngx_http_billing_gate_ctx_t  *mctx;
+
+    mctx = ngx_http_billing_gate_main_ctx(r);
+
+    if (mctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* a gate of the main request's own location decided, and meters */
+
+    if (!mctx->auth) {
+        return NGX_OK;
+    }
+
+    mctx->id = ctx->id;
+    mctx->entry = ctx->entry;
+    mctx->allowed = 1;
+    mctx->deny = 0;
+    mctx->meter_conf = ngx_http_get_module_loc_conf(r,
+                                                    ngx_http_billing_module);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_billing_gate_auth_deny(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx, json_t *json)
+{
+    ngx_http_core_loc_conf_t     *clcf;
+    ngx_http_billing_gate_ctx_t  *mctx;
+
+    mctx = ngx_http_billing_gate_main_ctx(r);
+
+    if (mctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    mctx->allowed = 0;
+    mctx->deny = ctx->deny;
+    mctx->code = ctx->code;
+    mctx->message = ctx->message;
+    mctx->id = ctx->id;
+    mctx->entry = ctx->entry;
+    mctx->returned = ctx->returned;
+
+    /*
+     * Under "satisfy any" another module may still let the main request
+     * in: its last access handler makes the answer when none did.
+     */
+
+    clcf = ngx_http_get_module_loc_conf(r->main, ngx_http_core_module);
+
+    if (clcf->satisfy == NGX_HTTP_SATISFY_ANY) {
+        return NGX_OK;
+    }
+
+    return ngx_http_billing_error_replace(r->main, &mctx->base,
+                                          ctx->returned, ctx->deny, json);
+}
+
+
+/* the main request's gate context, made when it has none */
+
+static ngx_http_billing_gate_ctx_t *
+ngx_http_billing_gate_main_ctx(ngx_http_request_t *r)
+{
+    ngx_http_billing_gate_ctx_t  *mctx;
+
+    mctx = ngx_http_get_module_ctx(r->main, ngx_http_billing_module);
+
+    if (mctx) {
+        return (mctx->base.kind == NGX_HTTP_BILLING_CTX_GATE) ? mctx : NULL;
+    }
+
+    mctx = ngx_pcalloc(r->main->pool, sizeof(ngx_http_billing_gate_ctx_t));
+    if (mctx == NULL) {
+        return NULL;
+    }
+
+    mctx->base.kind = NGX_HTTP_BILLING_CTX_GATE;
+    mctx->auth = 1;
+
+    ngx_http_set_ctx(r->main, mctx, ngx_http_billing_module);
+
+    return mctx;
+}

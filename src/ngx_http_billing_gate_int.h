@@ -1,0 +1,75 @@
+
+/*
+ * Internals of billing_gate shared by the gate (ngx_http_billing_gate.c)
+ * and its auth_request half (ngx_http_billing_gate_auth.c).
+ */
+
+
+#ifndef _NGX_HTTP_BILLING_GATE_INT_H_INCLUDED_
+#define _NGX_HTTP_BILLING_GATE_INT_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <jansson.h>
+
+#include "ngx_http_billing_module.h"
+#include "ngx_http_billing_cache.h"
+
+
+typedef enum {
+    NGX_HTTP_BILLING_GATE_LOOKUP = 0,
+    NGX_HTTP_BILLING_GATE_KNOWN,
+    NGX_HTTP_BILLING_GATE_NO_ID,
+    NGX_HTTP_BILLING_GATE_UNAVAILABLE
+} ngx_http_billing_gate_status_e;
+
+
+typedef struct {
+    ngx_http_billing_ctx_t      base;
+
+    /* the gate decided on: a "rewrite ... last" may lead to another */
+    ngx_http_complex_value_t   *gate;
+
+    ngx_str_t                   id;
+    ngx_uint_t                  status;
+    ngx_http_billing_entry_t    entry;
+
+    /* what was cached but is too old, for when Redis cannot answer */
+    ngx_http_billing_entry_t    stale;
+    unsigned                    has_stale:1;
+    unsigned                    waiting:1;
+
+    /* let through as active: the meter counts it */
+    unsigned                    allowed:1;
+
+    /* decided by an auth_request subrequest, whose location meters */
+    unsigned                    auth:1;
+    ngx_http_billing_loc_conf_t  *meter_conf;
+
+    /* when Redis was asked: what it says is as old as that */
+    ngx_msec_t                  asked;
+
+    /* the denial: its status, what the handler returned for it */
+    ngx_uint_t                  deny;
+    ngx_int_t                   returned;
+    const char                 *code;
+    const char                 *message;
+} ngx_http_billing_gate_ctx_t;
+
+
+/* a subrequest of auth_request, whose gate gates the main request */
+ngx_uint_t ngx_http_billing_gate_auth_subrequest(ngx_http_request_t *r);
+
+/* such a subrequest let through: the main request is, and metered */
+ngx_int_t ngx_http_billing_gate_auth_allow(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx);
+
+/* such a subrequest denied: the main request's answer, json its body */
+ngx_int_t ngx_http_billing_gate_auth_deny(ngx_http_request_t *r,
+    ngx_http_billing_gate_ctx_t *ctx, json_t *json);
+
+
+#endif /* _NGX_HTTP_BILLING_GATE_INT_H_INCLUDED_ */
