@@ -166,6 +166,12 @@ ngx_http_billing_header_filter(ngx_http_request_t *r)
     r->headers_out.status = ctx->error_status;
     r->headers_out.status_line.len = 0;
 
+    /* what $status and the log say */
+
+    if (r->err_status) {
+        r->err_status = ctx->error_status;
+    }
+
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;

@@ -31,6 +31,12 @@ ngx_int_t ngx_http_billing_gate_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
     time_t *period_start, ngx_http_billing_loc_conf_t **meter_conf);
 
+/* for $billing_units: what the meter counted for the request */
+void ngx_http_billing_gate_counted(ngx_http_request_t *r, int64_t units);
+
+/* $billing_subscription, $billing_state, $billing_decision, $billing_units */
+ngx_int_t ngx_http_billing_variables_add(ngx_conf_t *cf);
+
 /* the pub/sub connection that keeps billing_cache fresh */
 ngx_int_t ngx_http_billing_gate_init_worker(ngx_cycle_t *cycle,
     ngx_http_billing_main_conf_t *bmcf);

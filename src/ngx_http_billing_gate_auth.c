@@ -73,6 +73,8 @@ ngx_http_billing_gate_auth_allow(ngx_http_request_t *r,
 
     mctx->id = ctx->id;
     mctx->entry = ctx->entry;
+    mctx->status = ctx->status;
+    mctx->has_stale = ctx->has_stale;
     mctx->allowed = 1;
     mctx->deny = 0;
     mctx->meter_conf = ngx_http_get_module_loc_conf(r,
@@ -101,6 +103,8 @@ ngx_http_billing_gate_auth_deny(ngx_http_request_t *r,
     mctx->message = ctx->message;
     mctx->id = ctx->id;
     mctx->entry = ctx->entry;
+    mctx->status = ctx->status;
+    mctx->has_stale = ctx->has_stale;
     mctx->returned = ctx->returned;
 
     /*

@@ -45,6 +45,9 @@ typedef struct {
     /* let through as active: the meter counts it */
     unsigned                    allowed:1;
 
+    /* what the meter counted, for $billing_units */
+    int64_t                     units;
+
     /* decided by an auth_request subrequest, whose location meters */
     unsigned                    auth:1;
     ngx_http_billing_loc_conf_t  *meter_conf;

@@ -106,6 +106,7 @@ ngx_int_t
 ngx_http_billing_meter_init(ngx_conf_t *cf)
 {
     ngx_str_t                      name;
+    ngx_array_t                   *handlers;
     ngx_http_handler_pt           *h;
     ngx_http_billing_meter_t      *meter;
     ngx_http_core_main_conf_t     *cmcf;
@@ -155,12 +156,21 @@ ngx_http_billing_meter_init(ngx_conf_t *cf)
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
-    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    /*
+     * First of the log phase, whose handlers run in the order of the
+     * array: access_log's $billing_units is then what was counted.
+     */
+
+    handlers = &cmcf->phases[NGX_HTTP_LOG_PHASE].handlers;
+
+    h = ngx_array_push(handlers);
     if (h == NULL) {
         return NGX_ERROR;
     }
 
-    *h = ngx_http_billing_meter_handler;
+    h = handlers->elts;
+    ngx_memmove(&h[1], &h[0], (handlers->nelts - 1) * sizeof(*h));
+    h[0] = ngx_http_billing_meter_handler;
 
     bmcf->meter = meter;
 
@@ -392,6 +402,8 @@ ngx_http_billing_meter_handler(ngx_http_request_t *r)
 
     ngx_http_billing_meter_add(bmcf->meter, &id, start, units,
                                r->connection->log);
+
+    ngx_http_billing_gate_counted(r, units);
 
     return NGX_OK;
 

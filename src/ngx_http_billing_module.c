@@ -193,7 +193,7 @@ static ngx_command_t  ngx_http_billing_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_billing_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_billing_variables_add,        /* preconfiguration */
     ngx_http_billing_postconfiguration,    /* postconfiguration */
 
     ngx_http_billing_create_main_conf,     /* create main configuration */
