@@ -10,10 +10,13 @@
  *
  * Every change of a subscription in Redis increments its version, and
  * the notification carries it.  The cache keeps the highest version seen
- * per id: a change drops the entry's data but leaves its version (a
- * marker), and a lookup answer is stored unless a newer version is
- * known, so an answer that was on its way during a change is never kept,
- * and one that came after it is.
+ * per id, and when: a change drops the entry's data but leaves its
+ * version (a marker), and a lookup answer is stored unless a newer
+ * version is known that came no earlier than the lookup was asked.  An
+ * answer that was on its way during a change is never kept, and one that
+ * came after it is.  A lookup asked after the change reflects it, so a
+ * lower version then means Redis went back (a failover that lost the
+ * last writes, a restore): what it says now is taken.
  */
 
 
@@ -364,7 +367,9 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
 
         /* answered before a change this cache knows of: not kept */
 
-        if (cn->version > entry->version) {
+        if (cn->version > entry->version
+            && (ngx_msec_int_t) (entry->fetched - cn->fetched) <= 0)
+        {
             ngx_shmtx_unlock(&zone->shpool->mutex);
 
             ngx_log_debug2(NGX_LOG_DEBUG_HTTP, log, 0,
@@ -422,6 +427,7 @@ void
 ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
     ngx_str_t *id, uint64_t version, ngx_log_t *log)
 {
+    size_t                          size;
     uint32_t                        hash;
     ngx_rbtree_node_t              *node;
     ngx_http_billing_cache_node_t  *cn;
@@ -441,15 +447,17 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
     if (node) {
         cn = (ngx_http_billing_cache_node_t *) &node->color;
 
-        if (version && cn->version >= version) {
-            /* known already, or older than what is known: a repeat */
-            ngx_shmtx_unlock(&zone->shpool->mutex);
-            return;
-        }
+        /*
+         * A change without a version (a node before 0.5, which does not
+         * increment it): one past what is known keeps out what was asked
+         * before it.
+         */
 
         if (version == 0) {
-            /* a change without a version (a node before 0.5) */
-            ngx_http_billing_cache_remove(zone, node);
+            version = cn->version + 1;
+
+        } else if (cn->version >= version) {
+            /* known already, or older than what is known: a repeat */
             ngx_shmtx_unlock(&zone->shpool->mutex);
             return;
         }
@@ -457,6 +465,7 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
         /* the data go, the version stays: the node's size does not matter */
 
         cn->state = NGX_HTTP_BILLING_CACHE_MARKER;
+        cn->fetched = ngx_current_msec;
         cn->version = version;
         cn->invoice_len = 0;
         cn->url_len = 0;
@@ -466,8 +475,7 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
     }
 
     if (version == 0) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-        return;
+        version = 1;
     }
 
     /*
@@ -475,11 +483,10 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
      * predates this change.
      */
 
-    node = ngx_http_billing_cache_alloc(zone,
-                                  offsetof(ngx_rbtree_node_t, color)
-                                  + offsetof(ngx_http_billing_cache_node_t,
-                                             data)
-                                  + id->len, log);
+    size = offsetof(ngx_rbtree_node_t, color)
+           + offsetof(ngx_http_billing_cache_node_t, data) + id->len;
+
+    node = ngx_http_billing_cache_alloc(zone, size, log);
     if (node == NULL) {
         ngx_shmtx_unlock(&zone->shpool->mutex);
         return;
@@ -492,6 +499,7 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
     ngx_memzero(cn, offsetof(ngx_http_billing_cache_node_t, data));
 
     cn->state = NGX_HTTP_BILLING_CACHE_MARKER;
+    cn->fetched = ngx_current_msec;
     cn->version = version;
     cn->id_len = (u_short) id->len;
     ngx_memcpy(cn->data, id->data, id->len);

@@ -73,8 +73,8 @@ void ngx_http_billing_entry_period(ngx_http_billing_entry_t *entry,
 
 /*
  * A change, to version (0: unknown, from a node before 0.5): drops the
- * entry unless it is as new, and keeps the version, so that no older
- * answer is stored afterwards.
+ * entry unless it is as new, and keeps the version, so that no answer
+ * older than the change is stored afterwards.
  */
 void ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
     ngx_str_t *id, uint64_t version, ngx_log_t *log);

@@ -31,17 +31,28 @@ static ngx_http_billing_gate_ctx_t *ngx_http_billing_gate_main_ctx(
 /*
  * Made by the main request's access phase, waited for, its answer's
  * header only: what auth_request makes.  The module's own subrequests
- * (to Stripe) are none of these.
+ * (to Stripe) are none of these.  Only a gate set in the target location
+ * itself counts: one inherited from the server must not make every
+ * auth_request target (an OAuth check, say) a billing gate.
  */
 
 ngx_uint_t
 ngx_http_billing_gate_auth_subrequest(ngx_http_request_t *r)
 {
-    ngx_http_billing_loc_conf_t  *mlcf;
+    ngx_http_core_srv_conf_t     *cscf;
+    ngx_http_billing_loc_conf_t  *blcf, *slcf, *mlcf;
 
     if (r == r->main || r->parent != r->main || !r->waited
         || !r->header_only)
     {
+        return 0;
+    }
+
+    blcf = ngx_http_get_module_loc_conf(r, ngx_http_billing_module);
+    cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+    slcf = cscf->ctx->loc_conf[ngx_http_billing_module.ctx_index];
+
+    if (blcf == slcf || blcf->gate == slcf->gate) {
         return 0;
     }
 
@@ -57,6 +68,7 @@ ngx_int_t
 ngx_http_billing_gate_auth_allow(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx)
 {
+    ngx_http_billing_loc_conf_t  *mlcf;
     ngx_http_billing_gate_ctx_t  *mctx;
 
     mctx = ngx_http_billing_gate_main_ctx(r);
@@ -65,12 +77,18 @@ ngx_http_billing_gate_auth_allow(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* a gate of the main request's own location decided, and meters */
+    /*
+     * A gate of the main request's own location decided, and meters;
+     * one it left by "rewrite ... last" does not.
+     */
 
-    if (!mctx->auth) {
+    mlcf = ngx_http_get_module_loc_conf(r->main, ngx_http_billing_module);
+
+    if (!mctx->auth && mlcf->gate) {
         return NGX_OK;
     }
 
+    mctx->auth = 1;
     mctx->id = ctx->id;
     mctx->entry = ctx->entry;
     mctx->status = ctx->status;

@@ -50,7 +50,7 @@ typedef struct {
 
     /* decided by an auth_request subrequest, whose location meters */
     unsigned                    auth:1;
-    ngx_http_billing_loc_conf_t  *meter_conf;
+    ngx_http_billing_loc_conf_t *meter_conf;
 
     /* when Redis was asked: what it says is as old as that */
     ngx_msec_t                  asked;

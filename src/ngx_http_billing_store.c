@@ -39,7 +39,7 @@
  * (no "period") had its period start set at the claim: it starts now.
  *
  * Only a change the gate sees (the subscription's state, its first
- * invoice) is published: a repeated or stale event, or one of a period
+ * invoice's status or its first hosted_invoice_url) is published: a repeated or stale event, or one of a period
  * invoice, drops no cache entry anywhere.  The reply's fourth element is
  * the subscription's new version, 0 when nothing was published.
  */
@@ -57,10 +57,12 @@ static const char  ngx_http_billing_invoice_lua[] =
     "local f = { 'subscription', ARGV[5], 'kind', ARGV[6],"
     " 'customer', ARGV[7], 'hosted_invoice_url', ARGV[8],"
     " 'amount_due', ARGV[9], 'currency', ARGV[10] }\n"
+    "local url = false\n"
     "for i = 1, #f, 2 do\n"
     "  if f[i + 1] ~= '' then\n"
     "    if changed == 1 then redis.call('HSET', KEYS[1], f[i], f[i + 1])\n"
-    "    else redis.call('HSETNX', KEYS[1], f[i], f[i + 1]) end\n"
+    "    elseif redis.call('HSETNX', KEYS[1], f[i], f[i + 1]) == 1"
+    " and i == 7 then url = true end\n"
     "  end\n"
     "end\n"
     "local state = ''\n"
@@ -96,7 +98,7 @@ static const char  ngx_http_billing_invoice_lua[] =
     "  end\n"
     "end\n"
     "local ver = 0\n"
-    "if moved == 1 or (changed == 1 and first) then\n"
+    "if moved == 1 or ((changed == 1 or url) and first) then\n"
     "  ver = redis.call('HINCRBY', KEYS[2], 'version', 1)\n"
     "  redis.call('PUBLISH', ARGV[13], ver .. ' ' .. ARGV[5])\n"
     "end\n"

@@ -451,6 +451,8 @@ my ($SUB42, $CUS7, $INV42);
     # what Stripe got
     my $created = $t->redis('HGET', 'billing:sub:sub-42', 'created_at');
     like $created, qr/^\d+$/, 'claimed at: created_at in Redis';
+    cmp_ok $t->redis('HGET', 'billing:sub:sub-42', 'version') // 0, '>=', 1,
+        'the claim gave the subscription a version (for the gate caches)';
     my $reqs = requests_since($n);
     is_deeply [ map { "$_->{method} $_->{path}" } @$reqs ], [
         'POST /v1/customers', 'POST /v1/invoices', 'POST /v1/invoiceitems',

@@ -48,6 +48,9 @@ my $HTTP = <<'EOF';
     server {
         listen 127.0.0.1:%%PORT%%;
 
+        # a subrequest counted would show here
+        log_subrequest on;
+
         location /api/ {
             auth_request /_check;
             proxy_pass http://127.0.0.1:%%BACKEND%%;
@@ -117,6 +120,19 @@ my $HTTP = <<'EOF';
             billing_gate $http_x_other;
             return 204;
         }
+
+        # an auth_request target of another kind inherits the server's
+        # gate: it is not a billing gate
+        location /public/ {
+            billing_gate off;
+            auth_request /_oauth;
+            proxy_pass http://127.0.0.1:%%BACKEND%%;
+        }
+
+        location = /_oauth {
+            internal;
+            proxy_pass http://127.0.0.1:%%BACKEND%%/oauth;
+        }
     }
 EOF
 
@@ -136,6 +152,8 @@ state('active', 'active');
 state('units', 'active');
 state('free', 'active');
 state('other', 'active');
+state('both_main', 'active');
+state('both_auth', 'active');
 state('pending', 'pending', initial_invoice => 'in_pending');
 $t->redis('HSET', 'billing:invoice:in_pending',
     hosted_invoice_url => 'https://invoice.stripe.com/i/test_pending',
@@ -203,6 +221,13 @@ sub denied {
         is get('/api/x', 'pending')->{status}, 402,
             "pending again ($i): 402, whichever worker";
     }
+
+    my $h = $t->http('HEAD', '/api/x',
+        headers => { 'X-Subscription-Id' => 'pending' });
+    is $h->{status}, 402, 'HEAD pending: 402';
+    like $h->{headers}{'content-type'} // '', qr{^application/json},
+        'HEAD pending: JSON type';
+    is $h->{content} // '', '', 'HEAD pending: no body';
 
     # auth_request alone gives no 500 for any of them
     my $log = $t->error_log;
@@ -288,6 +313,20 @@ sub denied {
     denied(get('/api/x', 'pending', port => $PORT2,
         headers => { 'X-Other' => 'other' }), 402, 'payment_required',
         'the server-level gate denies');
+
+    is get('/api/x', 'both_main', port => $PORT2,
+        headers => { 'X-Other' => 'both_auth' })->{status}, 200,
+        'both gates active again: 200';
+    usage_is('both_main', { $START => 1 },
+        'the main location\'s own gate meters, once');
+    usage_is('both_auth', {}, 'the auth_request target\'s gate does not');
+
+    # a server-level gate inherited by an auth_request target of
+    # another kind does not make it a billing gate
+    my $r = get('/public/x', undef, port => $PORT2);
+    is $r->{status}, 200, 'billing_gate off, auth_request to a target '
+        . 'that inherits the server\'s gate: 200 without an id';
+    is $r->{content}, "backend /public/x\n", '... from the backend';
 }
 
 # ---------------------------------------------------------------------
@@ -296,6 +335,12 @@ sub denied {
 {
     is get('/api/x', 'active')->{status}, 200, 'warm: active';
     is get('/api/x', 'pending')->{status}, 402, 'warm: pending';
+    my $mon = $t->redis_monitor;
+    $t->gate_lookups($mon);
+    is get('/api/x', 'active')->{status}, 200, "cached: active ($_)" for 1 .. 4;
+    is get('/api/x', 'pending')->{status}, 402, "cached: pending ($_)" for 1 .. 4;
+    is_deeply $t->gate_lookups($mon), {}, 'decided from the cache: no lookup';
+    $mon->close;
     $t->stop_redis;
     is get('/api/x', 'active')->{status}, 200,
         'Redis stopped: active still 200 (cached)';

@@ -314,8 +314,11 @@ is "@kinds", 'final initial period', '... all three invoices';
     is $t->redis('HGET', 'billing:sub:sub-pf', 'state'), 'payment_failed',
         '... payment_failed';
     my $n = @{ $s->requests };
+    my $v = $t->redis('HGET', 'billing:sub:sub-pf', 'version') // 0;
     my $r = api('DELETE', 'subscriptions/sub-pf');
     is $r->{status}, 200, 'payment_failed: 200';
+    is $t->redis('HGET', 'billing:sub:sub-pf', 'version'), $v + 1,
+        '... the cancellation incremented its version';
     is $r->{json}{state}, 'cancelled', '... cancelled';
     is $r->{json}{invoice}, undef, '... no invoice';
     is scalar @{ $s->requests }, $n, '... nothing at Stripe';
