@@ -22,6 +22,7 @@
 #include "ngx_http_billing_filter.h"
 #include "ngx_http_billing_json.h"
 #include "ngx_http_billing_stripe.h"
+#include "ngx_http_billing_gate.h"
 
 
 static ngx_int_t ngx_http_billing_filter_init(ngx_conf_t *cf);
@@ -96,6 +97,8 @@ ngx_http_billing_header_filter(ngx_http_request_t *r)
         if (ngx_http_billing_stripe_attempt(r)) {
             return ngx_http_billing_stripe_header(r);
         }
+
+        ngx_http_billing_gate_auth_header(r);
 
         return ngx_http_next_header_filter(r);
     }

@@ -31,6 +31,9 @@ ngx_int_t ngx_http_billing_gate_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
     time_t *period_start, ngx_http_billing_loc_conf_t **meter_conf);
 
+/* a subrequest's header, for a denial in an auth_request target */
+void ngx_http_billing_gate_auth_header(ngx_http_request_t *r);
+
 /* for $billing_units: what the meter counted for the request */
 void ngx_http_billing_gate_counted(ngx_http_request_t *r, int64_t units);
 

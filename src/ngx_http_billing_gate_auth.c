@@ -124,6 +124,7 @@ ngx_http_billing_gate_auth_deny(ngx_http_request_t *r,
     mctx->status = ctx->status;
     mctx->has_stale = ctx->has_stale;
     mctx->returned = ctx->returned;
+    mctx->subrequest = r;
 
     /*
      * Under "satisfy any" another module may still let the main request
@@ -138,6 +139,42 @@ ngx_http_billing_gate_auth_deny(ngx_http_request_t *r,
 
     return ngx_http_billing_error_replace(r->main, &mctx->base,
                                           ctx->returned, ctx->deny, json);
+}
+
+
+/*
+ * The header of a subrequest: one whose denial was taken for the main
+ * request may yet answer otherwise (an error_page of its location that
+ * leads to a 204, say), and auth_request then lets the main request in:
+ * the gate's answer must not replace the backend's.
+ */
+
+void
+ngx_http_billing_gate_auth_header(ngx_http_request_t *r)
+{
+    ngx_http_billing_gate_ctx_t  *mctx;
+
+    mctx = ngx_http_get_module_ctx(r->main, ngx_http_billing_module);
+
+    if (mctx == NULL || mctx->base.kind != NGX_HTTP_BILLING_CTX_GATE
+        || mctx->subrequest != r)
+    {
+        return;
+    }
+
+    mctx->subrequest = NULL;
+
+    if (r->headers_out.status == (ngx_uint_t) mctx->returned) {
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "billing gate: the auth subrequest answered %ui, "
+                   "its denial did not stand", r->headers_out.status);
+
+    mctx->deny = 0;
+    mctx->base.error_body = NULL;
+    mctx->base.error_match = 0;
 }
 
 

@@ -50,6 +50,9 @@ typedef struct {
 
     /* decided by an auth_request subrequest, whose location meters */
     unsigned                    auth:1;
+
+    /* the subrequest that denied, until its answer shows it stood */
+    ngx_http_request_t         *subrequest;
     ngx_http_billing_loc_conf_t *meter_conf;
 
     /* when Redis was asked: what it says is as old as that */

@@ -39,6 +39,10 @@ my $HTTP = <<'EOF';
     server {
         listen 127.0.0.1:%%BACKEND%%;
 
+        location /ep/ {
+            return 403 "backend says no\n";
+        }
+
         location / {
             add_header X-Billing-Units 4;
             return 200 "backend $uri\n";
@@ -83,6 +87,23 @@ my $HTTP = <<'EOF';
             internal;
             billing_gate $http_x_subscription_id;
             billing_meter off;
+            return 204;
+        }
+
+        # the target's own error_page overrules the gate's denial: the
+        # backend's answer (a 403 of its own) is the client's
+        location /ep/ {
+            auth_request /_check_ep;
+            proxy_pass http://127.0.0.1:%%BACKEND%%;
+        }
+
+        location = /_check_ep {
+            internal;
+            billing_gate $http_x_subscription_id;
+            error_page 403 = @let_in;
+        }
+
+        location @let_in {
             return 204;
         }
 
@@ -256,6 +277,16 @@ sub denied {
     denied(get('/api/x', 'pending'), 402, 'payment_required',
         'pending, metering');
     usage_is('pending', {}, 'a denied main request counts nothing');
+}
+
+# ---------------------------------------------------------------------
+# an error_page of the target that lets the request in after all
+
+{
+    my $r = get('/ep/x', 'cancelled');
+    is $r->{status}, 403, 'target\'s error_page lets in: the backend\'s 403';
+    is $r->{content}, "backend says no\n", '... its own body, not the gate\'s';
+    usage_is('cancelled', {}, '... not metered');
 }
 
 # ---------------------------------------------------------------------
