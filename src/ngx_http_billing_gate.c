@@ -41,6 +41,7 @@
 #include "ngx_http_billing_cache.h"
 #include "ngx_http_billing_redis.h"
 #include "ngx_http_billing_store.h"
+#include "ngx_http_billing_status.h"
 #include "ngx_billing_event.h"
 #include "ngx_billing_state.h"
 #include "ngx_billing_plan.h"
@@ -420,12 +421,20 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
            == NGX_OK)
     {
         if (ngx_http_billing_gate_fresh(r, &ctx->entry) == NGX_OK) {
+            ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_CACHE,
+                                      NGX_HTTP_BILLING_CACHE_HIT, 0);
+
             ctx->status = NGX_HTTP_BILLING_GATE_KNOWN;
             return ngx_http_billing_gate_verdict(r, ctx);
         }
 
         ctx->stale = ctx->entry;
         ctx->has_stale = 1;
+    }
+
+    if (bmcf->cache) {
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_CACHE,
+                                  NGX_HTTP_BILLING_CACHE_MISS, 0);
     }
 
     ctx->asked = ngx_current_msec;
@@ -652,12 +661,18 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
                       "\"%V\" decided on what was known %Mms ago",
                       &ctx->id, age);
 
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_CACHE,
+                                  NGX_HTTP_BILLING_CACHE_STALE, 0);
+
         ctx->entry = ctx->stale;
     }
 
     switch (ctx->entry.state) {
 
     case NGX_BILLING_SUB_ACTIVE:
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_DECISIONS,
+                                  NGX_HTTP_BILLING_DEC_ALLOW, 0);
+
         return ngx_http_billing_gate_allow(r, ctx);
 
     case NGX_BILLING_SUB_PENDING:
@@ -706,6 +721,9 @@ ngx_http_billing_gate_let_through(ngx_http_request_t *r,
                       "\"%V\" let through (billing_unavailable allow)",
                       &ctx->id);
     }
+
+    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_DECISIONS,
+                              NGX_HTTP_BILLING_DEC_ALLOW_UNAVAILABLE, 0);
 
     ngx_memzero(&ctx->entry, sizeof(ngx_http_billing_entry_t));
     ctx->entry.state = NGX_BILLING_SUB_ACTIVE;
@@ -772,6 +790,9 @@ ngx_http_billing_gate_deny(ngx_http_request_t *r,
     ctx->deny = status;
     ctx->code = code;
     ctx->message = message;
+
+    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_DECISIONS,
+                              ngx_http_billing_stat_decision(code), 0);
 
     if (r->connection->log->log_level >= NGX_LOG_INFO) {
         ngx_http_billing_log_safe(r->pool, &ctx->id, &id);

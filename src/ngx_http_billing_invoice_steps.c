@@ -12,6 +12,7 @@
 
 #include <ngx_md5.h>
 
+#include "ngx_http_billing_status.h"
 #include "ngx_http_billing_invoice_int.h"
 #include "ngx_billing_event.h"
 #include "ngx_billing_state.h"
@@ -349,6 +350,13 @@ ngx_http_billing_invoice_finalized(ngx_http_billing_stripe_call_t *call)
         ngx_http_billing_invoice_stripe_failed(job);
         return;
     }
+
+    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_INVOICES_ISSUED,
+                              job->spec.kind.len == 6
+                              ? NGX_HTTP_BILLING_KIND_PERIOD
+                              : job->spec.kind.len == 5
+                              ? NGX_HTTP_BILLING_KIND_FINAL
+                              : NGX_HTTP_BILLING_KIND_INITIAL, 0);
 
     ngx_str_set(&inv.event, "");
     inv.created = ngx_time();

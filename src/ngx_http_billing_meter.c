@@ -18,6 +18,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_http_billing_status.h"
 #include "ngx_http_billing_meter_int.h"
 #include "ngx_http_billing_gate.h"
 #include "ngx_billing_event.h"
@@ -426,6 +427,8 @@ ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_str_t *id,
     if (id->len > NGX_BILLING_SUB_ID_MAX) {
         return;
     }
+
+    ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_METER_COUNTED, 0, 0, units);
 
     hash = ngx_murmur_hash2(id->data, id->len) ^ (uint32_t) start;
 

@@ -47,6 +47,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_http_billing_status.h"
 #include "ngx_http_billing_meter_int.h"
 #include "ngx_http_billing_redis.h"
 #include "ngx_billing_event.h"
@@ -620,6 +621,13 @@ ngx_http_billing_meter_sent(void *data, redisReply *reply)
                    reply->integer ? "applied"
                    : meter->entries ? "was applied before" : "had no counts",
                    meter->units);
+
+    /* applied now or by an attempt whose answer was lost: sent once */
+
+    if (meter->entries) {
+        ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_METER_SENT, 0, 0,
+                                  meter->units);
+    }
 
     meter->pending = 0;
 

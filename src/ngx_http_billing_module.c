@@ -19,6 +19,7 @@
 #include "ngx_http_billing_meter.h"
 #include "ngx_http_billing_scheduler.h"
 #include "ngx_http_billing_stripe.h"
+#include "ngx_http_billing_status.h"
 
 
 static void *ngx_http_billing_create_main_conf(ngx_conf_t *cf);
@@ -142,6 +143,13 @@ static ngx_command_t  ngx_http_billing_commands[] = {
     { ngx_string("billing_webhook"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_billing_webhook,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("billing_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_billing_status_conf,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -399,7 +407,8 @@ ngx_http_billing_postconfiguration(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    if (ngx_http_billing_gate_init(cf) != NGX_OK
+    if (ngx_http_billing_status_init(cf) != NGX_OK
+        || ngx_http_billing_gate_init(cf) != NGX_OK
         || ngx_http_billing_meter_init(cf) != NGX_OK
         || ngx_http_billing_scheduler_init(cf) != NGX_OK
         || ngx_http_billing_stripe_init(cf) != NGX_OK)

@@ -30,6 +30,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_http_billing_status.h"
 #include "ngx_http_billing_scheduler_int.h"
 #include "ngx_http_billing_store.h"
 #include "ngx_http_billing_stripe.h"
@@ -62,7 +63,8 @@ static ngx_int_t ngx_http_billing_scheduler_token(
  * ARGV[4] this worker, ARGV[5] the lease in milliseconds
  *
  * What is taken is due again when its lease runs out (its worker died),
- * and meanwhile out of the way of the others.
+ * and meanwhile out of the way of the others.  The reply: how many are
+ * still due (the backlog), then the ids taken.
  */
 
 static const char  ngx_http_billing_take_lua[] =
@@ -78,6 +80,7 @@ static const char  ngx_http_billing_take_lua[] =
     "    if #got >= tonumber(ARGV[2]) then break end\n"
     "  end\n"
     "end\n"
+    "table.insert(got, 1, redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1]))\n"
     "return got\n";
 
 
@@ -377,6 +380,14 @@ ngx_http_billing_scheduler_taken(void *data, redisReply *reply)
     redisReply  *e;
 
     if (reply && reply->type == REDIS_REPLY_ARRAY) {
+
+        if (reply->elements && reply->element[0]->type == REDIS_REPLY_INTEGER)
+        {
+            ngx_http_billing_stat_set(NGX_HTTP_BILLING_M_SCHEDULER_BACKLOG,
+                                      (ngx_atomic_int_t)
+                                      reply->element[0]->integer);
+        }
+
         for (i = 0; i < reply->elements; i++) {
             e = reply->element[i];
 

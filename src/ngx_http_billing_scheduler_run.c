@@ -14,6 +14,7 @@
 
 #include <jansson.h>
 
+#include "ngx_http_billing_status.h"
 #include "ngx_http_billing_scheduler_int.h"
 
 
@@ -527,6 +528,8 @@ ngx_http_billing_run_park(ngx_http_billing_run_t *run, int64_t when,
     argv[11] = run->state;
 
     if (failed) {
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_SCHEDULER_FAILURES, 0, 0);
+
         ngx_str_set(&argv[8], "1");
 
     } else {

@@ -24,6 +24,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_billing_stripe.h"
+#include "ngx_http_billing_status.h"
 #include "ngx_http_billing_fake.h"
 
 
@@ -191,6 +192,7 @@ ngx_http_billing_stripe_send(ngx_http_billing_stripe_call_t *call)
     ngx_http_billing_stripe_attempt_t  *at;
 
     call->attempts++;
+    call->sent_at = ngx_current_msec;
 
     r = ngx_http_billing_fake_create(call->owner.conf_ctx, call->owner.log);
     if (r == NULL) {
@@ -542,7 +544,7 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
     json_t        *err, *msg;
     ngx_int_t      should_retry;
     ngx_msec_t     backoff;
-    ngx_uint_t     retry, too_large;
+    ngx_uint_t     retry, too_large, endpoint;
     json_error_t   error;
 
     if (call->json) {
@@ -578,6 +580,22 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
     ngx_log_error(NGX_LOG_INFO, call->owner.log, 0,
                   "billing stripe: %V answered %ui", &call->path,
                   call->status);
+
+    endpoint = ngx_http_billing_stat_endpoint(call->method, &call->path);
+
+    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_STRIPE_CALLS, endpoint,
+                              (at == NULL || at->broken || at->status == 0)
+                              ? NGX_HTTP_BILLING_CLASS_ERROR
+                              : call->status == NGX_HTTP_TOO_MANY_REQUESTS
+                              ? NGX_HTTP_BILLING_CLASS_429
+                              : call->status >= 500
+                              ? NGX_HTTP_BILLING_CLASS_5XX
+                              : call->status >= 300
+                              ? NGX_HTTP_BILLING_CLASS_4XX
+                              : NGX_HTTP_BILLING_CLASS_2XX);
+
+    ngx_http_billing_stat_time(NGX_HTTP_BILLING_M_STRIPE_DURATION, endpoint,
+                               ngx_current_msec - call->sent_at);
 
     if (call->status == NGX_HTTP_TOO_MANY_REQUESTS) {
         ngx_http_billing_stripe_limited = ngx_current_msec;
@@ -615,6 +633,9 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
         ngx_log_error(NGX_LOG_WARN, call->owner.log, 0,
                       "billing stripe: %V failed with %ui, "
                       "retrying in %Mms", &call->path, call->status, backoff);
+
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_STRIPE_RETRIES, endpoint,
+                                  0);
 
         ngx_add_timer(&call->retry, backoff);
         return;

@@ -50,6 +50,7 @@ struct ngx_http_billing_stripe_call_s {
     /* private */
     ngx_http_billing_stripe_attempt_t  *attempt;  /* under way */
     ngx_uint_t                          attempts;
+    ngx_msec_t                          sent_at;  /* the attempt's */
     ngx_msec_t                          deadline;
     ngx_event_t                         retry;
     ngx_event_t                         watchdog;

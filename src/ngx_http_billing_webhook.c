@@ -22,6 +22,7 @@
 #include "ngx_http_billing_redis.h"
 #include "ngx_http_billing_store.h"
 #include "ngx_http_billing_cache.h"
+#include "ngx_http_billing_status.h"
 #include "ngx_billing_event.h"
 #include "ngx_billing_signature.h"
 #include "ngx_billing_state.h"
@@ -41,7 +42,18 @@ static void ngx_http_billing_webhook_recorded(void *data, redisReply *reply);
 typedef struct {
     ngx_http_request_t          *request;
     ngx_str_t                    subscription;
+    ngx_uint_t                   type;        /* for billing_status */
 } ngx_http_billing_webhook_t;
+
+
+/* a signature's failure, as billing_status names it */
+static ngx_uint_t  ngx_http_billing_webhook_rejections[] = {
+    0,                                     /* NGX_BILLING_SIG_OK */
+    NGX_HTTP_BILLING_REJ_MALFORMED,
+    NGX_HTTP_BILLING_REJ_NO_V1,
+    NGX_HTTP_BILLING_REJ_MISMATCH,
+    NGX_HTTP_BILLING_REJ_TOLERANCE
+};
 
 
 char *
@@ -116,6 +128,9 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
     n = ngx_http_billing_webhook_signature(r, &header);
 
     if (n == NGX_DECLINED) {
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_REJECTED,
+                                  NGX_HTTP_BILLING_REJ_NO_HEADER, 0);
+
         return ngx_http_billing_send_error(r, NGX_HTTP_BAD_REQUEST,
                                     "invalid_signature",
                                     "exactly one Stripe-Signature header "
@@ -135,6 +150,12 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
     if (rc != NGX_BILLING_SIG_OK) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "billing webhook: %s", ngx_billing_sig_strerror(rc));
+
+        if (rc < NGX_BILLING_SIG_INTERNAL) {
+            ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_REJECTED,
+                                      ngx_http_billing_webhook_rejections[rc],
+                                      0);
+        }
 
         switch (rc) {
 
@@ -160,6 +181,10 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
 
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "billing webhook: malformed event: %s", err);
+
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS,
+                                  NGX_HTTP_BILLING_EV_OTHER,
+                                  NGX_HTTP_BILLING_OUT_MALFORMED);
 
         return ngx_http_billing_send_error(r, NGX_HTTP_BAD_REQUEST,
                                            "malformed_event", err);
@@ -199,11 +224,20 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
 {
     json_t                      *json;
     ngx_int_t                    rc;
+    ngx_str_t                    type;
+    ngx_uint_t                   label;
     ngx_http_billing_owner_t     owner;
     ngx_http_billing_webhook_t  *wh;
     ngx_http_billing_invoice_t   inv;
 
+    type.data = (u_char *) ev->type.data;
+    type.len = ev->type.len;
+    label = ngx_http_billing_stat_event(&type);
+
     if (ev->status == NGX_BILLING_INVOICE_NONE) {
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, label,
+                                  NGX_HTTP_BILLING_OUT_IGNORED);
+
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "billing webhook: ignored %*s",
                        ev->type.len, ev->type.data);
@@ -257,6 +291,7 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
     }
 
     wh->request = r;
+    wh->type = label;
     wh->subscription.len = ev->subscription.len;
     wh->subscription.data = ngx_pstrdup(r->pool, &inv.subscription);
 
@@ -273,6 +308,9 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "billing webhook: Redis is not available, "
                       "event %*s not recorded", ev->id.len, ev->id.data);
+
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, label,
+                                  NGX_HTTP_BILLING_OUT_UNAVAILABLE);
 
         return ngx_http_billing_send_unavailable(r);
     }
@@ -309,6 +347,9 @@ ngx_http_billing_webhook_recorded(void *data, redisReply *reply)
                           "billing webhook: Redis did not record the event");
         }
 
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, wh->type,
+                                  NGX_HTTP_BILLING_OUT_UNAVAILABLE);
+
         rc = ngx_http_billing_send_unavailable(r);
         goto done;
     }
@@ -328,6 +369,13 @@ ngx_http_billing_webhook_recorded(void *data, redisReply *reply)
      */
 
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, wh->type,
+                              (reply->element[1]->type == REDIS_REPLY_INTEGER
+                               && reply->element[1]->integer)
+                              || reply->element[3]->integer > 0
+                              ? NGX_HTTP_BILLING_OUT_CHANGED
+                              : NGX_HTTP_BILLING_OUT_UNCHANGED);
 
     if (bmcf->cache && wh->subscription.len
         && reply->element[3]->integer > 0)

@@ -1,0 +1,637 @@
+
+/*
+ * billing_status: this node's counters and their Prometheus exposition.
+ *
+ * Every counter is an atomic in a shared zone of its own, added to by
+ * every worker without a lock; the zone outlives a reload, so counters
+ * only start again from zero when nginx does.  Labels are fixed lists,
+ * never a subscription id: a metric is a block of counters, one per
+ * combination of its labels' values.  A histogram has, per label value,
+ * a count per bucket, the sum of what it saw in milliseconds and the
+ * number of observations.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_billing_module.h"
+#include "ngx_http_billing_status.h"
+#include "ngx_http_billing_json.h"
+
+
+#define NGX_HTTP_BILLING_STATUS_ZONE  "billing_status"
+
+#define NGX_HTTP_BILLING_COUNTER      0
+#define NGX_HTTP_BILLING_GAUGE        1
+#define NGX_HTTP_BILLING_HISTOGRAM    2
+
+
+typedef struct {
+    const char                 *name;
+    const char                 *help;
+    ngx_uint_t                  type;
+    const char                 *label1;
+    const char                **values1;
+    ngx_uint_t                  n1;
+    const char                 *label2;
+    const char                **values2;
+    ngx_uint_t                  n2;
+} ngx_http_billing_metric_t;
+
+
+static ngx_int_t ngx_http_billing_status_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static ngx_int_t ngx_http_billing_status_handler(ngx_http_request_t *r);
+static u_char *ngx_http_billing_status_write(u_char *p, u_char *last);
+static u_char *ngx_http_billing_status_labels(u_char *p, u_char *last,
+    ngx_http_billing_metric_t *m, ngx_uint_t i, ngx_uint_t j,
+    const char *le);
+
+
+/* histogram buckets, in milliseconds */
+static ngx_msec_t  ngx_http_billing_buckets[] = {
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000
+};
+
+#define NGX_HTTP_BILLING_NBUCKETS                                           \
+    (sizeof(ngx_http_billing_buckets) / sizeof(ngx_msec_t))
+
+/* per label value: the buckets and +Inf, the sum, the count */
+#define NGX_HTTP_BILLING_HSLOTS  (NGX_HTTP_BILLING_NBUCKETS + 3)
+
+
+static const char  *ngx_http_billing_event_types[] = {
+    "invoice.created", "invoice.finalized", "invoice.paid",
+    "invoice.payment_failed", "invoice.voided",
+    "invoice.marked_uncollectible", "invoice.other", "other"
+};
+
+static const char  *ngx_http_billing_outcomes[] = {
+    "changed", "unchanged", "ignored", "malformed", "unavailable"
+};
+
+static const char  *ngx_http_billing_rejections[] = {
+    "no_header", "malformed", "no_v1", "mismatch", "tolerance"
+};
+
+static const char  *ngx_http_billing_decisions[] = {
+    "allow", "allow_unavailable", "payment_required", "payment_failed",
+    "subscription_cancelled", "unknown_subscription",
+    "subscription_required", "billing_unavailable"
+};
+
+static const char  *ngx_http_billing_cache_results[] = {
+    "hit", "miss", "stale"
+};
+
+static const char  *ngx_http_billing_connections[] = {
+    "commands", "subscriber"
+};
+
+static const char  *ngx_http_billing_redis_errors[] = {
+    "connect", "timeout", "closed", "protocol", "reply"
+};
+
+static const char  *ngx_http_billing_endpoints[] = {
+    "customers", "invoiceitems", "invoices", "finalize", "void",
+    "invoice", "other"
+};
+
+static const char  *ngx_http_billing_classes[] = {
+    "2xx", "4xx", "429", "5xx", "error"
+};
+
+static const char  *ngx_http_billing_kinds[] = {
+    "initial", "period", "final"
+};
+
+
+#define ngx_http_billing_values(a)  a, sizeof(a) / sizeof(a[0])
+
+
+/* in the order of ngx_http_billing_metric_e */
+static ngx_http_billing_metric_t  ngx_http_billing_metrics[] = {
+
+    { "billing_webhook_events_total",
+      "Stripe webhook events taken, by type and outcome",
+      NGX_HTTP_BILLING_COUNTER,
+      "type", ngx_http_billing_values(ngx_http_billing_event_types),
+      "outcome", ngx_http_billing_values(ngx_http_billing_outcomes) },
+
+    { "billing_webhook_rejected_total",
+      "Stripe webhook requests refused for their signature, by reason",
+      NGX_HTTP_BILLING_COUNTER,
+      "reason", ngx_http_billing_values(ngx_http_billing_rejections),
+      NULL, NULL, 1 },
+
+    { "billing_gate_decisions_total",
+      "Gate decisions, by answer",
+      NGX_HTTP_BILLING_COUNTER,
+      "decision", ngx_http_billing_values(ngx_http_billing_decisions),
+      NULL, NULL, 1 },
+
+    { "billing_gate_cache_total",
+      "Gate lookups in billing_cache, by result",
+      NGX_HTTP_BILLING_COUNTER,
+      "result", ngx_http_billing_values(ngx_http_billing_cache_results),
+      NULL, NULL, 1 },
+
+    { "billing_redis_connections_up",
+      "Redis connections of this node's workers that are up",
+      NGX_HTTP_BILLING_GAUGE,
+      "connection", ngx_http_billing_values(ngx_http_billing_connections),
+      NULL, NULL, 1 },
+
+    { "billing_redis_reconnects_total",
+      "Redis connections made again after a failure",
+      NGX_HTTP_BILLING_COUNTER,
+      "connection", ngx_http_billing_values(ngx_http_billing_connections),
+      NULL, NULL, 1 },
+
+    { "billing_redis_errors_total",
+      "Redis failures, by kind",
+      NGX_HTTP_BILLING_COUNTER,
+      "kind", ngx_http_billing_values(ngx_http_billing_redis_errors),
+      NULL, NULL, 1 },
+
+    { "billing_redis_command_duration_seconds",
+      "Time from queueing a Redis command to its reply",
+      NGX_HTTP_BILLING_HISTOGRAM,
+      NULL, NULL, 1, NULL, NULL, 1 },
+
+    { "billing_stripe_calls_total",
+      "Stripe API attempts, by endpoint and status class",
+      NGX_HTTP_BILLING_COUNTER,
+      "endpoint", ngx_http_billing_values(ngx_http_billing_endpoints),
+      "class", ngx_http_billing_values(ngx_http_billing_classes) },
+
+    { "billing_stripe_retries_total",
+      "Stripe API attempts retried, by endpoint",
+      NGX_HTTP_BILLING_COUNTER,
+      "endpoint", ngx_http_billing_values(ngx_http_billing_endpoints),
+      NULL, NULL, 1 },
+
+    { "billing_stripe_call_duration_seconds",
+      "Time a Stripe API attempt took, by endpoint",
+      NGX_HTTP_BILLING_HISTOGRAM,
+      "endpoint", ngx_http_billing_values(ngx_http_billing_endpoints),
+      NULL, NULL, 1 },
+
+    { "billing_meter_units_counted_total",
+      "Units of consumption counted by this node",
+      NGX_HTTP_BILLING_COUNTER,
+      NULL, NULL, 1, NULL, NULL, 1 },
+
+    { "billing_meter_units_sent_total",
+      "Units of consumption this node's workers had Redis accept",
+      NGX_HTTP_BILLING_COUNTER,
+      NULL, NULL, 1, NULL, NULL, 1 },
+
+    { "billing_invoices_issued_total",
+      "Invoices this node finalized at Stripe, by kind",
+      NGX_HTTP_BILLING_COUNTER,
+      "kind", ngx_http_billing_values(ngx_http_billing_kinds),
+      NULL, NULL, 1 },
+
+    { "billing_scheduler_backlog",
+      "Subscriptions due for the scheduler, as last seen in Redis",
+      NGX_HTTP_BILLING_GAUGE,
+      NULL, NULL, 1, NULL, NULL, 1 },
+
+    { "billing_scheduler_failures_total",
+      "Scheduler runs that failed and were put off",
+      NGX_HTTP_BILLING_COUNTER,
+      NULL, NULL, 1, NULL, NULL, 1 },
+};
+
+
+/* where each metric starts in the zone; the number of counters in all */
+static ngx_uint_t         ngx_http_billing_offsets[NGX_HTTP_BILLING_M_N];
+static ngx_uint_t         ngx_http_billing_nstats;
+
+/* the counters, NULL until the zone is there */
+static ngx_atomic_t      *ngx_http_billing_stats;
+
+
+static ngx_uint_t
+ngx_http_billing_metric_size(ngx_http_billing_metric_t *m)
+{
+    ngx_uint_t  n;
+
+    n = m->n1 * m->n2;
+
+    return (m->type == NGX_HTTP_BILLING_HISTOGRAM)
+           ? n * NGX_HTTP_BILLING_HSLOTS : n;
+}
+
+
+ngx_int_t
+ngx_http_billing_status_init(ngx_conf_t *cf)
+{
+    size_t           size;
+    ngx_str_t        name;
+    ngx_uint_t       i, n;
+    ngx_shm_zone_t  *shm_zone;
+
+    n = 0;
+
+    for (i = 0; i < NGX_HTTP_BILLING_M_N; i++) {
+        ngx_http_billing_offsets[i] = n;
+        n += ngx_http_billing_metric_size(&ngx_http_billing_metrics[i]);
+    }
+
+    ngx_http_billing_nstats = n;
+
+    /* the slab pool's own pages beside the counters */
+
+    size = ngx_align(n * sizeof(ngx_atomic_t), ngx_pagesize)
+           + 8 * ngx_pagesize;
+
+    ngx_str_set(&name, NGX_HTTP_BILLING_STATUS_ZONE);
+
+    shm_zone = ngx_shared_memory_add(cf, &name, size,
+                                     &ngx_http_billing_module);
+    if (shm_zone == NULL) {
+        return NGX_ERROR;
+    }
+
+    shm_zone->init = ngx_http_billing_status_init_zone;
+    shm_zone->data = (void *) 1;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_status_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_slab_pool_t  *shpool;
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    /* a reload, or a zone the master kept: the counters go on */
+
+    if (shpool->data && (data || shm_zone->shm.exists)) {
+        ngx_http_billing_stats = shpool->data;
+        return NGX_OK;
+    }
+
+    ngx_http_billing_stats = ngx_slab_calloc(shpool,
+                                             ngx_http_billing_nstats
+                                             * sizeof(ngx_atomic_t));
+    if (ngx_http_billing_stats == NULL) {
+        return NGX_ERROR;
+    }
+
+    shpool->data = (void *) ngx_http_billing_stats;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_billing_stat_add(ngx_uint_t metric, ngx_uint_t l1, ngx_uint_t l2,
+    ngx_atomic_int_t n)
+{
+    ngx_http_billing_metric_t  *m;
+
+    if (ngx_http_billing_stats == NULL) {
+        return;
+    }
+
+    m = &ngx_http_billing_metrics[metric];
+
+    if (l1 >= m->n1 || l2 >= m->n2) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&ngx_http_billing_stats[
+                                    ngx_http_billing_offsets[metric]
+                                    + l1 * m->n2 + l2],
+                                n);
+}
+
+
+void
+ngx_http_billing_stat_set(ngx_uint_t metric, ngx_atomic_int_t n)
+{
+    if (ngx_http_billing_stats == NULL) {
+        return;
+    }
+
+    ngx_http_billing_stats[ngx_http_billing_offsets[metric]] = n;
+}
+
+
+void
+ngx_http_billing_stat_time(ngx_uint_t metric, ngx_uint_t l1, ngx_msec_t ms)
+{
+    ngx_uint_t                  b;
+    ngx_atomic_t               *h;
+    ngx_http_billing_metric_t  *m;
+
+    if (ngx_http_billing_stats == NULL) {
+        return;
+    }
+
+    m = &ngx_http_billing_metrics[metric];
+
+    if (l1 >= m->n1) {
+        return;
+    }
+
+    h = &ngx_http_billing_stats[ngx_http_billing_offsets[metric]
+                                + l1 * NGX_HTTP_BILLING_HSLOTS];
+
+    for (b = 0; b < NGX_HTTP_BILLING_NBUCKETS; b++) {
+        if (ms <= ngx_http_billing_buckets[b]) {
+            break;
+        }
+    }
+
+    /* the buckets are counted apart: the exposition adds them up */
+
+    (void) ngx_atomic_fetch_add(&h[b], 1);
+    (void) ngx_atomic_fetch_add(&h[NGX_HTTP_BILLING_NBUCKETS + 1], ms);
+    (void) ngx_atomic_fetch_add(&h[NGX_HTTP_BILLING_NBUCKETS + 2], 1);
+}
+
+
+ngx_uint_t
+ngx_http_billing_stat_endpoint(ngx_uint_t method, ngx_str_t *path)
+{
+    u_char  *p, *last;
+
+    if (path->len > 13 && ngx_strncmp(path->data, "/v1/invoices/", 13) == 0)
+    {
+        p = path->data + 13;
+        last = path->data + path->len;
+
+        p = ngx_strlchr(p, last, '/');
+
+        if (p == NULL) {
+            return (method == NGX_HTTP_GET) ? NGX_HTTP_BILLING_EP_INVOICE_GET
+                                            : NGX_HTTP_BILLING_EP_OTHER;
+        }
+
+        if (last - p == 9 && ngx_strncmp(p, "/finalize", 9) == 0) {
+            return NGX_HTTP_BILLING_EP_FINALIZE;
+        }
+
+        if (last - p == 5 && ngx_strncmp(p, "/void", 5) == 0) {
+            return NGX_HTTP_BILLING_EP_VOID;
+        }
+
+        return NGX_HTTP_BILLING_EP_OTHER;
+    }
+
+    if (path->len == 12 && ngx_strncmp(path->data, "/v1/invoices", 12) == 0)
+    {
+        return NGX_HTTP_BILLING_EP_INVOICES;
+    }
+
+    if (path->len == 13 && ngx_strncmp(path->data, "/v1/customers", 13) == 0)
+    {
+        return NGX_HTTP_BILLING_EP_CUSTOMERS;
+    }
+
+    if (path->len == 16
+        && ngx_strncmp(path->data, "/v1/invoiceitems", 16) == 0)
+    {
+        return NGX_HTTP_BILLING_EP_INVOICEITEMS;
+    }
+
+    return NGX_HTTP_BILLING_EP_OTHER;
+}
+
+
+ngx_uint_t
+ngx_http_billing_stat_event(ngx_str_t *type)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_HTTP_BILLING_EV_INVOICE_OTHER; i++) {
+        if (ngx_strlen(ngx_http_billing_event_types[i]) == type->len
+            && ngx_strncmp(ngx_http_billing_event_types[i], type->data,
+                           type->len)
+               == 0)
+        {
+            return i;
+        }
+    }
+
+    if (type->len > 8 && ngx_strncmp(type->data, "invoice.", 8) == 0) {
+        return NGX_HTTP_BILLING_EV_INVOICE_OTHER;
+    }
+
+    return NGX_HTTP_BILLING_EV_OTHER;
+}
+
+
+ngx_uint_t
+ngx_http_billing_stat_decision(const char *code)
+{
+    ngx_uint_t  i;
+
+    /* the gate's codes are the label's values */
+
+    for (i = NGX_HTTP_BILLING_DEC_PAYMENT_REQUIRED;
+         i < NGX_HTTP_BILLING_DEC_N;
+         i++)
+    {
+        if (ngx_strcmp(code, ngx_http_billing_decisions[i]) == 0) {
+            return i;
+        }
+    }
+
+    return NGX_HTTP_BILLING_DEC_N;
+}
+
+
+char *
+ngx_http_billing_status_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    static ngx_str_t   file;
+    static ngx_uint_t  line;
+
+    return ngx_http_billing_content(cf, ngx_http_billing_status_handler,
+                                    &file, &line);
+}
+
+
+static ngx_int_t
+ngx_http_billing_status_handler(ngx_http_request_t *r)
+{
+    size_t        size;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_uint_t    i;
+    ngx_chain_t   out;
+
+    if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
+
+        if (ngx_http_billing_add_header(r, "Allow", "GET, HEAD") != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_billing_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                           "method_not_allowed",
+                                           "billing_status answers GET "
+                                           "and HEAD");
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (ngx_http_billing_stats == NULL) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    /* generous: a line per counter and bucket, and the comments */
+
+    size = 0;
+
+    for (i = 0; i < NGX_HTTP_BILLING_M_N; i++) {
+        size += 512 + ngx_http_billing_metric_size(&ngx_http_billing_metrics[i])
+                      * 160;
+    }
+
+    b = ngx_create_temp_buf(r->pool, size);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_http_billing_status_write(b->last, b->end);
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    if (ngx_http_billing_add_header(r, "Cache-Control", "no-store")
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static u_char *
+ngx_http_billing_status_write(u_char *p, u_char *last)
+{
+    u_char                      le[NGX_INT_T_LEN + 8];
+    uint64_t                    cumulative;
+    ngx_uint_t                  i, j, k, b;
+    ngx_atomic_t               *v;
+    ngx_http_billing_metric_t  *m;
+
+    static const char  *types[] = { "counter", "gauge", "histogram" };
+
+    for (i = 0; i < NGX_HTTP_BILLING_M_N; i++) {
+        m = &ngx_http_billing_metrics[i];
+        v = &ngx_http_billing_stats[ngx_http_billing_offsets[i]];
+
+        p = ngx_slprintf(p, last, "# HELP %s %s.\n# TYPE %s %s\n",
+                         m->name, m->help, m->name, types[m->type]);
+
+        for (j = 0; j < m->n1; j++) {
+            for (k = 0; k < m->n2; k++) {
+
+                if (m->type != NGX_HTTP_BILLING_HISTOGRAM) {
+                    p = ngx_slprintf(p, last, "%s", m->name);
+                    p = ngx_http_billing_status_labels(p, last, m, j, k,
+                                                       NULL);
+                    p = ngx_slprintf(p, last, " %uA\n",
+                                     v[j * m->n2 + k]);
+                    continue;
+                }
+
+                /* the buckets, cumulative, then +Inf, sum and count */
+
+                cumulative = 0;
+
+                for (b = 0; b <= NGX_HTTP_BILLING_NBUCKETS; b++) {
+                    cumulative += v[j * NGX_HTTP_BILLING_HSLOTS + b];
+
+                    if (b < NGX_HTTP_BILLING_NBUCKETS) {
+                        *ngx_sprintf(le, "%.3f",
+                                     (double) ngx_http_billing_buckets[b]
+                                     / 1000) = '\0';
+                    } else {
+                        *ngx_cpymem(le, "+Inf", 4) = '\0';
+                    }
+
+                    p = ngx_slprintf(p, last, "%s_bucket", m->name);
+                    p = ngx_http_billing_status_labels(p, last, m, j, k,
+                                                       (char *) le);
+                    p = ngx_slprintf(p, last, " %uL\n", cumulative);
+                }
+
+                p = ngx_slprintf(p, last, "%s_sum", m->name);
+                p = ngx_http_billing_status_labels(p, last, m, j, k, NULL);
+                p = ngx_slprintf(p, last, " %.3f\n",
+                                 (double) v[j * NGX_HTTP_BILLING_HSLOTS
+                                            + NGX_HTTP_BILLING_NBUCKETS + 1]
+                                 / 1000);
+
+                p = ngx_slprintf(p, last, "%s_count", m->name);
+                p = ngx_http_billing_status_labels(p, last, m, j, k, NULL);
+                p = ngx_slprintf(p, last, " %uA\n",
+                                 v[j * NGX_HTTP_BILLING_HSLOTS
+                                   + NGX_HTTP_BILLING_NBUCKETS + 2]);
+            }
+        }
+    }
+
+    return p;
+}
+
+
+static u_char *
+ngx_http_billing_status_labels(u_char *p, u_char *last,
+    ngx_http_billing_metric_t *m, ngx_uint_t i, ngx_uint_t j,
+    const char *le)
+{
+    ngx_uint_t  n;
+
+    n = 0;
+
+    if (m->label1 == NULL && le == NULL) {
+        return p;
+    }
+
+    p = ngx_slprintf(p, last, "{");
+
+    if (m->label1) {
+        p = ngx_slprintf(p, last, "%s=\"%s\"", m->label1, m->values1[i]);
+        n++;
+    }
+
+    if (m->label2) {
+        p = ngx_slprintf(p, last, ",%s=\"%s\"", m->label2, m->values2[j]);
+    }
+
+    if (le) {
+        p = ngx_slprintf(p, last, "%sle=\"%s\"", n ? "," : "", le);
+    }
+
+    return ngx_slprintf(p, last, "}");
+}
