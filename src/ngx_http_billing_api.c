@@ -160,12 +160,20 @@ ngx_http_billing_api_handler(ngx_http_request_t *r)
         return NGX_DONE;
     }
 
-    /* subscriptions/{id} */
+    /* subscriptions/{id} and subscriptions/{id}/refresh */
 
     ctx->id = id;
 
-    if (r->method != NGX_HTTP_GET && r->method != NGX_HTTP_HEAD
-        && r->method != NGX_HTTP_DELETE)
+    if (rc == NGX_AGAIN) {
+        if (r->method != NGX_HTTP_POST) {
+            return ngx_http_billing_api_reject(r, NGX_HTTP_NOT_ALLOWED,
+                                               "method_not_allowed",
+                                               "refresh accepts POST",
+                                               "Allow", "POST");
+        }
+
+    } else if (r->method != NGX_HTTP_GET && r->method != NGX_HTTP_HEAD
+               && r->method != NGX_HTTP_DELETE)
     {
         return ngx_http_billing_api_reject(r, NGX_HTTP_NOT_ALLOWED,
                                            "method_not_allowed",
@@ -179,7 +187,10 @@ ngx_http_billing_api_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    if (r->method == NGX_HTTP_DELETE) {
+    if (r->method == NGX_HTTP_POST) {
+        rc = ngx_http_billing_api_refresh(r);
+
+    } else if (r->method == NGX_HTTP_DELETE) {
         ctx->poll.handler = ngx_http_billing_api_poll;
         ctx->poll.data = r;
         ctx->poll.log = r->connection->log;
@@ -252,6 +263,7 @@ static ngx_int_t
 ngx_http_billing_api_route(ngx_http_request_t *r, ngx_str_t *id)
 {
     u_char                    *p, *last;
+    ngx_int_t                  rc;
     ngx_http_core_loc_conf_t  *clcf;
 
     /* paths are relative to the location's prefix */
@@ -293,6 +305,15 @@ ngx_http_billing_api_route(ngx_http_request_t *r, ngx_str_t *id)
 
     p++;
 
+    /* subscriptions/{id}/refresh */
+
+    rc = NGX_OK;
+
+    if (last - p > 8 && ngx_strncmp(last - 8, "/refresh", 8) == 0) {
+        last -= 8;
+        rc = NGX_AGAIN;
+    }
+
     if (!ngx_billing_sub_id_valid((char *) p, last - p)) {
         return NGX_DECLINED;
     }
@@ -300,7 +321,7 @@ ngx_http_billing_api_route(ngx_http_request_t *r, ngx_str_t *id)
     id->data = p;
     id->len = last - p;
 
-    return NGX_OK;
+    return rc;
 }
 
 
@@ -647,7 +668,8 @@ ngx_http_billing_api_answer(void *data, redisReply *reply)
             }
         }
 
-        status = ctx->existed ? NGX_HTTP_OK : NGX_HTTP_CREATED;
+        status = (ctx->existed || ctx->refreshed) ? NGX_HTTP_OK
+                                                   : NGX_HTTP_CREATED;
     }
 
     rc = ngx_http_billing_send_json(r, status, json);

@@ -44,11 +44,18 @@ typedef struct {
     ngx_msec_t                       deadline;
 
     unsigned                         existed:1;     /* and was complete */
+    /* POST subscriptions/{id}/refresh: questions to Stripe under way */
+    ngx_uint_t                       refreshing;
+    unsigned                         refresh_failed:1;
+    unsigned                         refreshed:1;
 } ngx_http_billing_api_ctx_t;
 
 
 /* ngx_http_billing_api.c */
 ngx_int_t ngx_http_billing_api_read(ngx_http_request_t *r);
+
+/* ngx_http_billing_refresh.c */
+ngx_int_t ngx_http_billing_api_refresh(ngx_http_request_t *r);
 void ngx_http_billing_api_fail(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message);
 void ngx_http_billing_api_unavailable(ngx_http_request_t *r);

@@ -20,6 +20,7 @@
 #include "ngx_http_billing_scheduler.h"
 #include "ngx_http_billing_stripe.h"
 #include "ngx_http_billing_status.h"
+#include "ngx_http_billing_reconcile.h"
 
 
 static void *ngx_http_billing_create_main_conf(ngx_conf_t *cf);
@@ -182,6 +183,13 @@ static ngx_command_t  ngx_http_billing_commands[] = {
       offsetof(ngx_http_billing_main_conf_t, meter_zone_size),
       NULL },
 
+    { ngx_string("billing_reconcile"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_billing_reconcile_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, reconcile),
+      NULL },
+
     { ngx_string("billing_invoice_delay"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_sec_slot,
@@ -257,6 +265,7 @@ ngx_http_billing_create_main_conf(ngx_conf_t *cf)
     bmcf->meter_zone_size = NGX_CONF_UNSET_SIZE;
     bmcf->meter_flush = NGX_CONF_UNSET_MSEC;
     bmcf->invoice_delay = NGX_CONF_UNSET;
+    bmcf->reconcile = NGX_CONF_UNSET_MSEC;
     bmcf->scheduler = NGX_CONF_UNSET;
 
     return bmcf;
@@ -274,6 +283,7 @@ ngx_http_billing_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_size_value(bmcf->meter_zone_size, 16 * 1024 * 1024);
     ngx_conf_init_msec_value(bmcf->meter_flush, 1000);
     ngx_conf_init_value(bmcf->invoice_delay, 60);
+    ngx_conf_init_msec_value(bmcf->reconcile, 600000);
     ngx_conf_init_value(bmcf->scheduler, 1);
 
     if (bmcf->meter_flush == 0) {
@@ -442,7 +452,8 @@ ngx_http_billing_init_process(ngx_cycle_t *cycle)
     if (ngx_http_billing_redis_init_worker(cycle, bmcf) != NGX_OK
         || ngx_http_billing_gate_init_worker(cycle, bmcf) != NGX_OK
         || ngx_http_billing_meter_init_worker(cycle, bmcf) != NGX_OK
-        || ngx_http_billing_scheduler_init_worker(cycle, bmcf) != NGX_OK)
+        || ngx_http_billing_scheduler_init_worker(cycle, bmcf) != NGX_OK
+        || ngx_http_billing_reconcile_init_worker(cycle, bmcf) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -462,6 +473,7 @@ ngx_http_billing_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    ngx_http_billing_reconcile_exit_worker(bmcf);
     ngx_http_billing_scheduler_exit_worker(bmcf);
     ngx_http_billing_meter_exit_worker(bmcf);
     ngx_http_billing_gate_exit_worker(bmcf);

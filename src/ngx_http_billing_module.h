@@ -86,6 +86,9 @@ typedef struct {
     size_t                          meter_zone_size;
     ngx_msec_t                      meter_flush;
 
+    /* billing_reconcile: how old an open invoice is asked about; 0: off */
+    ngx_msec_t                      reconcile;
+
     /* period-end and final invoices */
     time_t                          invoice_delay;
     ngx_flag_t                      scheduler;

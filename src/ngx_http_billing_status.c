@@ -107,6 +107,10 @@ static const char  *ngx_http_billing_kinds[] = {
     "initial", "period", "final"
 };
 
+static const char  *ngx_http_billing_reconcile_results[] = {
+    "changed", "unchanged", "gone", "failed"
+};
+
 
 #define ngx_http_billing_values(a)  a, sizeof(a) / sizeof(a[0])
 
@@ -203,6 +207,18 @@ static ngx_http_billing_metric_t  ngx_http_billing_metrics[] = {
     { "billing_scheduler_failures_total",
       "Scheduler runs that failed and were put off",
       NGX_HTTP_BILLING_COUNTER,
+      NULL, NULL, 1, NULL, NULL, 1 },
+
+    { "billing_reconcile_invoices_total",
+      "Open invoices asked about at Stripe by reconciliation, by result "
+      "(changed: a webhook that never came)",
+      NGX_HTTP_BILLING_COUNTER,
+      "result", ngx_http_billing_values(ngx_http_billing_reconcile_results),
+      NULL, NULL, 1 },
+
+    { "billing_reconcile_open_invoices",
+      "Open invoices reconciliation watches, as last seen in Redis",
+      NGX_HTTP_BILLING_GAUGE,
       NULL, NULL, 1, NULL, NULL, 1 },
 };
 

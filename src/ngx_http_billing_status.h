@@ -32,6 +32,8 @@ typedef enum {
     NGX_HTTP_BILLING_M_INVOICES_ISSUED,     /* kind */
     NGX_HTTP_BILLING_M_SCHEDULER_BACKLOG,   /* gauge, set */
     NGX_HTTP_BILLING_M_SCHEDULER_FAILURES,
+    NGX_HTTP_BILLING_M_RECONCILED,          /* result */
+    NGX_HTTP_BILLING_M_RECONCILE_OPEN,      /* gauge, set */
     NGX_HTTP_BILLING_M_N
 } ngx_http_billing_metric_e;
 
@@ -135,6 +137,15 @@ typedef enum {
     NGX_HTTP_BILLING_KIND_FINAL,
     NGX_HTTP_BILLING_KIND_N
 } ngx_http_billing_kind_e;
+
+
+typedef enum {
+    NGX_HTTP_BILLING_REC_CHANGED = 0,
+    NGX_HTTP_BILLING_REC_UNCHANGED,
+    NGX_HTTP_BILLING_REC_GONE,
+    NGX_HTTP_BILLING_REC_FAILED,
+    NGX_HTTP_BILLING_REC_N
+} ngx_http_billing_reconcile_result_e;
 
 
 /* the zone, made by postconfiguration */

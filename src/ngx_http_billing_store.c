@@ -32,7 +32,12 @@
  * ARGV[9] amount_due, ARGV[10] currency, ARGV[11] the state a first
  * invoice in this status gives its subscription, ARGV[12] the states
  * allowed to move to it, ARGV[13] the notification channel,
- * ARGV[14] invoice id, ARGV[15] now, ARGV[16] the scheduler's set
+ * ARGV[14] invoice id, ARGV[15] now, ARGV[16] the scheduler's set,
+ * ARGV[17] reconciliation's set, ARGV[18] when reconciliation first asks
+ * Stripe about it ("": off)
+ *
+ * An open (or uncollectible) invoice of a subscription is watched by
+ * reconciliation until it is paid or void.
  *
  * A subscription that becomes active starts its first metering period
  * now, and the scheduler is told to look at it.  One claimed before 0.4
@@ -95,6 +100,13 @@ static const char  ngx_http_billing_invoice_lua[] =
     "      state = ARGV[11]\n"
     "      moved = 1\n"
     "    end\n"
+    "  end\n"
+    "end\n"
+    "if #KEYS == 2 and ARGV[18] ~= '' then\n"
+    "  if cur == 'open' or cur == 'uncollectible' then\n"
+    "    redis.call('ZADD', ARGV[17], 'NX', ARGV[18], ARGV[14])\n"
+    "  else\n"
+    "    redis.call('ZREM', ARGV[17], ARGV[14])\n"
     "  end\n"
     "end\n"
     "local ver = 0\n"
@@ -369,7 +381,7 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
 {
     int         sub_state;
     char       *allowed, *sub_allowed;
-    ngx_str_t   argv[18], *a;
+    ngx_str_t   argv[20], *a;
     ngx_uint_t  nkeys;
 
     allowed = ngx_pnalloc(o->pool, 2 * NGX_HTTP_BILLING_ALLOWED_LEN);
@@ -440,7 +452,21 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
            != NGX_OK
         || ngx_http_billing_store_num(o, &a[14], ngx_time()) != NGX_OK
         || ngx_http_billing_store_key(o, &a[15], "due", NULL, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_key(o, &a[16], "reconcile", NULL, NULL)
            != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (o->bmcf->reconcile == 0) {
+        ngx_str_set(&a[17], "");
+
+    } else if (ngx_http_billing_store_num(o, &a[17],
+                                          ngx_time()
+                                          + (time_t) (o->bmcf->reconcile
+                                                      / 1000))
+               != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -455,7 +481,7 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
     }
 
     return ngx_http_billing_store_run(o, &ngx_http_billing_invoice_script,
-                                      nkeys, nkeys + 16, argv, handler, data);
+                                      nkeys, nkeys + 18, argv, handler, data);
 }
 
 

@@ -4,7 +4,7 @@
  * details go nowhere but there.
  *
  * nginx -t looks, in every server that makes Stripe calls (those with
- * billing_api, and the one the scheduler's calls go through), where a
+ * billing_api, and the one the timers' calls go through), where a
  * call to billing_stripe_location would land, as nginx's own location
  * search does (exact and prefix locations, nested ones, then regular
  * expressions), and refuses the configuration unless it is an internal
@@ -59,9 +59,13 @@ ngx_http_billing_stripe_init(ngx_conf_t *cf)
             }
         }
 
-    } else if (bmcf->scheduler && bmcf->redis_conf && cmcf->servers.nelts) {
-
-        /* no API here: the scheduler's calls go through the first server */
+    } else if ((bmcf->scheduler || bmcf->reconcile) && bmcf->redis_conf
+               && cmcf->servers.nelts)
+    {
+        /*
+         * No API here: the calls of the timers (the scheduler's,
+         * reconciliation's) go through the first server.
+         */
 
         cscfp = cmcf->servers.elts;
 
@@ -150,8 +154,9 @@ ngx_http_billing_stripe_check(ngx_conf_t *cf,
                       "\"billing_stripe_location\" \"%V\" leads %V, not to "
                       "an internal location with a content handler "
                       "(proxy_pass), in the server \"%V\", where the "
-                      "scheduler's calls go: the Stripe key is sent "
-                      "nowhere else", &bmcf->stripe_location, &where, name);
+                      "scheduler's and reconciliation's calls go: the "
+                      "Stripe key is sent nowhere else",
+                      &bmcf->stripe_location, &where, name);
     }
 
     return NGX_ERROR;

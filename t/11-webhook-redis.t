@@ -29,6 +29,7 @@ $t->start_nginx(<<'EOF');
     billing_stripe_key_file %%DIR%%/stripe.key;
     billing_stripe_api_version 2022-11-15;
     billing_scheduler off;
+    billing_reconcile off;
 
     server {
         listen 127.0.0.1:%%PORT%%;

@@ -76,10 +76,15 @@ EOF
     [ 'no API, the scheduler on, nothing in the first server', <<'EOF',
         location / { proxy_pass http://127.0.0.1:%%BACKEND_PORT%%; }
 EOF
-      qr/in the server "shop\.example", where the scheduler's calls go/ ],
+      qr/in the server "shop\.example", where the scheduler's and reconciliation's calls go/ ],
+    [ 'no API, the scheduler off, reconciliation on', <<'EOF',
+        location / { proxy_pass http://127.0.0.1:%%BACKEND_PORT%%; }
+EOF
+      qr/in the server "shop\.example", where the scheduler's and reconciliation's calls go/,
+      "    billing_scheduler off;\n" ],
 ) {
-    my ($name, $server, $re) = @$c;
-    my ($rc, $out) = nginx_t($server);
+    my ($name, $server, $re, $extra) = @$c;
+    my ($rc, $out) = nginx_t($server, $extra);
     isnt $rc, 0, "nginx -t refuses: $name";
     like $out, $re, '... naming the directive and the server' or diag $out;
     ok index($out, $f->{key}) < 0, '... and no key';
@@ -93,7 +98,7 @@ for my $c (
         }
         location ~ /v1/ { proxy_pass http://127.0.0.1:%%BACKEND_PORT%%; }
 EOF
-    [ 'the scheduler off, no API: nothing to check', <<'EOF', "    billing_scheduler off;\n" ],
+    [ 'no timers, no API: nothing to check', <<'EOF', "    billing_scheduler off;\n    billing_reconcile off;\n" ],
         location / { proxy_pass http://127.0.0.1:%%BACKEND_PORT%%; }
 EOF
 ) {

@@ -103,6 +103,12 @@ sub _control {
 }
 
 sub requests    { $_[0]->_control(GET => 'requests') }
+
+# the invoice becomes $status at "Stripe", and no webhook says so
+sub set_invoice_status {
+    my ($self, $id, $status) = @_;
+    return $self->_control(POST => "invoices/$id", { status => $status });
+}
 sub reset       { $_[0]->_control(POST => 'reset'); return }
 sub clear_rules { $_[0]->_control(DELETE => 'rules'); return }
 
@@ -290,6 +296,12 @@ C<request_log_url> unless it has one.
 A failure without C<after> saves no idempotency result, so a retry with
 the same key is processed afresh (a failure at Stripe's edge; see
 BUGS for Stripe's saved 500s).
+
+=item set_invoice_status(ID, STATUS)
+
+The invoice becomes STATUS (C<paid>, C<void>, C<uncollectible>, ...) as
+if done in the Dashboard, and no webhook tells anyone: what
+reconciliation is for.
 
 =item clear_rules, reset
 
