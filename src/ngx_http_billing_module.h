@@ -43,12 +43,25 @@ typedef struct {
 
 
 typedef struct {
-    ngx_url_t                     url;
+    /* the Redis server (one), or with "sentinel" every Sentinel address */
+    ngx_addr_t                   *addrs;
+    ngx_uint_t                    naddrs;
+
     ngx_uint_t                    db;
     ngx_str_t                     password;
     ngx_str_t                     prefix;
     ngx_msec_t                    connect_timeout;
     ngx_msec_t                    timeout;
+
+    /* the primary's name at the Sentinels; empty: no Sentinel */
+    ngx_str_t                     sentinel;
+    ngx_str_t                     sentinel_password;
+
+    /* a command counts as done once this many replicas have it (WAIT) */
+    ngx_uint_t                    replicas;
+
+    /* this worker's watch on the Sentinels, made when it starts */
+    struct ngx_http_billing_sentinel_s  *watch;
 } ngx_http_billing_redis_conf_t;
 
 

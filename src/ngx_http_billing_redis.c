@@ -8,14 +8,17 @@
  * replies; all I/O is nginx's, so nothing ever blocks a worker.
  *
  * On any failure (connect error or timeout, no reply within "timeout",
- * connection lost, protocol error) every queued command fails at once,
- * and the client reconnects after a backoff that doubles up to a limit.
- * While that backoff runs, new commands fail at once, so callers answer
- * quickly instead of piling up.  Each (re)connection starts with AUTH
- * and SELECT before anything else is written.
+ * connection lost, protocol error, a READONLY answer) every queued
+ * command fails at once, and the client reconnects after a backoff that
+ * doubles up to a limit.  While that backoff runs, new commands fail at
+ * once, so callers answer quickly instead of piling up.  Each
+ * (re)connection starts with AUTH and SELECT before anything else is
+ * written; under Sentinel, a Sentinel is asked for the primary first, and
+ * ROLE must say "master".
  *
  * This file holds the connection; queueing, formatting and cancelling
- * commands is in ngx_http_billing_redis_cmd.c.
+ * commands is in ngx_http_billing_redis_cmd.c, the Sentinels in
+ * ngx_http_billing_redis_sentinel.c.
  */
 
 
@@ -25,6 +28,7 @@
 #include <ngx_event_connect.h>
 
 #include "ngx_http_billing_redis_int.h"
+#include "ngx_http_billing_status.h"
 
 
 #define NGX_HTTP_BILLING_REDIS_BACKOFF_MIN  100
@@ -39,12 +43,12 @@
 
 static ngx_uint_t ngx_http_billing_redis_may_connect(
     ngx_http_billing_redis_t *rd);
-static ngx_int_t ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd);
 static void ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd);
 static ngx_uint_t ngx_http_billing_redis_handshaking(
     ngx_http_billing_redis_t *rd);
-static ngx_uint_t ngx_http_billing_redis_is(redisReply *reply,
-    const char *kind);
+static ngx_int_t ngx_http_billing_redis_handshake_reply(
+    ngx_http_billing_redis_t *rd, ngx_http_billing_redis_cmd_t *cmd,
+    redisReply *reply);
 static void ngx_http_billing_redis_write_handler(ngx_event_t *wev);
 static void ngx_http_billing_redis_read_handler(ngx_event_t *rev);
 static ngx_int_t ngx_http_billing_redis_test_connect(
@@ -53,14 +57,11 @@ static ngx_int_t ngx_http_billing_redis_flush(ngx_http_billing_redis_t *rd);
 static ngx_int_t ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
     redisReply *reply);
 static void ngx_http_billing_redis_arm(ngx_http_billing_redis_t *rd);
-static void ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd,
-    ngx_uint_t level, const char *reason);
 static void ngx_http_billing_redis_close(ngx_http_billing_redis_t *rd);
+static ngx_uint_t ngx_http_billing_redis_error_kind(const char *reason);
 static void ngx_http_billing_redis_fail_all(ngx_http_billing_redis_t *rd,
     ngx_uint_t notify);
 static void ngx_http_billing_redis_reconnect_handler(ngx_event_t *ev);
-static void ngx_http_billing_redis_heartbeat_handler(ngx_event_t *ev);
-static void ngx_http_billing_redis_pong(void *data, redisReply *reply);
 
 
 ngx_http_billing_redis_t *
@@ -75,11 +76,12 @@ ngx_http_billing_redis_create(ngx_cycle_t *cycle,
     }
 
     rd->conf = conf;
+    rd->stat = NGX_HTTP_BILLING_CONN_COMMANDS;
     rd->log = cycle->log;
 
-    rd->peer.sockaddr = conf->url.addrs[0].sockaddr;
-    rd->peer.socklen = conf->url.addrs[0].socklen;
-    rd->peer.name = &conf->url.addrs[0].name;
+    rd->peer.sockaddr = conf->addrs[0].sockaddr;
+    rd->peer.socklen = conf->addrs[0].socklen;
+    rd->peer.name = &conf->addrs[0].name;
     rd->peer.get = ngx_event_get_peer;
     rd->peer.log = rd->log;
     rd->peer.log_error = NGX_ERROR_ERR;
@@ -112,6 +114,16 @@ ngx_http_billing_redis_create(ngx_cycle_t *cycle,
 
     ngx_add_timer(&rd->heartbeat, rd->heartbeat_interval);
 
+    if (conf->sentinel.len) {
+        /* the Sentinels say where: until then, logs name the primary */
+        rd->peer.name = &conf->sentinel;
+
+        if (ngx_http_billing_sentinel_watch(cycle, rd) != NGX_OK) {
+            ngx_http_billing_redis_destroy(rd);
+            return NULL;
+        }
+    }
+
     return rd;
 }
 
@@ -129,6 +141,10 @@ ngx_http_billing_redis_destroy(ngx_http_billing_redis_t *rd)
 
     ngx_http_billing_redis_close(rd);
     ngx_http_billing_redis_fail_all(rd, 0);
+
+    if (rd->conf->sentinel.len) {
+        ngx_http_billing_sentinel_unwatch(rd);
+    }
 }
 
 
@@ -141,6 +157,7 @@ ngx_http_billing_redis_subscribe(ngx_http_billing_redis_t *rd,
     rd->on_message = message;
     rd->on_state = state;
     rd->data = data;
+    rd->stat = NGX_HTTP_BILLING_CONN_SUBSCRIBER;
 
     rd->heartbeat_interval = NGX_HTTP_BILLING_REDIS_SUB_HEARTBEAT;
 }
@@ -166,12 +183,41 @@ ngx_http_billing_redis_may_connect(ngx_http_billing_redis_t *rd)
 void
 ngx_http_billing_redis_connect(ngx_http_billing_redis_t *rd)
 {
-    ngx_int_t          rc;
-    ngx_connection_t  *c;
+    ngx_addr_t  *addr;
 
     if (!ngx_http_billing_redis_may_connect(rd)) {
         return;
     }
+
+    if (rd->conf->sentinel.len) {
+
+        /* where the primary is now: asked anew on every connection */
+
+        rd->state = NGX_HTTP_BILLING_REDIS_RESOLVING;
+
+        ngx_http_billing_sentinel_ask(&rd->ask,
+                                      ngx_http_billing_redis_resolved, rd);
+        return;
+    }
+
+    if (rd->conf->naddrs > 1) {
+        /* the Sentinels, for a watch: each in turn, from the last good */
+        addr = &rd->conf->addrs[rd->next_addr % rd->conf->naddrs];
+
+        rd->peer.sockaddr = addr->sockaddr;
+        rd->peer.socklen = addr->socklen;
+        rd->peer.name = &addr->name;
+    }
+
+    ngx_http_billing_redis_open(rd);
+}
+
+
+void
+ngx_http_billing_redis_open(ngx_http_billing_redis_t *rd)
+{
+    ngx_int_t          rc;
+    ngx_connection_t  *c;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
                    "billing redis: connecting to %V", rd->peer.name);
@@ -222,87 +268,20 @@ ngx_http_billing_redis_connect(ngx_http_billing_redis_t *rd)
 }
 
 
-static ngx_int_t
-ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd)
-{
-    u_char                         db[NGX_INT_T_LEN];
-    ngx_str_t                      argv[2];
-    ngx_queue_t                   *head;
-    ngx_http_billing_redis_cmd_t  *cmd[3];
-    ngx_uint_t                     n, i;
-
-    /*
-     * Queued ahead of whatever waits: a new connection has written
-     * nothing yet, and nothing else is written before these succeed.
-     */
-
-    n = 0;
-
-    if (rd->conf->password.len) {
-        ngx_str_set(&argv[0], "AUTH");
-        argv[1] = rd->conf->password;
-
-        cmd[n] = ngx_http_billing_redis_format(rd, 2, argv);
-        if (cmd[n] == NULL) {
-            return NGX_ERROR;
-        }
-
-        n++;
-    }
-
-    if (rd->conf->db) {
-        ngx_str_set(&argv[0], "SELECT");
-        argv[1].data = db;
-        argv[1].len = ngx_sprintf(db, "%ui", rd->conf->db) - db;
-
-        cmd[n] = ngx_http_billing_redis_format(rd, 2, argv);
-        if (cmd[n] == NULL) {
-            goto failed;
-        }
-
-        n++;
-    }
-
-    if (rd->channel.len) {
-        ngx_str_set(&argv[0], "SUBSCRIBE");
-        argv[1] = rd->channel;
-
-        cmd[n] = ngx_http_billing_redis_format(rd, 2, argv);
-        if (cmd[n] == NULL) {
-            goto failed;
-        }
-
-        n++;
-    }
-
-    head = &rd->cmds;
-
-    for (i = 0; i < n; i++) {
-        cmd[i]->handshake = 1;
-
-        ngx_queue_insert_after(head, &cmd[i]->queue);
-        head = &cmd[i]->queue;
-        rd->ncmds++;
-    }
-
-    return NGX_OK;
-
-failed:
-
-    while (n) {
-        ngx_http_billing_redis_free(cmd[--n]);
-    }
-
-    return NGX_ERROR;
-}
-
-
 static void
 ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd)
 {
     rd->state = NGX_HTTP_BILLING_REDIS_READY;
     rd->backoff = NGX_HTTP_BILLING_REDIS_BACKOFF_MIN;
     rd->down = 0;
+
+    if (rd->connections++) {
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_RECONNECTS,
+                                  rd->stat, 0);
+    }
+
+    rd->counted = 1;
+    ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_REDIS_UP, rd->stat, 0, 1);
 
     ngx_log_error(NGX_LOG_INFO, rd->log, 0,
                   "billing redis %V: connected%s", rd->peer.name,
@@ -314,22 +293,6 @@ ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd)
     if (rd->on_state) {
         rd->on_state(rd->data, 1);
     }
-}
-
-
-static ngx_uint_t
-ngx_http_billing_redis_is(redisReply *reply, const char *kind)
-{
-    size_t  len;
-
-    /* a pub/sub array: [ kind, channel, ... ] */
-
-    len = ngx_strlen(kind);
-
-    return reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2
-           && reply->element[0]->type == REDIS_REPLY_STRING
-           && reply->element[0]->len == len
-           && ngx_strncmp(reply->element[0]->str, kind, len) == 0;
 }
 
 
@@ -645,50 +608,72 @@ ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
     q = ngx_queue_head(&rd->cmds);
     cmd = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
 
-    if (q == ngx_queue_sentinel(&rd->cmds) || cmd->sent != cmd->len) {
+    /* a command and its WAIT may be answered before WAIT is all sent */
+
+    if (q == ngx_queue_sentinel(&rd->cmds)
+        || cmd->sent < cmd->len - (cmd->replied ? 0 : cmd->wait_len))
+    {
         freeReplyObject(reply);
         ngx_http_billing_redis_failed(rd, NGX_LOG_ERR, "reply to no command");
         return NGX_ERROR;
+    }
+
+    if (!cmd->handshake && ngx_http_billing_redis_error(reply, "READONLY")) {
+
+        /*
+         * A primary demoted to a replica: what is queued would fail the
+         * same way.  Under Sentinel the new primary is asked for at once,
+         * by the worker's other clients there too.
+         */
+
+        freeReplyObject(reply);
+
+        if (rd->conf->sentinel.len) {
+            ngx_http_billing_sentinel_demoted(rd);
+            ngx_http_billing_redis_restart(rd, NGX_LOG_WARN,
+                                           "READONLY, a replica now");
+
+        } else {
+            ngx_http_billing_redis_failed(rd, NGX_LOG_WARN,
+                                          "READONLY, a replica now");
+        }
+
+        return NGX_ERROR;
+    }
+
+    if (cmd->role && !cmd->handshake && reply->type == REDIS_REPLY_ARRAY
+        && !ngx_http_billing_redis_primary(reply))
+    {
+        /* the heartbeat found a demoted primary before any write did */
+
+        freeReplyObject(reply);
+
+        ngx_http_billing_sentinel_demoted(rd);
+        ngx_http_billing_redis_restart(rd, NGX_LOG_WARN,
+                                       "ROLE, a replica now");
+        return NGX_ERROR;
+    }
+
+    if (cmd->wait && !cmd->replied) {
+        /* the command's own reply: its WAIT's comes next */
+        cmd->replied = 1;
+        cmd->reply = reply;
+        return NGX_OK;
     }
 
     ngx_queue_remove(q);
     rd->ncmds--;
 
     if (cmd->handshake) {
-
-        if (reply->type != REDIS_REPLY_STATUS
-            && !ngx_http_billing_redis_is(reply, "subscribe"))
-        {
-
-            /* Redis' error text names the problem, never the password */
-
-            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                          "billing redis %V: handshake refused: \"%*s\"",
-                          rd->peer.name,
-                          (size_t) (reply->type == REDIS_REPLY_ERROR
-                                    ? reply->len : 0),
-                          reply->type == REDIS_REPLY_ERROR ? reply->str : "");
-
-            freeReplyObject(reply);
-            ngx_http_billing_redis_free(cmd);
-            ngx_http_billing_redis_failed(rd, NGX_LOG_ERR,
-                                          "handshake failed");
-            return NGX_ERROR;
-        }
-
-        freeReplyObject(reply);
-        ngx_http_billing_redis_free(cmd);
-
-        if (!ngx_http_billing_redis_handshaking(rd)) {
-            ngx_http_billing_redis_ready(rd);
-        }
-
-        return NGX_OK;
+        return ngx_http_billing_redis_handshake_reply(rd, cmd, reply);
     }
 
-    if (cmd->script
-        && reply->type == REDIS_REPLY_ERROR
-        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+    if (cmd->wait) {
+        reply = ngx_http_billing_redis_waited(rd, cmd, reply);
+    }
+
+    if (cmd->script && reply
+        && ngx_http_billing_redis_error(reply, "NOSCRIPT"))
     {
         /* flushed or never loaded (a restart): send the script itself */
 
@@ -708,6 +693,14 @@ ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
 
     ngx_http_billing_redis_unbind(cmd);
 
+    ngx_http_billing_stat_time(NGX_HTTP_BILLING_M_REDIS_DURATION, 0,
+                               ngx_current_msec - cmd->queued);
+
+    if (reply && reply->type == REDIS_REPLY_ERROR) {
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_ERRORS,
+                                  NGX_HTTP_BILLING_RERR_REPLY, 0);
+    }
+
     if (cmd->handler) {
         cmd->handler(cmd->data, reply);
     }
@@ -717,6 +710,70 @@ ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
     }
 
     ngx_http_billing_redis_free(cmd);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_billing_redis_handshake_reply(ngx_http_billing_redis_t *rd,
+    ngx_http_billing_redis_cmd_t *cmd, redisReply *reply)
+{
+    ngx_uint_t   ok;
+    redisReply  *role;
+
+    if (cmd->role) {
+
+        /* [ "master", offset, replicas ]: anything else is no primary */
+
+        role = (reply->type == REDIS_REPLY_ARRAY && reply->elements
+                && reply->element[0]->type == REDIS_REPLY_STRING)
+               ? reply->element[0] : NULL;
+
+        ok = ngx_http_billing_redis_primary(reply);
+
+        if (!ok && reply->type != REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_WARN, rd->log, 0,
+                          "billing redis %V: not a primary (role \"%*s\")",
+                          rd->peer.name,
+                          (size_t) (role ? ngx_min(role->len, 32) : 0),
+                          role ? role->str : "");
+
+            freeReplyObject(reply);
+            ngx_http_billing_redis_free(cmd);
+            ngx_http_billing_redis_failed(rd, NGX_LOG_WARN,
+                                          "handshake failed");
+            return NGX_ERROR;
+        }
+
+    } else {
+        ok = (reply->type == REDIS_REPLY_STATUS
+              || ngx_http_billing_redis_is(reply, "subscribe"));
+    }
+
+    if (!ok) {
+
+        /* Redis' error text names the problem, never the password */
+
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "billing redis %V: handshake refused: \"%*s\"",
+                      rd->peer.name,
+                      (size_t) (reply->type == REDIS_REPLY_ERROR
+                                ? reply->len : 0),
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+
+        freeReplyObject(reply);
+        ngx_http_billing_redis_free(cmd);
+        ngx_http_billing_redis_failed(rd, NGX_LOG_ERR, "handshake failed");
+        return NGX_ERROR;
+    }
+
+    freeReplyObject(reply);
+    ngx_http_billing_redis_free(cmd);
+
+    if (!ngx_http_billing_redis_handshaking(rd)) {
+        ngx_http_billing_redis_ready(rd);
+    }
 
     return NGX_OK;
 }
@@ -754,7 +811,7 @@ ngx_http_billing_redis_arm(ngx_http_billing_redis_t *rd)
 }
 
 
-static void
+void
 ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd, ngx_uint_t level,
     const char *reason)
 {
@@ -763,7 +820,13 @@ ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd, ngx_uint_t level,
                   "next attempt in %Mms",
                   rd->peer.name, reason, rd->ncmds, rd->backoff);
 
+    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_ERRORS,
+                              ngx_http_billing_redis_error_kind(reason), 0);
+
     ngx_http_billing_redis_close(rd);
+
+    /* several addresses (Sentinels): the next one then */
+    rd->next_addr++;
 
     rd->down = 1;
 
@@ -786,9 +849,79 @@ ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd, ngx_uint_t level,
 }
 
 
+void
+ngx_http_billing_redis_restart(ngx_http_billing_redis_t *rd, ngx_uint_t level,
+    const char *reason)
+{
+    /*
+     * The primary moved and the Sentinels know where: what is under way
+     * fails (it went to the old one), and the new one is asked for now.
+     */
+
+    ngx_log_error(level, rd->log, 0,
+                  "billing redis %V: %s, %ui commands failed, reconnecting",
+                  rd->peer.name, reason, rd->ncmds);
+
+    ngx_http_billing_redis_close(rd);
+
+    if (rd->reconnect.timer_set) {
+        ngx_del_timer(&rd->reconnect);
+    }
+
+    /* failing handlers must not connect meanwhile */
+    rd->down = 1;
+
+    if (rd->on_state) {
+        rd->on_state(rd->data, 0);
+    }
+
+    ngx_http_billing_redis_fail_all(rd, 1);
+
+    rd->backoff = NGX_HTTP_BILLING_REDIS_BACKOFF_MIN;
+    rd->down = 0;
+
+    if (rd->state == NGX_HTTP_BILLING_REDIS_DISCONNECTED
+        && !rd->reconnect.timer_set)
+    {
+        ngx_http_billing_redis_connect(rd);
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_billing_redis_error_kind(const char *reason)
+{
+    /* the reasons of ngx_http_billing_redis_failed(), as billing_status */
+
+    if (ngx_strncmp(reason, "connect", 7) == 0) {
+        return NGX_HTTP_BILLING_RERR_CONNECT;
+    }
+
+    if (ngx_strstr(reason, "time") != NULL) {
+        return NGX_HTTP_BILLING_RERR_TIMEOUT;
+    }
+
+    if (ngx_strcmp(reason, "connection closed") == 0) {
+        return NGX_HTTP_BILLING_RERR_CLOSED;
+    }
+
+    return NGX_HTTP_BILLING_RERR_PROTOCOL;
+}
+
+
 static void
 ngx_http_billing_redis_close(ngx_http_billing_redis_t *rd)
 {
+    if (rd->counted) {
+        rd->counted = 0;
+        ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_REDIS_UP, rd->stat, 0,
+                                  -1);
+    }
+
+    if (rd->state == NGX_HTTP_BILLING_REDIS_RESOLVING) {
+        ngx_http_billing_sentinel_abort(&rd->ask);
+    }
+
     if (rd->peer.connection) {
         ngx_close_connection(rd->peer.connection);
         rd->peer.connection = NULL;
@@ -855,29 +988,4 @@ ngx_http_billing_redis_reconnect_handler(ngx_event_t *ev)
     if (rd->state == NGX_HTTP_BILLING_REDIS_DISCONNECTED) {
         ngx_http_billing_redis_connect(rd);
     }
-}
-
-
-static void
-ngx_http_billing_redis_heartbeat_handler(ngx_event_t *ev)
-{
-    ngx_http_billing_redis_t  *rd = ev->data;
-
-    ngx_str_t  ping = ngx_string("PING");
-
-    if (rd->state == NGX_HTTP_BILLING_REDIS_READY && rd->ncmds == 0) {
-        (void) ngx_http_billing_redis_send(rd, 1, &ping,
-                                           ngx_http_billing_redis_pong, rd);
-    }
-
-    if (!(ngx_exiting || ngx_terminate || ngx_quit)) {
-        ngx_add_timer(ev, rd->heartbeat_interval);
-    }
-}
-
-
-static void
-ngx_http_billing_redis_pong(void *data, redisReply *reply)
-{
-    /* a lost connection was handled already: nothing more to do */
 }

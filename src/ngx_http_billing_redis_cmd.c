@@ -1,9 +1,10 @@
 
 /*
  * The Redis client's commands: queueing one (with EVALSHA and its
- * fallback to EVAL on NOSCRIPT), cancelling it or binding it to a pool,
- * formatting it with hiredis and freeing it.  The connection that writes
- * them and reads their replies is in ngx_http_billing_redis.c.
+ * fallback to EVAL on NOSCRIPT, and with replicas= the WAIT after it),
+ * cancelling it or binding it to a pool, formatting it with hiredis and
+ * freeing it, and the handshake of a new connection.  The connection
+ * that writes them and reads their replies is in ngx_http_billing_redis.c.
  */
 
 
@@ -21,6 +22,7 @@
 
 
 static void ngx_http_billing_redis_cleanup(void *data);
+static void ngx_http_billing_redis_pong(void *data, redisReply *reply);
 static void ngx_http_billing_redis_free_buf(
     ngx_http_billing_redis_cmd_t *cmd);
 
@@ -46,6 +48,23 @@ ngx_http_billing_redis_script_init(ngx_http_billing_redis_script_t *script,
 ngx_http_billing_redis_cmd_t *
 ngx_http_billing_redis_send(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
     ngx_str_t *argv, ngx_http_billing_redis_handler_pt handler, void *data)
+{
+    /*
+     * Reads wait too: which commands write is the callers' business, and
+     * a read's WAIT returns at once when the connection's earlier writes
+     * are on the replicas.
+     */
+
+    return ngx_http_billing_redis_queue(rd, argc, argv, handler, data,
+                                        rd->conf->replicas
+                                        && rd->channel.len == 0);
+}
+
+
+ngx_http_billing_redis_cmd_t *
+ngx_http_billing_redis_queue(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
+    ngx_str_t *argv, ngx_http_billing_redis_handler_pt handler, void *data,
+    ngx_uint_t wait)
 {
     ngx_http_billing_redis_cmd_t  *cmd;
 
@@ -74,7 +93,7 @@ ngx_http_billing_redis_send(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
         }
     }
 
-    cmd = ngx_http_billing_redis_format(rd, argc, argv);
+    cmd = ngx_http_billing_redis_format(rd, argc, argv, wait);
     if (cmd == NULL) {
         return NULL;
     }
@@ -250,10 +269,12 @@ ngx_http_billing_redis_to_eval(ngx_http_billing_redis_cmd_t *cmd,
 
 ngx_http_billing_redis_cmd_t *
 ngx_http_billing_redis_format(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
-    ngx_str_t *argv)
+    ngx_str_t *argv, ngx_uint_t wait)
 {
-    int                            len;
-    char                          *buf;
+    int                            len, wlen;
+    char                          *buf, *wbuf;
+    u_char                        *p;
+    u_char                         n[NGX_INT_T_LEN], t[NGX_INT_T_LEN];
     size_t                         lens[NGX_HTTP_BILLING_REDIS_MAX_ARGS];
     ngx_uint_t                     i;
     const char                    *args[NGX_HTTP_BILLING_REDIS_MAX_ARGS];
@@ -282,6 +303,47 @@ ngx_http_billing_redis_format(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
     cmd->rd = rd;
     cmd->buf = buf;
     cmd->len = len;
+    cmd->queued = ngx_current_msec;
+
+    if (!wait) {
+        return cmd;
+    }
+
+    /*
+     * WAIT in the same buffer, so that nothing comes between the two;
+     * it gives up before the reply timeout would close the connection.
+     */
+
+    args[0] = "WAIT";
+    lens[0] = sizeof("WAIT") - 1;
+    args[1] = (const char *) n;
+    lens[1] = ngx_sprintf(n, "%ui", rd->conf->replicas) - n;
+    args[2] = (const char *) t;
+    lens[2] = ngx_sprintf(t, "%M", ngx_max(rd->conf->timeout / 2, 1)) - t;
+
+    wlen = redisFormatCommandArgv(&wbuf, 3, args, lens);
+    if (wlen < 0) {
+        ngx_http_billing_redis_free(cmd);
+        return NULL;
+    }
+
+    p = ngx_alloc(len + wlen, rd->log);
+    if (p == NULL) {
+        redisFreeCommand(wbuf);
+        ngx_http_billing_redis_free(cmd);
+        return NULL;
+    }
+
+    ngx_memcpy(p, buf, len);
+    ngx_memcpy(p + len, wbuf, wlen);
+    redisFreeCommand(wbuf);
+    redisFreeCommand(buf);
+
+    cmd->buf = (char *) p;
+    cmd->len = len + wlen;
+    cmd->wait_len = wlen;
+    cmd->own_buf = 1;
+    cmd->wait = 1;
 
     return cmd;
 }
@@ -290,6 +352,10 @@ ngx_http_billing_redis_format(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
 void
 ngx_http_billing_redis_free(ngx_http_billing_redis_cmd_t *cmd)
 {
+    if (cmd->reply) {
+        freeReplyObject(cmd->reply);
+    }
+
     ngx_http_billing_redis_free_buf(cmd);
     ngx_free(cmd);
 }
@@ -310,4 +376,242 @@ ngx_http_billing_redis_free_buf(ngx_http_billing_redis_cmd_t *cmd)
     }
 
     cmd->buf = NULL;
+}
+
+
+ngx_int_t
+ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd)
+{
+    u_char                         db[NGX_INT_T_LEN];
+    ngx_str_t                      argv[2];
+    ngx_queue_t                   *head;
+    ngx_http_billing_redis_cmd_t  *cmd[4];
+    ngx_uint_t                     n, i;
+
+    /*
+     * Queued ahead of whatever waits: a new connection has written
+     * nothing yet, and nothing else is written before these succeed.
+     */
+
+    n = 0;
+
+    if (rd->conf->password.len) {
+        ngx_str_set(&argv[0], "AUTH");
+        argv[1] = rd->conf->password;
+
+        cmd[n] = ngx_http_billing_redis_format(rd, 2, argv, 0);
+        if (cmd[n] == NULL) {
+            return NGX_ERROR;
+        }
+
+        n++;
+    }
+
+    if (rd->conf->db) {
+        ngx_str_set(&argv[0], "SELECT");
+        argv[1].data = db;
+        argv[1].len = ngx_sprintf(db, "%ui", rd->conf->db) - db;
+
+        cmd[n] = ngx_http_billing_redis_format(rd, 2, argv, 0);
+        if (cmd[n] == NULL) {
+            goto failed;
+        }
+
+        n++;
+    }
+
+    if (rd->conf->sentinel.len) {
+
+        /* the Sentinels' answer may be stale: a demoted primary says so */
+
+        ngx_str_set(&argv[0], "ROLE");
+
+        cmd[n] = ngx_http_billing_redis_format(rd, 1, argv, 0);
+        if (cmd[n] == NULL) {
+            goto failed;
+        }
+
+        cmd[n]->role = 1;
+        n++;
+    }
+
+    if (rd->channel.len) {
+        ngx_str_set(&argv[0], "SUBSCRIBE");
+        argv[1] = rd->channel;
+
+        cmd[n] = ngx_http_billing_redis_format(rd, 2, argv, 0);
+        if (cmd[n] == NULL) {
+            goto failed;
+        }
+
+        n++;
+    }
+
+    head = &rd->cmds;
+
+    for (i = 0; i < n; i++) {
+        cmd[i]->handshake = 1;
+
+        ngx_queue_insert_after(head, &cmd[i]->queue);
+        head = &cmd[i]->queue;
+        rd->ncmds++;
+    }
+
+    return NGX_OK;
+
+failed:
+
+    while (n) {
+        ngx_http_billing_redis_free(cmd[--n]);
+    }
+
+    return NGX_ERROR;
+}
+
+
+ngx_uint_t
+ngx_http_billing_redis_is(redisReply *reply, const char *kind)
+{
+    size_t  len;
+
+    /* a pub/sub array: [ kind, channel, ... ] */
+
+    len = ngx_strlen(kind);
+
+    return reply->type == REDIS_REPLY_ARRAY && reply->elements >= 2
+           && reply->element[0]->type == REDIS_REPLY_STRING
+           && reply->element[0]->len == len
+           && ngx_strncmp(reply->element[0]->str, kind, len) == 0;
+}
+
+
+ngx_uint_t
+ngx_http_billing_redis_error(redisReply *reply, const char *code)
+{
+    size_t  len;
+
+    len = ngx_strlen(code);
+
+    return reply->type == REDIS_REPLY_ERROR
+           && (size_t) reply->len >= len
+           && ngx_strncmp(reply->str, code, len) == 0
+           && ((size_t) reply->len == len || reply->str[len] == ' ');
+}
+
+
+/*
+ * replicas=: a command's reply once WAIT (reply) has answered; NULL when
+ * fewer replicas than required had it in time.  A NOSCRIPT reply goes
+ * through: nothing ran, the script is sent again.
+ */
+
+redisReply *
+ngx_http_billing_redis_waited(ngx_http_billing_redis_t *rd,
+    ngx_http_billing_redis_cmd_t *cmd, redisReply *reply)
+{
+    long long    n;
+    redisReply  *own;
+
+    n = reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1;
+
+    if (n < 0) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "billing redis %V: WAIT failed: \"%*s\"",
+                      rd->peer.name,
+                      (size_t) (reply->type == REDIS_REPLY_ERROR
+                                ? ngx_min(reply->len, 128) : 0),
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+    }
+
+    freeReplyObject(reply);
+
+    own = cmd->reply;
+    cmd->reply = NULL;
+    cmd->replied = 0;
+
+    if (n >= (long long) rd->conf->replicas
+        || (cmd->script && ngx_http_billing_redis_error(own, "NOSCRIPT")))
+    {
+        return own;
+    }
+
+    if (n >= 0) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "billing redis %V: %L of %ui replicas acknowledged "
+                      "a command in time: failed",
+                      rd->peer.name, n, rd->conf->replicas);
+    }
+
+    freeReplyObject(own);
+
+    return NULL;
+}
+
+
+/*
+ * Every few seconds: a PING on an idle connection, so that a Redis that
+ * died or froze is found before a request needs it (and NAT state along
+ * the way stays); under Sentinel a ROLE, idle or not, so that a primary
+ * demoted is left even by a worker that only reads.
+ */
+
+void
+ngx_http_billing_redis_heartbeat_handler(ngx_event_t *ev)
+{
+    ngx_http_billing_redis_t  *rd = ev->data;
+
+    ngx_str_t                      ping = ngx_string("PING");
+    ngx_str_t                      role = ngx_string("ROLE");
+    ngx_http_billing_redis_cmd_t  *cmd;
+
+    if (rd->state != NGX_HTTP_BILLING_REDIS_READY) {
+        goto next;
+    }
+
+    /* no WAIT after either: they write nothing */
+
+    if (rd->conf->sentinel.len && rd->channel.len == 0) {
+        cmd = ngx_http_billing_redis_queue(rd, 1, &role,
+                                           ngx_http_billing_redis_pong, rd,
+                                           0);
+        if (cmd) {
+            cmd->role = 1;
+        }
+
+    } else if (rd->ncmds == 0) {
+        (void) ngx_http_billing_redis_queue(rd, 1, &ping,
+                                            ngx_http_billing_redis_pong, rd,
+                                            0);
+    }
+
+next:
+
+    if (!(ngx_exiting || ngx_terminate || ngx_quit)) {
+        ngx_add_timer(ev, rd->heartbeat_interval);
+    }
+}
+
+
+static void
+ngx_http_billing_redis_pong(void *data, redisReply *reply)
+{
+    /* a lost connection or a demoted primary was handled already */
+}
+
+
+ngx_uint_t
+ngx_http_billing_redis_primary(redisReply *reply)
+{
+    redisReply  *role;
+
+    /* ROLE: [ "master", offset, replicas ] */
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements == 0) {
+        return 0;
+    }
+
+    role = reply->element[0];
+
+    return role->type == REDIS_REPLY_STRING && role->len == 6
+           && ngx_strncmp(role->str, "master", 6) == 0;
 }

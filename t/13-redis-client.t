@@ -1,7 +1,8 @@
 # The Redis client itself: commands of concurrent requests pipelined on
 # one connection per worker, EVALSHA falling back to EVAL after a script
 # flush, the heartbeat timer finding a frozen Redis with no request in
-# flight, and Redis closing idle clients not counted as an outage.
+# flight, Redis closing idle clients not counted as an outage, and a
+# READONLY answer (a demoted primary) giving the connection up.
 
 use strict;
 use warnings;
@@ -126,6 +127,22 @@ ok(wait_until(sub { nginx_clients() == 2 }, 5),
     my $r = $t->webhook(event());
     is($r->{status}, 200, 'the next request: 200');
     cmp_ok($r->{elapsed}, '<', 0.5, 'and fast');
+}
+
+# a primary demoted (made a replica, here of nothing) answers READONLY:
+# the command fails, and the connection is made anew; a primary again,
+# the next request is served
+
+{
+    $t->redis('REPLICAOF', '127.0.0.1', BillingTest::free_port());
+    my $r = $t->webhook(event());
+    is($r->{status}, 503, 'READONLY: 503');
+    like($t->error_log,
+        qr/\[warn\].*billing redis \S+: READONLY, a replica now, 1 commands failed/,
+        'READONLY: the connection given up, logged');
+    $t->redis('REPLICAOF', 'NO', 'ONE');
+    ok(wait_until(sub { $t->webhook(event())->{status} == 200 }, 10, 0.1),
+        'a primary again: 200');
 }
 
 # a graceful stop with a connection open leaves no socket behind

@@ -197,6 +197,39 @@ $t->redis('HSET', 'billing:sub:act', state => 'active',
 }
 
 # ---------------------------------------------------------------------
+# Redis: connections up, errors, reconnects, latency
+
+{
+    ok wait_until(sub {
+        metric('billing_redis_connections_up{connection="commands"}') == 2
+        && metric('billing_redis_connections_up{connection="subscriber"}') == 2
+    }, 10), 'Redis: both workers\' two connections up';
+    cmp_ok metric('billing_redis_command_duration_seconds_count'), '>', 0,
+        'Redis: command latency observed';
+    my $reconnects = metric('billing_redis_reconnects_total{connection="subscriber"}');
+    my $errors = 0;
+    $errors += metric("billing_redis_errors_total{kind=\"$_\"}")
+        for qw(connect timeout closed protocol);
+
+    $t->stop_redis;
+    ok wait_until(sub {
+        metric('billing_redis_connections_up{connection="subscriber"}') == 0
+    }, 10), 'Redis stopped: no subscriber connection up';
+    my $e = 0;
+    $e += metric("billing_redis_errors_total{kind=\"$_\"}")
+        for qw(connect timeout closed protocol);
+    cmp_ok $e, '>', $errors, 'Redis stopped: errors counted';
+
+    $t->start_redis;
+    ok wait_until(sub {
+        metric('billing_redis_connections_up{connection="subscriber"}') == 2
+    }, 15), 'Redis back: both subscribers up again';
+    cmp_ok metric('billing_redis_reconnects_total{connection="subscriber"}'),
+        '>=', $reconnects + 2, 'Redis back: reconnects counted';
+    $t->ignore_log(qr/billing redis/);
+}
+
+# ---------------------------------------------------------------------
 # a reload keeps the counters
 
 {
