@@ -68,6 +68,8 @@ static ngx_int_t ngx_http_billing_gate_let_through(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx);
 static ngx_int_t ngx_http_billing_gate_allow(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx);
+static void ngx_http_billing_gate_count(ngx_http_billing_gate_ctx_t *ctx,
+    ngx_uint_t decision);
 static ngx_int_t ngx_http_billing_gate_deny(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx, ngx_uint_t status, const char *code,
     const char *message);
@@ -602,6 +604,20 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
 }
 
 
+/* a request decided again (a "rewrite ... last") is one decision */
+
+static void
+ngx_http_billing_gate_count(ngx_http_billing_gate_ctx_t *ctx,
+    ngx_uint_t decision)
+{
+    if (!ctx->counted) {
+        ctx->counted = 1;
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_DECISIONS,
+                                  decision, 0);
+    }
+}
+
+
 static ngx_int_t
 ngx_http_billing_gate_allow(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx)
@@ -661,8 +677,10 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
                       "\"%V\" decided on what was known %Mms ago",
                       &ctx->id, age);
 
-        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_CACHE,
-                                  NGX_HTTP_BILLING_CACHE_STALE, 0);
+        if (!ctx->counted) {
+            ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_CACHE,
+                                      NGX_HTTP_BILLING_CACHE_STALE, 0);
+        }
 
         ctx->entry = ctx->stale;
     }
@@ -670,8 +688,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
     switch (ctx->entry.state) {
 
     case NGX_BILLING_SUB_ACTIVE:
-        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_DECISIONS,
-                                  NGX_HTTP_BILLING_DEC_ALLOW, 0);
+        ngx_http_billing_gate_count(ctx, NGX_HTTP_BILLING_DEC_ALLOW);
 
         return ngx_http_billing_gate_allow(r, ctx);
 
@@ -722,8 +739,7 @@ ngx_http_billing_gate_let_through(ngx_http_request_t *r,
                       &ctx->id);
     }
 
-    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_DECISIONS,
-                              NGX_HTTP_BILLING_DEC_ALLOW_UNAVAILABLE, 0);
+    ngx_http_billing_gate_count(ctx, NGX_HTTP_BILLING_DEC_ALLOW_UNAVAILABLE);
 
     ngx_memzero(&ctx->entry, sizeof(ngx_http_billing_entry_t));
     ctx->entry.state = NGX_BILLING_SUB_ACTIVE;
@@ -791,8 +807,7 @@ ngx_http_billing_gate_deny(ngx_http_request_t *r,
     ctx->code = code;
     ctx->message = message;
 
-    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_DECISIONS,
-                              ngx_http_billing_stat_decision(code), 0);
+    ngx_http_billing_gate_count(ctx, ngx_http_billing_stat_decision(code));
 
     if (r->connection->log->log_level >= NGX_LOG_INFO) {
         ngx_http_billing_log_safe(r->pool, &ctx->id, &id);

@@ -45,6 +45,9 @@ typedef struct {
     /* let through as active: the meter counts it */
     unsigned                    allowed:1;
 
+    /* the decision is in billing_status */
+    unsigned                    counted:1;
+
     /* what the meter counted, for $billing_units */
     int64_t                     units;
 

@@ -47,6 +47,7 @@ struct ngx_http_billing_invoice_job_s {
 
     unsigned                             detached:1;
     unsigned                             checked:1;  /* not cancelled */
+    unsigned                             counted:1;  /* billing_status */
 };
 
 

@@ -351,13 +351,6 @@ ngx_http_billing_invoice_finalized(ngx_http_billing_stripe_call_t *call)
         return;
     }
 
-    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_INVOICES_ISSUED,
-                              job->spec.kind.len == 6
-                              ? NGX_HTTP_BILLING_KIND_PERIOD
-                              : job->spec.kind.len == 5
-                              ? NGX_HTTP_BILLING_KIND_FINAL
-                              : NGX_HTTP_BILLING_KIND_INITIAL, 0);
-
     ngx_str_set(&inv.event, "");
     inv.created = ngx_time();
     inv.subscription = job->spec.subscription;
@@ -391,6 +384,15 @@ ngx_http_billing_invoice_recorded(void *data, redisReply *reply)
     {
         ngx_http_billing_invoice_unavailable(job);
         return;
+    }
+
+    /* once a job: a finalize made again after a failure is the same */
+
+    if (!job->counted) {
+        job->counted = 1;
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_INVOICES_ISSUED,
+                                  ngx_http_billing_stat_kind(&job->spec.kind),
+                                  0);
     }
 
     ngx_http_billing_invoice_finish(job, NGX_OK);

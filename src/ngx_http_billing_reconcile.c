@@ -30,6 +30,7 @@
 #include "ngx_http_billing_store.h"
 #include "ngx_http_billing_stripe.h"
 #include "ngx_http_billing_status.h"
+#include "ngx_http_billing_cache.h"
 #include "ngx_billing_state.h"
 
 
@@ -58,6 +59,7 @@ typedef struct {
     ngx_str_t                          kind;
     ngx_str_t                          status;
     ngx_http_billing_stripe_call_t     call;
+    ngx_uint_t                         source;
     ngx_http_billing_reconcile_pt      done;
     void                              *data;
     unsigned                           gone:1;
@@ -83,6 +85,8 @@ static void ngx_http_billing_reconcile_finish(ngx_http_billing_check_t *chk,
 static ngx_int_t ngx_http_billing_reconcile_later(
     ngx_http_billing_check_t *chk, ngx_uint_t gone);
 static void ngx_http_billing_reconcile_ignore(void *data, redisReply *reply);
+static ngx_uint_t ngx_http_billing_reconcile_missing(
+    ngx_http_billing_stripe_call_t *call);
 
 
 /*
@@ -136,8 +140,6 @@ static const char  ngx_http_billing_rlater_lua[] =
 
 static ngx_http_billing_redis_script_t  ngx_http_billing_rtake_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_rlater_script;
-
-static ngx_http_billing_reconciler_t   *ngx_http_billing_reconciler;
 
 
 char *
@@ -210,8 +212,6 @@ ngx_http_billing_reconcile_init_worker(ngx_cycle_t *cycle,
     ngx_add_timer(&rec->tick, NGX_HTTP_BILLING_RECONCILE_TICK
                               + (ngx_random() % 1000));
 
-    ngx_http_billing_reconciler = rec;
-
     return NGX_OK;
 }
 
@@ -219,8 +219,7 @@ ngx_http_billing_reconcile_init_worker(ngx_cycle_t *cycle,
 void
 ngx_http_billing_reconcile_exit_worker(ngx_http_billing_main_conf_t *bmcf)
 {
-    /* asks under way end with the worker; their leases run out */
-    ngx_http_billing_reconciler = NULL;
+    /* asks under way end with the worker: the next round asks again */
 }
 
 
@@ -346,6 +345,7 @@ ngx_http_billing_reconcile_taken(void *data, redisReply *reply)
             rec->running++;
 
             if (ngx_http_billing_reconcile_invoice(&o, &id[0], &id[1], &id[2],
+                                             NGX_HTTP_BILLING_REC_ROUND,
                                              ngx_http_billing_reconcile_asked,
                                              round)
                 != NGX_OK)
@@ -379,7 +379,7 @@ ngx_http_billing_reconcile_asked(void *data, ngx_uint_t result)
 ngx_int_t
 ngx_http_billing_reconcile_invoice(ngx_http_billing_owner_t *owner,
     ngx_str_t *invoice, ngx_str_t *subscription, ngx_str_t *kind,
-    ngx_http_billing_reconcile_pt done, void *data)
+    ngx_uint_t source, ngx_http_billing_reconcile_pt done, void *data)
 {
     u_char                    *p;
     ngx_http_billing_check_t  *chk;
@@ -390,6 +390,7 @@ ngx_http_billing_reconcile_invoice(ngx_http_billing_owner_t *owner,
     }
 
     chk->owner = *owner;
+    chk->source = source;
     chk->done = done;
     chk->data = data;
 
@@ -434,7 +435,9 @@ ngx_http_billing_reconcile_answered(ngx_http_billing_stripe_call_t *call)
     json_t                      *amount;
     ngx_http_billing_invoice_t   inv;
 
-    if (call->status == NGX_HTTP_NOT_FOUND && !call->internal) {
+    if (call->status == NGX_HTTP_NOT_FOUND
+        && ngx_http_billing_reconcile_missing(call))
+    {
         ngx_log_error(NGX_LOG_WARN, chk->owner.log, 0,
                       "billing reconcile: Stripe has no invoice %V, "
                       "no longer asked about", &chk->invoice);
@@ -504,6 +507,8 @@ ngx_http_billing_reconcile_recorded(void *data, redisReply *reply)
 {
     ngx_http_billing_check_t  *chk = data;
 
+    ngx_http_billing_main_conf_t  *bmcf;
+
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
         || reply->elements != 4
         || reply->element[1]->type != REDIS_REPLY_INTEGER
@@ -522,6 +527,18 @@ ngx_http_billing_reconcile_recorded(void *data, redisReply *reply)
         return;
     }
 
+    /* this node's gate sees it at once, as after a webhook */
+
+    bmcf = chk->owner.bmcf;
+
+    if (bmcf->cache && chk->subscription.len
+        && reply->element[3]->integer > 0)
+    {
+        ngx_http_billing_cache_changed(bmcf->cache, &chk->subscription,
+                                       (uint64_t) reply->element[3]->integer,
+                                       chk->owner.log);
+    }
+
     /* what a webhook should have said: worth a line */
 
     ngx_log_error(NGX_LOG_NOTICE, chk->owner.log, 0,
@@ -530,6 +547,33 @@ ngx_http_billing_reconcile_recorded(void *data, redisReply *reply)
                   &chk->subscription, &chk->status);
 
     ngx_http_billing_reconcile_finish(chk, NGX_HTTP_BILLING_REC_CHANGED);
+}
+
+
+/*
+ * Stripe's own 404 for an invoice it has not, not one of a wrong
+ * location or of a key of another account's: those are failures.
+ */
+
+static ngx_uint_t
+ngx_http_billing_reconcile_missing(ngx_http_billing_stripe_call_t *call)
+{
+    json_t  *err, *code, *msg;
+
+    if (call->json == NULL || call->internal) {
+        return 0;
+    }
+
+    err = json_object_get(call->json, "error");
+    code = json_is_object(err) ? json_object_get(err, "code") : NULL;
+
+    msg = json_is_object(err) ? json_object_get(err, "message") : NULL;
+
+    return json_is_string(code)
+           && ngx_strcmp(json_string_value(code), "resource_missing") == 0
+           && json_is_string(msg)
+           && ngx_strncmp(json_string_value(msg), "No such invoice", 15)
+              == 0;
 }
 
 
@@ -573,18 +617,12 @@ ngx_http_billing_reconcile_later(ngx_http_billing_check_t *chk,
         return NGX_OK;
     }
 
-    if (ngx_http_billing_store_run(&chk->owner,
-                                   &ngx_http_billing_rlater_script, 2, 6,
-                                   argv, ngx_http_billing_reconcile_ignore,
-                                   chk)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
     chk->gone = gone;
 
-    return NGX_OK;
+    return ngx_http_billing_store_run(&chk->owner,
+                                      &ngx_http_billing_rlater_script, 2, 6,
+                                      argv, ngx_http_billing_reconcile_ignore,
+                                      chk);
 }
 
 
@@ -605,7 +643,8 @@ static void
 ngx_http_billing_reconcile_finish(ngx_http_billing_check_t *chk,
     ngx_uint_t result)
 {
-    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_RECONCILED, result, 0);
+    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_RECONCILED, result,
+                              chk->source);
 
     chk->done(chk->data, result);
 }

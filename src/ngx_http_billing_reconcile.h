@@ -33,11 +33,12 @@ void ngx_http_billing_reconcile_exit_worker(
 /*
  * Asks Stripe about one invoice of a subscription and records its status
  * as a webhook would (never going back); done is called once, from the
- * event loop, unless the owner's pool goes first.
+ * event loop, unless the owner's pool goes first.  source: who asks
+ * (NGX_HTTP_BILLING_REC_ROUND, _REFRESH), for billing_status.
  */
 ngx_int_t ngx_http_billing_reconcile_invoice(ngx_http_billing_owner_t *owner,
     ngx_str_t *invoice, ngx_str_t *subscription, ngx_str_t *kind,
-    ngx_http_billing_reconcile_pt done, void *data);
+    ngx_uint_t source, ngx_http_billing_reconcile_pt done, void *data);
 
 
 #endif /* _NGX_HTTP_BILLING_RECONCILE_H_INCLUDED_ */

@@ -126,6 +126,7 @@ ngx_http_billing_refresh_listed(void *data, redisReply *reply)
 
         if (ngx_http_billing_reconcile_invoice(&ctx->owner, &id, &ctx->id,
                                                &kind,
+                                               NGX_HTTP_BILLING_REC_REFRESH,
                                                ngx_http_billing_refresh_asked,
                                                r)
             != NGX_OK)

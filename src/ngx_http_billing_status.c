@@ -58,8 +58,8 @@ static ngx_msec_t  ngx_http_billing_buckets[] = {
 #define NGX_HTTP_BILLING_NBUCKETS                                           \
     (sizeof(ngx_http_billing_buckets) / sizeof(ngx_msec_t))
 
-/* per label value: the buckets and +Inf, the sum, the count */
-#define NGX_HTTP_BILLING_HSLOTS  (NGX_HTTP_BILLING_NBUCKETS + 3)
+/* per label value: the buckets and +Inf, the sum; the count is +Inf's */
+#define NGX_HTTP_BILLING_HSLOTS  (NGX_HTTP_BILLING_NBUCKETS + 2)
 
 
 static const char  *ngx_http_billing_event_types[] = {
@@ -109,6 +109,10 @@ static const char  *ngx_http_billing_kinds[] = {
 
 static const char  *ngx_http_billing_reconcile_results[] = {
     "changed", "unchanged", "gone", "failed"
+};
+
+static const char  *ngx_http_billing_reconcile_sources[] = {
+    "round", "refresh"
 };
 
 
@@ -210,11 +214,11 @@ static ngx_http_billing_metric_t  ngx_http_billing_metrics[] = {
       NULL, NULL, 1, NULL, NULL, 1 },
 
     { "billing_reconcile_invoices_total",
-      "Open invoices asked about at Stripe by reconciliation, by result "
-      "(changed: a webhook that never came)",
+      "Open invoices asked about at Stripe, by result (changed: what no "
+      "webhook had said yet) and by who asked (a round, a refresh)",
       NGX_HTTP_BILLING_COUNTER,
       "result", ngx_http_billing_values(ngx_http_billing_reconcile_results),
-      NULL, NULL, 1 },
+      "source", ngx_http_billing_values(ngx_http_billing_reconcile_sources) },
 
     { "billing_reconcile_open_invoices",
       "Open invoices reconciliation watches, as last seen in Redis",
@@ -371,7 +375,43 @@ ngx_http_billing_stat_time(ngx_uint_t metric, ngx_uint_t l1, ngx_msec_t ms)
 
     (void) ngx_atomic_fetch_add(&h[b], 1);
     (void) ngx_atomic_fetch_add(&h[NGX_HTTP_BILLING_NBUCKETS + 1], ms);
-    (void) ngx_atomic_fetch_add(&h[NGX_HTTP_BILLING_NBUCKETS + 2], 1);
+}
+
+
+void
+ngx_http_billing_stat_stripe(ngx_uint_t endpoint, ngx_uint_t status,
+    ngx_uint_t json, ngx_uint_t none, ngx_msec_t ms)
+{
+    ngx_uint_t  class;
+
+    /*
+     * nginx's own 502 and 504 (no connection, no answer in time) come
+     * without Stripe's JSON: no answer, as the rest.
+     */
+
+    if (none || ((status == NGX_HTTP_BAD_GATEWAY
+                  || status == NGX_HTTP_GATEWAY_TIME_OUT)
+                 && !json))
+    {
+        class = NGX_HTTP_BILLING_CLASS_ERROR;
+
+    } else if (status == NGX_HTTP_TOO_MANY_REQUESTS) {
+        class = NGX_HTTP_BILLING_CLASS_429;
+
+    } else if (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+        class = NGX_HTTP_BILLING_CLASS_5XX;
+
+    } else if (status >= NGX_HTTP_SPECIAL_RESPONSE) {
+        class = NGX_HTTP_BILLING_CLASS_4XX;
+
+    } else {
+        class = NGX_HTTP_BILLING_CLASS_2XX;
+    }
+
+    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_STRIPE_CALLS, endpoint,
+                              class);
+    ngx_http_billing_stat_time(NGX_HTTP_BILLING_M_STRIPE_DURATION, endpoint,
+                               ms);
 }
 
 
@@ -466,6 +506,24 @@ ngx_http_billing_stat_decision(const char *code)
 }
 
 
+ngx_uint_t
+ngx_http_billing_stat_kind(ngx_str_t *kind)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_HTTP_BILLING_KIND_N; i++) {
+        if (ngx_strlen(ngx_http_billing_kinds[i]) == kind->len
+            && ngx_strncmp(ngx_http_billing_kinds[i], kind->data, kind->len)
+               == 0)
+        {
+            return i;
+        }
+    }
+
+    return NGX_HTTP_BILLING_KIND_N;
+}
+
+
 char *
 ngx_http_billing_status_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -486,6 +544,12 @@ ngx_http_billing_status_handler(ngx_http_request_t *r)
     ngx_uint_t    i;
     ngx_chain_t   out;
 
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
 
         if (ngx_http_billing_add_header(r, "Allow", "GET, HEAD") != NGX_OK) {
@@ -496,12 +560,6 @@ ngx_http_billing_status_handler(ngx_http_request_t *r)
                                            "method_not_allowed",
                                            "billing_status answers GET "
                                            "and HEAD");
-    }
-
-    rc = ngx_http_discard_request_body(r);
-
-    if (rc != NGX_OK) {
-        return rc;
     }
 
     if (ngx_http_billing_stats == NULL) {
@@ -608,11 +666,11 @@ ngx_http_billing_status_write(u_char *p, u_char *last)
                                             + NGX_HTTP_BILLING_NBUCKETS + 1]
                                  / 1000);
 
+                /* as +Inf, read once: a scrape never sees them differ */
+
                 p = ngx_slprintf(p, last, "%s_count", m->name);
                 p = ngx_http_billing_status_labels(p, last, m, j, k, NULL);
-                p = ngx_slprintf(p, last, " %uA\n",
-                                 v[j * NGX_HTTP_BILLING_HSLOTS
-                                   + NGX_HTTP_BILLING_NBUCKETS + 2]);
+                p = ngx_slprintf(p, last, " %uL\n", cumulative);
             }
         }
     }

@@ -148,6 +148,13 @@ typedef enum {
 } ngx_http_billing_reconcile_result_e;
 
 
+typedef enum {
+    NGX_HTTP_BILLING_REC_ROUND = 0,
+    NGX_HTTP_BILLING_REC_REFRESH,
+    NGX_HTTP_BILLING_REC_SOURCES
+} ngx_http_billing_reconcile_source_e;
+
+
 /* the zone, made by postconfiguration */
 ngx_int_t ngx_http_billing_status_init(ngx_conf_t *cf);
 
@@ -164,10 +171,18 @@ void ngx_http_billing_stat_set(ngx_uint_t metric, ngx_atomic_int_t n);
 void ngx_http_billing_stat_time(ngx_uint_t metric, ngx_uint_t l1,
     ngx_msec_t ms);
 
+/*
+ * A Stripe attempt: its status, whether Stripe's JSON came, whether any
+ * answer came at all, how long it took.
+ */
+void ngx_http_billing_stat_stripe(ngx_uint_t endpoint, ngx_uint_t status,
+    ngx_uint_t json, ngx_uint_t none, ngx_msec_t ms);
+
 /* the label values of a Stripe call and an event type */
 ngx_uint_t ngx_http_billing_stat_endpoint(ngx_uint_t method, ngx_str_t *path);
 ngx_uint_t ngx_http_billing_stat_event(ngx_str_t *type);
 ngx_uint_t ngx_http_billing_stat_decision(const char *code);
+ngx_uint_t ngx_http_billing_stat_kind(ngx_str_t *kind);
 
 
 #define ngx_http_billing_stat_inc(metric, l1, l2)                           \

@@ -583,19 +583,9 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
 
     endpoint = ngx_http_billing_stat_endpoint(call->method, &call->path);
 
-    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_STRIPE_CALLS, endpoint,
-                              (at == NULL || at->broken || at->status == 0)
-                              ? NGX_HTTP_BILLING_CLASS_ERROR
-                              : call->status == NGX_HTTP_TOO_MANY_REQUESTS
-                              ? NGX_HTTP_BILLING_CLASS_429
-                              : call->status >= 500
-                              ? NGX_HTTP_BILLING_CLASS_5XX
-                              : call->status >= 300
-                              ? NGX_HTTP_BILLING_CLASS_4XX
-                              : NGX_HTTP_BILLING_CLASS_2XX);
-
-    ngx_http_billing_stat_time(NGX_HTTP_BILLING_M_STRIPE_DURATION, endpoint,
-                               ngx_current_msec - call->sent_at);
+    ngx_http_billing_stat_stripe(endpoint, call->status, call->json != NULL,
+                                 at == NULL || at->broken || at->status == 0,
+                                 ngx_current_msec - call->sent_at);
 
     if (call->status == NGX_HTTP_TOO_MANY_REQUESTS) {
         ngx_http_billing_stripe_limited = ngx_current_msec;
@@ -711,6 +701,10 @@ ngx_http_billing_stripe_watchdog_handler(ngx_event_t *ev)
     ngx_http_billing_stripe_cancel(call);
 
     call->status = NGX_HTTP_GATEWAY_TIME_OUT;
+    ngx_http_billing_stat_stripe(ngx_http_billing_stat_endpoint(call->method,
+                                                                &call->path),
+                                 call->status, 0, 1,
+                                 ngx_current_msec - call->sent_at);
     call->lost = 0;
     ngx_str_set(&call->error, "Stripe did not answer in time");
 

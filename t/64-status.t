@@ -52,6 +52,11 @@ my $HTTP = <<'EOF';
         location /api/ {
             return 200 "api\n";
         }
+
+        # decided again after the rewrite: still one decision
+        location /again/ {
+            rewrite ^ /api/again last;
+        }
     }
 EOF
 
@@ -128,20 +133,24 @@ $t->redis('HSET', 'billing:sub:act', state => 'active',
 
     is $d->('billing_gate_decisions_total{decision="allow"}'), 4,
         'decisions: 4 allowed';
+    is $t->http('GET', '/again/x', headers => { 'X-Subscription-Id' => 'act' })
+        ->{status}, 200, 'gated, rewritten, gated again: 200';
+    is $d->('billing_gate_decisions_total{decision="allow"}'), 5,
+        'decisions: the rewritten request counted once';
     is $d->('billing_gate_decisions_total{decision="unknown_subscription"}'), 1,
         'decisions: 1 unknown';
     is $d->('billing_gate_decisions_total{decision="subscription_required"}'), 1,
         'decisions: 1 without id';
     my $miss = $d->('billing_gate_cache_total{result="miss"}');
     my $hit = $d->('billing_gate_cache_total{result="hit"}');
-    is $miss + $hit, 5, "cache: 5 lookups ($miss missed, $hit hit)";
+    is $miss + $hit, 6, "cache: 6 lookups, the rewritten request once ($miss missed, $hit hit)";
     cmp_ok $miss, '<=', 3, 'cache: at most one miss per worker and id';
 
     # metering
-    is wait_metric('billing_meter_units_counted_total', 4), 4,
-        'meter: 4 units counted';
-    is wait_metric('billing_meter_units_sent_total', 4), 4,
-        'meter: 4 units sent';
+    is wait_metric('billing_meter_units_counted_total', 5), 5,
+        'meter: 5 units counted';
+    is wait_metric('billing_meter_units_sent_total', 5), 5,
+        'meter: 5 units sent';
 
     # webhooks: rejected, ignored, changed, unchanged
     my $r = $t->http('POST', '/stripe/webhook', body => '{}');

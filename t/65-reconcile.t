@@ -89,8 +89,9 @@ sub gets_of {
            @{ $s->requests };
 }
 
-my $CHANGED = 'billing_reconcile_invoices_total{result="changed"}';
-my $FAILED = 'billing_reconcile_invoices_total{result="failed"}';
+my $CHANGED = 'billing_reconcile_invoices_total{result="changed",source="round"}';
+my $FAILED = 'billing_reconcile_invoices_total{result="failed",source="round"}';
+my $REFRESHED = 'billing_reconcile_invoices_total{result="changed",source="refresh"}';
 
 # ---------------------------------------------------------------------
 # paid at Stripe, no webhook: the gate opens within about the interval
@@ -155,6 +156,32 @@ my $FAILED = 'billing_reconcile_invoices_total{result="failed"}';
 }
 
 # ---------------------------------------------------------------------
+# Stripe unreachable during rounds: watched still; and a 404 of another
+# kind (not Stripe's "No such invoice") is a failure, not a gone invoice
+
+{
+    my $inv = create('sub-r8');
+    $s->fail(method => 'GET', path => "^/v1/invoices/$inv\$", status => 404,
+        body => { error => { type => 'invalid_request_error',
+                             message => 'Unrecognized request URL' } },
+        times => 0);
+    my $failed = reconciled($FAILED);
+    ok wait_until(sub { reconciled($FAILED) > $failed }, 20),
+        'a 404 that is not "No such invoice": a failed ask';
+    ok $na->redis('ZSCORE', 'billing:reconcile', $inv),
+        '... and the invoice still watched';
+    $s->clear_rules;
+    $s->fail(method => 'GET', path => "^/v1/invoices/$inv\$", status => 404,
+        body => { error => { type => 'invalid_request_error',
+                             code => 'resource_missing', param => 'id',
+                             message => "No such invoice: '$inv'" } },
+        times => 0);
+    ok wait_until(sub { !defined $na->redis('ZSCORE', 'billing:reconcile', $inv) }, 20),
+        'Stripe\'s "No such invoice": no longer watched';
+    $s->clear_rules;
+}
+
+# ---------------------------------------------------------------------
 # settled by a webhook: asked about no more
 
 {
@@ -194,12 +221,16 @@ my $FAILED = 'billing_reconcile_invoices_total{result="failed"}';
 
 {
     my $inv = create('sub-r6');
+    is gate($na, 'sub-r6'), 402, 'sub-r6 pending: 402 (cached)';
+    my $refreshed = reconciled($REFRESHED);
     $s->set_invoice_status($inv, 'paid');
     my $r = $na->api('POST', 'subscriptions/sub-r6/refresh');
     is $r->{status}, 200, 'refresh: 200' or diag $r->{content};
     is $r->{json}{state}, 'active', 'refresh: the subscription, active at once';
     is $r->{json}{id}, 'sub-r6', 'refresh: its id';
-    is gate($na, 'sub-r6'), 200, 'refresh: the gate opened';
+    is gate($na, 'sub-r6'), 200, 'refresh: the gate opened at once';
+    is reconciled($REFRESHED), $refreshed + 1,
+        'billing_status: counted as a refresh, not as a round';
 
     $r = $na->api('POST', 'subscriptions/nobody/refresh');
     is $r->{status}, 404, 'refresh of an unknown subscription: 404';
