@@ -130,6 +130,11 @@ ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
         ev->currency = ngx_billing_empty;
     }
 
+    value = json_object_get(object, "due_date");
+    if (json_is_integer(value) && json_integer_value(value) > 0) {
+        ev->due_date = json_integer_value(value);
+    }
+
     value = json_object_get(object, "amount_due");
     if (json_is_integer(value) && json_integer_value(value) >= 0) {
         ev->amount_due = json_integer_value(value);

@@ -43,6 +43,7 @@ typedef struct {
     ngx_billing_str_t     hosted_invoice_url;
     ngx_billing_str_t     currency;
     int64_t               amount_due;   /* -1 when absent */
+    int64_t               due_date;     /* unix seconds, 0 when none */
 
     /* metadata present but not ours to trust: not a valid id or kind */
     unsigned              bad_metadata:1;

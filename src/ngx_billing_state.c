@@ -23,7 +23,7 @@ static const char  *ngx_billing_invoice_names[] = {
 
 
 static const char  *ngx_billing_sub_names[] = {
-    "none", "pending", "active", "payment_failed", "cancelled"
+    "none", "pending", "active", "payment_failed", "cancelled", "past_due"
 };
 
 
@@ -49,13 +49,19 @@ static const unsigned char
 static const unsigned char  ngx_billing_sub_moves[NGX_BILLING_SUB_NSTATES]
     [NGX_BILLING_SUB_NSTATES] =
 {
-    /* to:             none pend active failed cancelled */
-    /* none */         { 0,   1,   0,     0,     0 },
-    /* pending */      { 0,   0,   1,     1,     1 },
-    /* active */       { 0,   0,   0,     0,     1 },
+    /* to:             none pend active failed cancelled past_due */
+    /* none */         { 0,   1,   0,     0,     0,        0 },
+    /* pending */      { 0,   0,   1,     1,     1,        0 },
+    /* active */       { 0,   0,   0,     0,     1,        1 },
     /* payment_failed: its first invoice, uncollectible, may still be paid */
-                       { 0,   0,   1,     0,     1 },
-    /* cancelled */    { 0,   0,   0,     0,     0 },
+                       { 0,   0,   1,     0,     1,        0 },
+    /* cancelled */    { 0,   0,   0,     0,     0,        0 },
+
+    /*
+     * past_due: back to active only when its overdue invoice is paid,
+     * which the invoice script sees; no first invoice's event does it
+     */
+                       { 0,   0,   0,     0,     1,        0 },
 };
 
 

@@ -31,6 +31,7 @@ typedef enum {
     NGX_BILLING_SUB_ACTIVE,
     NGX_BILLING_SUB_PAYMENT_FAILED,
     NGX_BILLING_SUB_CANCELLED,
+    NGX_BILLING_SUB_PAST_DUE,       /* billing_overdue: a period invoice */
     NGX_BILLING_SUB_NSTATES
 } ngx_billing_sub_state_e;
 
@@ -45,7 +46,10 @@ int ngx_billing_invoice_transition_ok(int from, int to);
 /* the status an invoice event reports, NONE for other event types */
 int ngx_billing_invoice_status_of_event(const char *type, size_t len);
 
-/* "pending", "active", "payment_failed", "cancelled"; "none" for NONE */
+/*
+ * "pending", "active", "payment_failed", "cancelled", "past_due"; "none"
+ * for NONE
+ */
 const char *ngx_billing_sub_state_name(int state);
 int ngx_billing_sub_state_parse(const char *name, size_t len);
 int ngx_billing_sub_transition_ok(int from, int to);

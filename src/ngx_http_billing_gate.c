@@ -699,6 +699,13 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
                                           "the subscription's first "
                                           "invoice is not paid yet");
 
+    case NGX_BILLING_SUB_PAST_DUE:
+        return ngx_http_billing_gate_deny(r, ctx,
+                                          NGX_HTTP_BILLING_PAYMENT_REQUIRED,
+                                          "payment_overdue",
+                                          "a period invoice of the "
+                                          "subscription is overdue");
+
     case NGX_BILLING_SUB_PAYMENT_FAILED:
         return ngx_http_billing_gate_deny(r, ctx, NGX_HTTP_FORBIDDEN,
                                           "payment_failed",

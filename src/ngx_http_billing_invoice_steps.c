@@ -365,6 +365,9 @@ ngx_http_billing_invoice_finalized(ngx_http_billing_stripe_call_t *call)
     inv.amount_due = json_is_integer(amount) ? json_integer_value(amount)
                                              : -1;
 
+    amount = json_object_get(call->json, "due_date");
+    inv.due_date = json_is_integer(amount) ? json_integer_value(amount) : 0;
+
     if (ngx_http_billing_store_invoice(&job->owner, &inv,
                                        ngx_http_billing_invoice_recorded, job)
         != NGX_OK)

@@ -190,6 +190,13 @@ static ngx_command_t  ngx_http_billing_commands[] = {
       offsetof(ngx_http_billing_main_conf_t, reconcile),
       NULL },
 
+    { ngx_string("billing_overdue"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_billing_reconcile_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_billing_main_conf_t, overdue),
+      NULL },
+
     { ngx_string("billing_invoice_delay"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_sec_slot,
@@ -266,6 +273,7 @@ ngx_http_billing_create_main_conf(ngx_conf_t *cf)
     bmcf->meter_flush = NGX_CONF_UNSET_MSEC;
     bmcf->invoice_delay = NGX_CONF_UNSET;
     bmcf->reconcile = NGX_CONF_UNSET_MSEC;
+    bmcf->overdue = NGX_CONF_UNSET_MSEC;
     bmcf->scheduler = NGX_CONF_UNSET;
 
     return bmcf;
@@ -284,6 +292,7 @@ ngx_http_billing_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(bmcf->meter_flush, 1000);
     ngx_conf_init_value(bmcf->invoice_delay, 60);
     ngx_conf_init_msec_value(bmcf->reconcile, 600000);
+    ngx_conf_init_msec_value(bmcf->overdue, 0);
     ngx_conf_init_value(bmcf->scheduler, 1);
 
     if (bmcf->meter_flush == 0) {

@@ -102,6 +102,12 @@ typedef struct {
     /* billing_reconcile: how old an open invoice is asked about; 0: off */
     ngx_msec_t                      reconcile;
 
+    /*
+     * billing_overdue: a period invoice unpaid this long after its due
+     * date makes its subscription past_due; 0: off
+     */
+    ngx_msec_t                      overdue;
+
     /* period-end and final invoices */
     time_t                          invoice_delay;
     ngx_flag_t                      scheduler;

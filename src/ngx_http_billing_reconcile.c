@@ -15,6 +15,10 @@
  * rules make it harmless if a webhook came meanwhile.  A failed ask is
  * tried again sooner, backing off; a 429 of any call of the worker stops
  * new asks for a second.
+ *
+ * The same tick makes subscriptions past_due (billing_overdue): the
+ * invoice script puts an open period invoice into "P overdue", scored by
+ * its due date plus billing_overdue, and a script takes what is due.
  */
 
 
@@ -48,7 +52,9 @@ typedef struct {
     ngx_log_t                         *log;
     ngx_event_t                        tick;
     ngx_pool_t                        *taking;
+    ngx_pool_t                        *marking;
     ngx_uint_t                         running;
+    unsigned                           asks:1;     /* reconciliation on */
 } ngx_http_billing_reconciler_t;
 
 
@@ -74,6 +80,9 @@ typedef struct {
 
 
 static void ngx_http_billing_reconcile_tick(ngx_event_t *ev);
+static void ngx_http_billing_reconcile_overdue(
+    ngx_http_billing_reconciler_t *rec);
+static void ngx_http_billing_reconcile_marked(void *data, redisReply *reply);
 static void ngx_http_billing_reconcile_taken(void *data, redisReply *reply);
 static void ngx_http_billing_reconcile_asked(void *data, ngx_uint_t result);
 static void ngx_http_billing_reconcile_answered(
@@ -138,31 +147,75 @@ static const char  ngx_http_billing_rlater_lua[] =
     "return n\n";
 
 
+/*
+ * KEYS[1] the overdue set
+ * ARGV[1] now, ARGV[2] the invoice key prefix, ARGV[3] the subscription
+ * key prefix, ARGV[4] the notification channel
+ *
+ * An invoice still open makes its active subscription past_due; one of
+ * a subscription past_due for another invoice is looked at again in a
+ * minute, so that paying that one does not let this one by.
+ */
+
+static const char  ngx_http_billing_overdue_lua[] =
+    "local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1],"
+    " 'LIMIT', 0, 32)\n"
+    "local n = 0\n"
+    "for _, id in ipairs(ids) do\n"
+    "  local h = redis.call('HMGET', ARGV[2] .. id, 'status',"
+    " 'subscription')\n"
+    "  local st = false\n"
+    "  if h[1] == 'open' and h[2] then\n"
+    "    st = redis.call('HGET', ARGV[3] .. h[2], 'state')\n"
+    "  end\n"
+    "  if st == 'past_due' then\n"
+    "    redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + 60, id)\n"
+    "  else\n"
+    "    redis.call('ZREM', KEYS[1], id)\n"
+    "  end\n"
+    "  if st == 'active' then\n"
+    "    local k = ARGV[3] .. h[2]\n"
+    "    redis.call('HSET', k, 'state', 'past_due', 'overdue_invoice', id,"
+    " 'updated_at', ARGV[1])\n"
+    "    local v = redis.call('HINCRBY', k, 'version', 1)\n"
+    "    redis.call('PUBLISH', ARGV[4], v .. ' ' .. h[2])\n"
+    "    n = n + 1\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+
+static ngx_http_billing_redis_script_t  ngx_http_billing_overdue_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_rtake_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_rlater_script;
 
+
+/* billing_reconcile and billing_overdue: TIME in whole seconds, or off */
 
 char *
 ngx_http_billing_reconcile_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
-    ngx_http_billing_main_conf_t  *bmcf = conf;
+    char  *p = conf;
 
-    ngx_int_t   n;
-    ngx_str_t  *value;
+    ngx_int_t    n;
+    ngx_str_t   *value;
+    ngx_msec_t  *time;
 
-    if (bmcf->reconcile != NGX_CONF_UNSET_MSEC) {
+    time = (ngx_msec_t *) (p + cmd->offset);
+
+    if (*time != NGX_CONF_UNSET_MSEC) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
 
     if (ngx_strcmp(value[1].data, "off") == 0) {
-        bmcf->reconcile = 0;
+        *time = 0;
         return NGX_CONF_OK;
     }
 
-    /* whole seconds: the set is scored in seconds */
+    /* whole seconds: the sets are scored in seconds */
 
     n = ngx_parse_time(&value[1], 1);
 
@@ -171,7 +224,7 @@ ngx_http_billing_reconcile_conf(ngx_conf_t *cf, ngx_command_t *cmd,
                "\"off\"";
     }
 
-    bmcf->reconcile = (ngx_msec_t) n * 1000;
+    *time = (ngx_msec_t) n * 1000;
 
     return NGX_CONF_OK;
 }
@@ -187,9 +240,13 @@ ngx_http_billing_reconcile_init_worker(ngx_cycle_t *cycle,
                                        ngx_http_billing_rtake_lua);
     ngx_http_billing_redis_script_init(&ngx_http_billing_rlater_script,
                                        ngx_http_billing_rlater_lua);
+    ngx_http_billing_redis_script_init(&ngx_http_billing_overdue_script,
+                                       ngx_http_billing_overdue_lua);
 
-    if (bmcf->reconcile == 0 || bmcf->timer_ctx == NULL
-        || bmcf->stripe_key.len == 0 || bmcf->redis == NULL)
+    if (bmcf->redis == NULL
+        || (bmcf->overdue == 0
+            && (bmcf->reconcile == 0 || bmcf->timer_ctx == NULL
+                || bmcf->stripe_key.len == 0)))
     {
         return NGX_OK;
     }
@@ -198,6 +255,9 @@ ngx_http_billing_reconcile_init_worker(ngx_cycle_t *cycle,
     if (rec == NULL) {
         return NGX_ERROR;
     }
+
+    rec->asks = (bmcf->reconcile && bmcf->timer_ctx
+                 && bmcf->stripe_key.len);
 
     rec->bmcf = bmcf;
     rec->log = cycle->log;
@@ -239,7 +299,13 @@ ngx_http_billing_reconcile_tick(ngx_event_t *ev)
 
     ngx_add_timer(ev, NGX_HTTP_BILLING_RECONCILE_TICK);
 
-    if (rec->taking || rec->running >= NGX_HTTP_BILLING_RECONCILE_RUNS) {
+    if (rec->bmcf->overdue && rec->marking == NULL) {
+        ngx_http_billing_reconcile_overdue(rec);
+    }
+
+    if (!rec->asks || rec->taking
+        || rec->running >= NGX_HTTP_BILLING_RECONCILE_RUNS)
+    {
         return;
     }
 
@@ -286,6 +352,62 @@ ngx_http_billing_reconcile_tick(ngx_event_t *ev)
     }
 
     rec->taking = pool;
+}
+
+
+static void
+ngx_http_billing_reconcile_overdue(ngx_http_billing_reconciler_t *rec)
+{
+    ngx_str_t                 argv[5];
+    ngx_pool_t               *pool;
+    ngx_http_billing_owner_t  o;
+
+    pool = ngx_create_pool(1024, rec->log);
+    if (pool == NULL) {
+        return;
+    }
+
+    o.pool = pool;
+    o.log = rec->log;
+    o.bmcf = rec->bmcf;
+    o.conf_ctx = rec->bmcf->timer_ctx;
+
+    if (ngx_http_billing_store_key(&o, &argv[0], "overdue", NULL, NULL)
+        != NGX_OK
+        || ngx_http_billing_store_num(&o, &argv[1], ngx_time()) != NGX_OK
+        || ngx_http_billing_store_key(&o, &argv[2], "invoice:", NULL, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_key(&o, &argv[3], "sub:", NULL, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_key(&o, &argv[4], "events", NULL, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_run(&o, &ngx_http_billing_overdue_script,
+                                      1, 5, argv,
+                                      ngx_http_billing_reconcile_marked, rec)
+           != NGX_OK)
+    {
+        ngx_destroy_pool(pool);
+        return;
+    }
+
+    rec->marking = pool;
+}
+
+
+static void
+ngx_http_billing_reconcile_marked(void *data, redisReply *reply)
+{
+    ngx_http_billing_reconciler_t  *rec = data;
+
+    if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+        ngx_log_error(NGX_LOG_NOTICE, rec->log, 0,
+                      "billing overdue: %L subscription(s) past_due, "
+                      "a period invoice unpaid past its due date",
+                      (int64_t) reply->integer);
+    }
+
+    ngx_destroy_pool(rec->marking);
+    rec->marking = NULL;
 }
 
 
@@ -491,6 +613,9 @@ ngx_http_billing_reconcile_answered(ngx_http_billing_stripe_call_t *call)
     amount = json_object_get(call->json, "amount_due");
     inv.amount_due = json_is_integer(amount) ? json_integer_value(amount)
                                              : -1;
+
+    amount = json_object_get(call->json, "due_date");
+    inv.due_date = json_is_integer(amount) ? json_integer_value(amount) : 0;
 
     if (ngx_http_billing_store_invoice(&chk->owner, &inv,
                                        ngx_http_billing_reconcile_recorded,

@@ -77,7 +77,8 @@ static const char  *ngx_http_billing_rejections[] = {
 };
 
 static const char  *ngx_http_billing_decisions[] = {
-    "allow", "allow_unavailable", "payment_required", "payment_failed",
+    "allow", "allow_unavailable", "payment_required", "payment_overdue",
+    "payment_failed",
     "subscription_cancelled", "unknown_subscription",
     "subscription_required", "billing_unavailable"
 };

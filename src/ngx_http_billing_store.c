@@ -34,7 +34,13 @@
  * allowed to move to it, ARGV[13] the notification channel,
  * ARGV[14] invoice id, ARGV[15] now, ARGV[16] the scheduler's set,
  * ARGV[17] reconciliation's set, ARGV[18] when reconciliation first asks
- * Stripe about it ("": off)
+ * Stripe about it ("": off), ARGV[19] its due date (""), ARGV[20] the
+ * overdue set, ARGV[21] billing_overdue in seconds ("": off)
+ *
+ * A period invoice open past its due date by billing_overdue is in the
+ * overdue set (a timer makes its subscription past_due); one marked
+ * uncollectible makes it past_due at once; paying or voiding the
+ * invoice a subscription is past_due for makes it active again.
  *
  * An open (or uncollectible) invoice of a subscription is watched by
  * reconciliation until it is paid or void.
@@ -111,6 +117,42 @@ static const char  ngx_http_billing_invoice_lua[] =
     "  end\n"
     "  if ARGV[3] == 'reconciliation' then\n"
     "    redis.call('HDEL', KEYS[1], 'reconcile_failures')\n"
+    "  end\n"
+    "end\n"
+    "if #KEYS == 2 then\n"
+    "  if ARGV[19] ~= '' then\n"
+    "    redis.call('HSET', KEYS[1], 'due_date', ARGV[19])\n"
+    "  end\n"
+    "  local kind = ARGV[6]\n"
+    "  if kind == '' then kind = redis.call('HGET', KEYS[1], 'kind') or ''"
+    " end\n"
+    "  if kind == 'period' then\n"
+    "    local o = redis.call('HMGET', KEYS[2], 'state', 'overdue_invoice')\n"
+    "    if cur == 'paid' or cur == 'void' then\n"
+    "      redis.call('ZREM', ARGV[20], ARGV[14])\n"
+    "      if o[1] == 'past_due' and o[2] == ARGV[14] then\n"
+    "        redis.call('HSET', KEYS[2], 'state', 'active',"
+    " 'updated_at', ARGV[15])\n"
+    "        redis.call('HDEL', KEYS[2], 'overdue_invoice')\n"
+    "        state = 'active'\n"
+    "        moved = 1\n"
+    "      end\n"
+    "    elseif ARGV[21] ~= '' and cur == 'uncollectible' then\n"
+    "      redis.call('ZREM', ARGV[20], ARGV[14])\n"
+    "      if o[1] == 'active' then\n"
+    "        redis.call('HSET', KEYS[2], 'state', 'past_due',"
+    " 'overdue_invoice', ARGV[14], 'updated_at', ARGV[15])\n"
+    "        state = 'past_due'\n"
+    "        moved = 1\n"
+    "      end\n"
+    "    elseif ARGV[21] ~= '' and cur == 'open' then\n"
+    "      local due = tonumber(redis.call('HGET', KEYS[1], 'due_date')"
+    " or '')\n"
+    "      if due then\n"
+    "        redis.call('ZADD', ARGV[20], 'NX', due + tonumber(ARGV[21]),"
+    " ARGV[14])\n"
+    "      end\n"
+    "    end\n"
     "  end\n"
     "end\n"
     "local ver = 0\n"
@@ -215,13 +257,14 @@ static const char  ngx_http_billing_get_lua[] =
  * KEYS[1] the subscription; ARGV[1] the invoice key prefix
  *
  * Subscriptions made before 0.4 have their metering period only in
- * the plan.
+ * the plan.  A past_due one's invoice is the overdue one.
  */
 
 static const char  ngx_http_billing_gate_lua[] =
     "local s = redis.call('HMGET', KEYS[1], 'state', 'initial_invoice',"
-    " 'period_start', 'period', 'plan', 'version')\n"
+    " 'period_start', 'period', 'plan', 'version', 'overdue_invoice')\n"
     "if not s[1] then return false end\n"
+    "if s[1] == 'past_due' and s[7] then s[2] = s[7] end\n"
     "local url = ''\n"
     "if s[2] then\n"
     "  url = redis.call('HGET', ARGV[1] .. s[2], 'hosted_invoice_url')"
@@ -385,7 +428,7 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
 {
     int         sub_state;
     char       *allowed, *sub_allowed;
-    ngx_str_t   argv[20], *a;
+    ngx_str_t   argv[23], *a;
     ngx_uint_t  nkeys;
 
     allowed = ngx_pnalloc(o->pool, 2 * NGX_HTTP_BILLING_ALLOWED_LEN);
@@ -458,7 +501,28 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
         || ngx_http_billing_store_key(o, &a[15], "due", NULL, NULL)
            != NGX_OK
         || ngx_http_billing_store_key(o, &a[16], "reconcile", NULL, NULL)
+           != NGX_OK
+        || ngx_http_billing_store_key(o, &a[19], "overdue", NULL, NULL)
            != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (inv->due_date <= 0) {
+        ngx_str_set(&a[18], "");
+
+    } else if (ngx_http_billing_store_num(o, &a[18], inv->due_date)
+               != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (o->bmcf->overdue == 0) {
+        ngx_str_set(&a[20], "");
+
+    } else if (ngx_http_billing_store_num(o, &a[20],
+                                          (int64_t) (o->bmcf->overdue / 1000))
+               != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -485,7 +549,7 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
     }
 
     return ngx_http_billing_store_run(o, &ngx_http_billing_invoice_script,
-                                      nkeys, nkeys + 18, argv, handler, data);
+                                      nkeys, nkeys + 21, argv, handler, data);
 }
 
 

@@ -29,6 +29,7 @@ typedef struct {
     ngx_str_t                     hosted_invoice_url;
     ngx_str_t                     currency;
     int64_t                       amount_due;   /* -1 when unknown */
+    int64_t                       due_date;     /* 0 when none */
 } ngx_http_billing_invoice_t;
 
 

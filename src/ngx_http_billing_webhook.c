@@ -284,6 +284,7 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
     inv.currency.data = (u_char *) ev->currency.data;
     inv.currency.len = ev->currency.len;
     inv.amount_due = ev->amount_due;
+    inv.due_date = ev->due_date;
 
     wh = ngx_palloc(r->pool, sizeof(ngx_http_billing_webhook_t));
     if (wh == NULL) {

@@ -22,6 +22,7 @@
 #define S_ACTIVE     NGX_BILLING_SUB_ACTIVE
 #define S_FAILED     NGX_BILLING_SUB_PAYMENT_FAILED
 #define S_CANCELLED  NGX_BILLING_SUB_CANCELLED
+#define S_PAST_DUE   NGX_BILLING_SUB_PAST_DUE
 
 
 typedef struct {
@@ -75,18 +76,21 @@ static const transition_t  sub_moves[] = {
     { S_NONE, S_ACTIVE, 0 },
     { S_NONE, S_FAILED, 0 },
     { S_NONE, S_CANCELLED, 0 },
+    { S_NONE, S_PAST_DUE, 0 },
 
     { S_PENDING, S_NONE, 0 },
     { S_PENDING, S_PENDING, 0 },
     { S_PENDING, S_ACTIVE, 1 },
     { S_PENDING, S_FAILED, 1 },
     { S_PENDING, S_CANCELLED, 1 },
+    { S_PENDING, S_PAST_DUE, 0 },
 
     { S_ACTIVE, S_NONE, 0 },
     { S_ACTIVE, S_PENDING, 0 },
     { S_ACTIVE, S_ACTIVE, 0 },
     { S_ACTIVE, S_FAILED, 0 },
     { S_ACTIVE, S_CANCELLED, 1 },
+    { S_ACTIVE, S_PAST_DUE, 1 },
 
     /* the first invoice, uncollectible, may still be paid */
     { S_FAILED, S_NONE, 0 },
@@ -94,6 +98,7 @@ static const transition_t  sub_moves[] = {
     { S_FAILED, S_ACTIVE, 1 },
     { S_FAILED, S_FAILED, 0 },
     { S_FAILED, S_CANCELLED, 1 },
+    { S_FAILED, S_PAST_DUE, 0 },
 
     /* cancelled is final */
     { S_CANCELLED, S_NONE, 0 },
@@ -101,6 +106,15 @@ static const transition_t  sub_moves[] = {
     { S_CANCELLED, S_ACTIVE, 0 },
     { S_CANCELLED, S_FAILED, 0 },
     { S_CANCELLED, S_CANCELLED, 0 },
+    { S_CANCELLED, S_PAST_DUE, 0 },
+
+    /* past_due: active again only by paying its overdue invoice */
+    { S_PAST_DUE, S_NONE, 0 },
+    { S_PAST_DUE, S_PENDING, 0 },
+    { S_PAST_DUE, S_ACTIVE, 0 },
+    { S_PAST_DUE, S_FAILED, 0 },
+    { S_PAST_DUE, S_CANCELLED, 1 },
+    { S_PAST_DUE, S_PAST_DUE, 0 },
 };
 
 
@@ -208,7 +222,8 @@ test_names(void)
     };
 
     static const char  *sub[] = {
-        "none", "pending", "active", "payment_failed", "cancelled"
+        "none", "pending", "active", "payment_failed", "cancelled",
+        "past_due"
     };
 
     static const char  *not_invoice[] = {
@@ -218,7 +233,7 @@ test_names(void)
 
     static const char  *not_sub[] = {
         "", "Active", "activ", "actives", "canceled", "payment-failed",
-        "payment_failed ", "past_due", "trialing",
+        "payment_failed ", "past-due", "trialing",
     };
 
     for (i = 0; i < NGX_BILLING_INVOICE_NSTATES; i++) {
@@ -397,7 +412,8 @@ test_allowed_from(void)
         " none ",
         " pending payment_failed ",
         " pending ",
-        " pending active payment_failed ",
+        " pending active payment_failed past_due ",
+        " active ",
     };
 
     for (to = 0; to < NGX_BILLING_INVOICE_NSTATES; to++) {
@@ -466,24 +482,24 @@ test_allowed_from(void)
            "invoice allowed to none, buffer of 1: 0");
 
     memset(buf, 'X', sizeof(buf));
-    is_int(ngx_billing_sub_allowed_from(S_CANCELLED, buf, 32), 31,
-           "subscription allowed to cancelled, buffer of 32: fits");
+    is_int(ngx_billing_sub_allowed_from(S_CANCELLED, buf, 41), 40,
+           "subscription allowed to cancelled, buffer of 41: fits");
     memset(buf, 'X', sizeof(buf));
-    is_int(ngx_billing_sub_allowed_from(S_CANCELLED, buf, 31), 0,
-           "subscription allowed to cancelled, buffer of 31: 0");
-    ok(buf[31] == 'X', "buffer of 31: nothing written past it");
+    is_int(ngx_billing_sub_allowed_from(S_CANCELLED, buf, 40), 0,
+           "subscription allowed to cancelled, buffer of 40: 0");
+    ok(buf[40] == 'X', "buffer of 40: nothing written past it");
     is_int(ngx_billing_sub_allowed_from(S_CANCELLED, buf, 0), 0,
            "subscription allowed to cancelled, buffer of 0: 0");
 
-    /* each size from 0 to 40: 0 below the need, the length from it on */
+    /* each size from 0 to 50: 0 below the need, the length from it on */
 
     {
         int  all;
 
         all = 1;
 
-        for (n = 0; n <= 40; n++) {
-            char    small[40];
+        for (n = 0; n <= 50; n++) {
+            char    small[50];
             size_t  got;
 
             memset(small, 'X', sizeof(small));
@@ -491,7 +507,7 @@ test_allowed_from(void)
                                                n < sizeof(small)
                                                ? n : sizeof(small));
 
-            if ((n < 32 && got != 0) || (n >= 32 && got != 31)) {
+            if ((n < 41 && got != 0) || (n >= 41 && got != 40)) {
                 diag("size %zu gave %zu", n, got);
                 all = 0;
             }
