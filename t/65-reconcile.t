@@ -153,6 +153,19 @@ my $REFRESHED = 'billing_reconcile_invoices_total{result="changed",source="refre
     $s->clear_rules;
     ok wait_until(sub { gate($na, 'sub-r3') == 200 }, 20),
         'Stripe back: reconciled, 200';
+
+    # Stripe not answering at all (the connection held): the same
+    my $inv9 = create('sub-r9');
+    $failed = reconciled($FAILED);
+    $s->fail(method => 'GET', path => "^/v1/invoices/$inv9\$", stall => 1,
+        times => 0);
+    $s->set_invoice_status($inv9, 'paid');
+    ok wait_until(sub { reconciled($FAILED) > $failed }, 30),
+        'Stripe silent: a failed ask, after the timeouts';
+    is gate($na, 'sub-r9'), 402, 'Stripe silent: the gate stays closed';
+    $s->clear_rules;
+    ok wait_until(sub { gate($na, 'sub-r9') == 200 }, 30),
+        'Stripe answering again: reconciled, 200';
 }
 
 # ---------------------------------------------------------------------
