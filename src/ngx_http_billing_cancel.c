@@ -218,7 +218,6 @@ ngx_http_billing_api_voided(ngx_http_billing_stripe_call_t *call)
 {
     ngx_http_request_t  *r = call->data;
 
-    json_t                      *amount;
     ngx_str_t                    status;
     ngx_connection_t            *c;
     ngx_http_billing_invoice_t   inv;
@@ -282,9 +281,7 @@ ngx_http_billing_api_voided(ngx_http_billing_stripe_call_t *call)
     inv.subscription = ctx->id;
     ngx_str_set(&inv.kind, "initial");
 
-    amount = json_object_get(call->json, "amount_due");
-    inv.amount_due = json_is_integer(amount) ? json_integer_value(amount)
-                                             : -1;
+    ngx_http_billing_invoice_from_stripe(call, &inv);
 
     if (ngx_http_billing_store_invoice(&ctx->owner, &inv,
                                        ngx_http_billing_api_void_recorded, r)

@@ -14,6 +14,8 @@
 #include <ngx_http.h>
 
 #include "ngx_http_billing_module.h"
+#include "ngx_http_billing_store.h"
+#include "ngx_http_billing_stripe.h"
 
 
 typedef struct ngx_http_billing_invoice_job_s  ngx_http_billing_invoice_job_t;
@@ -106,6 +108,13 @@ ngx_http_billing_invoice_job_t *ngx_http_billing_invoice_issue(
 
 /* the handler will not be called; the job still goes to its end */
 void ngx_http_billing_invoice_detach(ngx_http_billing_invoice_job_t *job);
+
+/*
+ * What Stripe's invoice object in a call's answer says of the invoice:
+ * its page, currency, amount due, due date, and customer unless known.
+ */
+void ngx_http_billing_invoice_from_stripe(ngx_http_billing_stripe_call_t *call,
+    ngx_http_billing_invoice_t *inv);
 
 
 #endif /* _NGX_HTTP_BILLING_INVOICE_H_INCLUDED_ */

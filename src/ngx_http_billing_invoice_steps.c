@@ -322,11 +322,33 @@ ngx_http_billing_invoice_item_stored(void *data, redisReply *reply)
 
 
 void
+ngx_http_billing_invoice_from_stripe(ngx_http_billing_stripe_call_t *call,
+    ngx_http_billing_invoice_t *inv)
+{
+    json_t  *v;
+
+    if (inv->customer.len == 0) {
+        (void) ngx_http_billing_stripe_string(call, "customer",
+                                              &inv->customer);
+    }
+
+    (void) ngx_http_billing_stripe_string(call, "hosted_invoice_url",
+                                          &inv->hosted_invoice_url);
+    (void) ngx_http_billing_stripe_string(call, "currency", &inv->currency);
+
+    v = json_object_get(call->json, "amount_due");
+    inv->amount_due = json_is_integer(v) ? json_integer_value(v) : -1;
+
+    v = json_object_get(call->json, "due_date");
+    inv->due_date = json_is_integer(v) ? json_integer_value(v) : 0;
+}
+
+
+void
 ngx_http_billing_invoice_finalized(ngx_http_billing_stripe_call_t *call)
 {
     ngx_http_billing_invoice_job_t  *job = call->data;
 
-    json_t                      *amount;
     ngx_str_t                    status;
     ngx_http_billing_invoice_t   inv;
 
@@ -357,16 +379,7 @@ ngx_http_billing_invoice_finalized(ngx_http_billing_stripe_call_t *call)
     inv.kind = job->spec.kind;
     inv.customer = job->customer;
 
-    (void) ngx_http_billing_stripe_string(call, "hosted_invoice_url",
-                                          &inv.hosted_invoice_url);
-    (void) ngx_http_billing_stripe_string(call, "currency", &inv.currency);
-
-    amount = json_object_get(call->json, "amount_due");
-    inv.amount_due = json_is_integer(amount) ? json_integer_value(amount)
-                                             : -1;
-
-    amount = json_object_get(call->json, "due_date");
-    inv.due_date = json_is_integer(amount) ? json_integer_value(amount) : 0;
+    ngx_http_billing_invoice_from_stripe(call, &inv);
 
     if (ngx_http_billing_store_invoice(&job->owner, &inv,
                                        ngx_http_billing_invoice_recorded, job)

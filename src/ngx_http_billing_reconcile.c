@@ -33,6 +33,7 @@
 #include "ngx_http_billing_redis.h"
 #include "ngx_http_billing_store.h"
 #include "ngx_http_billing_stripe.h"
+#include "ngx_http_billing_invoice.h"
 #include "ngx_http_billing_status.h"
 #include "ngx_http_billing_cache.h"
 #include "ngx_billing_state.h"
@@ -554,7 +555,6 @@ ngx_http_billing_reconcile_answered(ngx_http_billing_stripe_call_t *call)
 {
     ngx_http_billing_check_t  *chk = call->data;
 
-    json_t                      *amount;
     ngx_http_billing_invoice_t   inv;
 
     if (call->status == NGX_HTTP_NOT_FOUND
@@ -605,17 +605,7 @@ ngx_http_billing_reconcile_answered(ngx_http_billing_stripe_call_t *call)
     inv.subscription = chk->subscription;
     inv.kind = chk->kind;
 
-    (void) ngx_http_billing_stripe_string(call, "customer", &inv.customer);
-    (void) ngx_http_billing_stripe_string(call, "hosted_invoice_url",
-                                          &inv.hosted_invoice_url);
-    (void) ngx_http_billing_stripe_string(call, "currency", &inv.currency);
-
-    amount = json_object_get(call->json, "amount_due");
-    inv.amount_due = json_is_integer(amount) ? json_integer_value(amount)
-                                             : -1;
-
-    amount = json_object_get(call->json, "due_date");
-    inv.due_date = json_is_integer(amount) ? json_integer_value(amount) : 0;
+    ngx_http_billing_invoice_from_stripe(call, &inv);
 
     if (ngx_http_billing_store_invoice(&chk->owner, &inv,
                                        ngx_http_billing_reconcile_recorded,
