@@ -44,7 +44,12 @@ typedef struct {
     ngx_msec_t                       deadline;
 
     unsigned                         existed:1;     /* and was complete */
-    /* POST subscriptions/{id}/refresh: questions to Stripe under way */
+    /*
+     * POST subscriptions/{id}/refresh: the open invoices (id and kind
+     * each), the next to ask about, the questions under way
+     */
+    ngx_array_t                     *refresh_queue;
+    ngx_uint_t                       refresh_next;
     ngx_uint_t                       refreshing;
     unsigned                         refresh_failed:1;
     unsigned                         refreshed:1;

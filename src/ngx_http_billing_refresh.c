@@ -4,6 +4,7 @@
  * asked about at Stripe now, as reconciliation would in its next round,
  * and the answer is the subscription as it then is.  A question Stripe
  * did not answer makes it 502 stripe_error: what was learnt is kept.
+ * At most a few questions are under way at a time, as in a round.
  */
 
 
@@ -21,7 +22,11 @@
 
 static void ngx_http_billing_refresh_listed(void *data, redisReply *reply);
 static void ngx_http_billing_refresh_asked(void *data, ngx_uint_t result);
+static void ngx_http_billing_refresh_ask(ngx_http_request_t *r);
 static void ngx_http_billing_refresh_done(ngx_http_request_t *r);
+
+
+#define NGX_HTTP_BILLING_REFRESH_RUNS  4
 
 
 /*
@@ -85,7 +90,8 @@ ngx_http_billing_refresh_listed(void *data, redisReply *reply)
     ngx_http_request_t  *r = data;
 
     size_t                       i;
-    ngx_str_t                    id, kind;
+    ngx_str_t                   *q, s;
+    ngx_uint_t                   k;
     ngx_connection_t            *c;
     ngx_http_billing_api_ctx_t  *ctx;
 
@@ -105,9 +111,15 @@ ngx_http_billing_refresh_listed(void *data, redisReply *reply)
         goto done;
     }
 
-    /* one pending more while they are started: none ends it early */
+    /* the reply goes when this returns: the ids are copied */
 
-    ctx->refreshing = 1;
+    ctx->refresh_queue = ngx_array_create(r->pool, reply->elements + 1,
+                                          sizeof(ngx_str_t));
+    if (ctx->refresh_queue == NULL) {
+        ngx_http_billing_api_fail(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                  "internal_error", "out of memory");
+        goto done;
+    }
 
     for (i = 0; i + 1 < reply->elements; i += 2) {
 
@@ -117,28 +129,26 @@ ngx_http_billing_refresh_listed(void *data, redisReply *reply)
             continue;
         }
 
-        id.data = (u_char *) reply->element[i]->str;
-        id.len = reply->element[i]->len;
-        kind.data = (u_char *) reply->element[i + 1]->str;
-        kind.len = reply->element[i + 1]->len;
+        q = ngx_array_push_n(ctx->refresh_queue, 2);
+        if (q == NULL) {
+            break;
+        }
 
-        ctx->refreshing++;
+        for (k = 0; k < 2; k++) {
+            s.data = (u_char *) reply->element[i + k]->str;
+            s.len = reply->element[i + k]->len;
 
-        if (ngx_http_billing_reconcile_invoice(&ctx->owner, &id, &ctx->id,
-                                               &kind,
-                                               NGX_HTTP_BILLING_REC_REFRESH,
-                                               ngx_http_billing_refresh_asked,
-                                               r)
-            != NGX_OK)
-        {
-            ctx->refreshing--;
-            ctx->refresh_failed = 1;
+            q[k].data = ngx_pstrdup(r->pool, &s);
+            q[k].len = s.len;
+
+            if (q[k].data == NULL && s.len) {
+                ctx->refresh_failed = 1;
+                q[0].len = 0;
+            }
         }
     }
 
-    if (--ctx->refreshing == 0) {
-        ngx_http_billing_refresh_done(r);
-    }
+    ngx_http_billing_refresh_ask(r);
 
 done:
 
@@ -161,11 +171,53 @@ ngx_http_billing_refresh_asked(void *data, ngx_uint_t result)
         ctx->refresh_failed = 1;
     }
 
-    if (--ctx->refreshing == 0) {
-        ngx_http_billing_refresh_done(r);
-    }
+    ctx->refreshing--;
+
+    ngx_http_billing_refresh_ask(r);
 
     ngx_http_run_posted_requests(c);
+}
+
+
+/* the next questions, while few are under way; the answer after the last */
+
+static void
+ngx_http_billing_refresh_ask(ngx_http_request_t *r)
+{
+    ngx_str_t                   *q;
+    ngx_http_billing_api_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_billing_module);
+
+    while (ctx->refreshing < NGX_HTTP_BILLING_REFRESH_RUNS
+           && ctx->refresh_next < ctx->refresh_queue->nelts)
+    {
+        q = (ngx_str_t *) ctx->refresh_queue->elts + ctx->refresh_next;
+        ctx->refresh_next += 2;
+
+        if (q[0].len == 0) {
+            continue;
+        }
+
+        ctx->refreshing++;
+
+        if (ngx_http_billing_reconcile_invoice(&ctx->owner, &q[0], &ctx->id,
+                                               &q[1],
+                                               NGX_HTTP_BILLING_REC_REFRESH,
+                                               ngx_http_billing_refresh_asked,
+                                               r)
+            != NGX_OK)
+        {
+            ctx->refreshing--;
+            ctx->refresh_failed = 1;
+        }
+    }
+
+    if (ctx->refreshing == 0
+        && ctx->refresh_next >= ctx->refresh_queue->nelts)
+    {
+        ngx_http_billing_refresh_done(r);
+    }
 }
 
 
