@@ -17,7 +17,8 @@
  * ROLE must say "master".
  *
  * This file holds the connection; queueing, formatting and cancelling
- * commands is in ngx_http_billing_redis_cmd.c, the Sentinels in
+ * commands, the handshake and the WAITs of replicas= are in
+ * ngx_http_billing_redis_cmd.c, the Sentinels in
  * ngx_http_billing_redis_sentinel.c.
  */
 
@@ -43,12 +44,6 @@
 
 static ngx_uint_t ngx_http_billing_redis_may_connect(
     ngx_http_billing_redis_t *rd);
-static void ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd);
-static ngx_uint_t ngx_http_billing_redis_handshaking(
-    ngx_http_billing_redis_t *rd);
-static ngx_int_t ngx_http_billing_redis_handshake_reply(
-    ngx_http_billing_redis_t *rd, ngx_http_billing_redis_cmd_t *cmd,
-    redisReply *reply);
 static void ngx_http_billing_redis_write_handler(ngx_event_t *wev);
 static void ngx_http_billing_redis_read_handler(ngx_event_t *rev);
 static ngx_int_t ngx_http_billing_redis_test_connect(
@@ -268,14 +263,14 @@ ngx_http_billing_redis_open(ngx_http_billing_redis_t *rd)
 }
 
 
-static void
+void
 ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd)
 {
     rd->state = NGX_HTTP_BILLING_REDIS_READY;
     rd->backoff = NGX_HTTP_BILLING_REDIS_BACKOFF_MIN;
     rd->down = 0;
 
-    if (rd->connections++) {
+    if (rd->connections++ && rd->stat != NGX_HTTP_BILLING_CONN_N) {
         ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_RECONNECTS,
                                   rd->stat, 0);
     }
@@ -296,7 +291,7 @@ ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd)
 }
 
 
-static ngx_uint_t
+ngx_uint_t
 ngx_http_billing_redis_handshaking(ngx_http_billing_redis_t *rd)
 {
     ngx_queue_t                   *q;
@@ -398,6 +393,7 @@ ngx_http_billing_redis_flush(ngx_http_billing_redis_t *rd)
     u_char                         buf[NGX_HTTP_BILLING_REDIS_BUF];
     size_t                         len, n, chunk;
     ssize_t                        sent;
+    ngx_uint_t                     waiting;
     ngx_queue_t                   *q, *first;
     ngx_connection_t              *c;
     ngx_http_billing_redis_cmd_t  *cmd;
@@ -410,6 +406,7 @@ ngx_http_billing_redis_flush(ngx_http_billing_redis_t *rd)
 
         len = 0;
         first = NULL;
+        waiting = 0;
 
         for (q = ngx_queue_head(&rd->cmds);
              q != ngx_queue_sentinel(&rd->cmds) && len < sizeof(buf);
@@ -421,6 +418,17 @@ ngx_http_billing_redis_flush(ngx_http_billing_redis_t *rd)
             {
                 break;
             }
+
+            /*
+             * One WAIT at a time: Redis holds the connection in it, so a
+             * second behind it would add its own wait to everything after.
+             */
+
+            if (cmd->wait && cmd->sent == 0 && waiting) {
+                break;
+            }
+
+            waiting |= cmd->wait;
 
             if (cmd->sent == cmd->len) {
                 continue;
@@ -618,10 +626,15 @@ ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
         return NGX_ERROR;
     }
 
-    if (!cmd->handshake && ngx_http_billing_redis_error(reply, "READONLY")) {
-
+    if (!cmd->handshake
+        && (ngx_http_billing_redis_error(reply, "READONLY")
+            || (cmd->replied && reply->type == REDIS_REPLY_ERROR
+                && ngx_strstr(reply->str, "WAIT cannot be used with replica")
+                   != NULL)))
+    {
         /*
-         * A primary demoted to a replica: what is queued would fail the
+         * A primary demoted to a replica (a write says READONLY, a WAIT
+         * that it cannot be used there): what is queued would fail the
          * same way.  Under Sentinel the new primary is asked for at once,
          * by the worker's other clients there too.
          */
@@ -693,12 +706,19 @@ ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
 
     ngx_http_billing_redis_unbind(cmd);
 
-    ngx_http_billing_stat_time(NGX_HTTP_BILLING_M_REDIS_DURATION, 0,
-                               ngx_current_msec - cmd->queued);
+    /* the Sentinels' watch and the heartbeats are not the commands' */
 
-    if (reply && reply->type == REDIS_REPLY_ERROR) {
-        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_ERRORS,
-                                  NGX_HTTP_BILLING_RERR_REPLY, 0);
+    if (rd->stat != NGX_HTTP_BILLING_CONN_N) {
+
+        if (!cmd->heartbeat) {
+            ngx_http_billing_stat_time(NGX_HTTP_BILLING_M_REDIS_DURATION, 0,
+                                       ngx_current_msec - cmd->queued);
+        }
+
+        if (reply && reply->type == REDIS_REPLY_ERROR) {
+            ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_ERRORS,
+                                      NGX_HTTP_BILLING_RERR_REPLY, 0);
+        }
     }
 
     if (cmd->handler) {
@@ -710,70 +730,6 @@ ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
     }
 
     ngx_http_billing_redis_free(cmd);
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_billing_redis_handshake_reply(ngx_http_billing_redis_t *rd,
-    ngx_http_billing_redis_cmd_t *cmd, redisReply *reply)
-{
-    ngx_uint_t   ok;
-    redisReply  *role;
-
-    if (cmd->role) {
-
-        /* [ "master", offset, replicas ]: anything else is no primary */
-
-        role = (reply->type == REDIS_REPLY_ARRAY && reply->elements
-                && reply->element[0]->type == REDIS_REPLY_STRING)
-               ? reply->element[0] : NULL;
-
-        ok = ngx_http_billing_redis_primary(reply);
-
-        if (!ok && reply->type != REDIS_REPLY_ERROR) {
-            ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                          "billing redis %V: not a primary (role \"%*s\")",
-                          rd->peer.name,
-                          (size_t) (role ? ngx_min(role->len, 32) : 0),
-                          role ? role->str : "");
-
-            freeReplyObject(reply);
-            ngx_http_billing_redis_free(cmd);
-            ngx_http_billing_redis_failed(rd, NGX_LOG_WARN,
-                                          "handshake failed");
-            return NGX_ERROR;
-        }
-
-    } else {
-        ok = (reply->type == REDIS_REPLY_STATUS
-              || ngx_http_billing_redis_is(reply, "subscribe"));
-    }
-
-    if (!ok) {
-
-        /* Redis' error text names the problem, never the password */
-
-        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "billing redis %V: handshake refused: \"%*s\"",
-                      rd->peer.name,
-                      (size_t) (reply->type == REDIS_REPLY_ERROR
-                                ? reply->len : 0),
-                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
-
-        freeReplyObject(reply);
-        ngx_http_billing_redis_free(cmd);
-        ngx_http_billing_redis_failed(rd, NGX_LOG_ERR, "handshake failed");
-        return NGX_ERROR;
-    }
-
-    freeReplyObject(reply);
-    ngx_http_billing_redis_free(cmd);
-
-    if (!ngx_http_billing_redis_handshaking(rd)) {
-        ngx_http_billing_redis_ready(rd);
-    }
 
     return NGX_OK;
 }
@@ -820,8 +776,11 @@ ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd, ngx_uint_t level,
                   "next attempt in %Mms",
                   rd->peer.name, reason, rd->ncmds, rd->backoff);
 
-    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_ERRORS,
-                              ngx_http_billing_redis_error_kind(reason), 0);
+    if (rd->stat != NGX_HTTP_BILLING_CONN_N) {
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_ERRORS,
+                                  ngx_http_billing_redis_error_kind(reason),
+                                  0);
+    }
 
     ngx_http_billing_redis_close(rd);
 

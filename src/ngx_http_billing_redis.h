@@ -40,6 +40,9 @@ typedef void (*ngx_http_billing_redis_state_pt)(void *data, ngx_uint_t up);
 typedef struct {
     ngx_str_t                     source;
     u_char                        sha1[40];
+
+    /* writes nothing: with replicas= no WAIT follows it */
+    unsigned                      readonly:1;
 } ngx_http_billing_redis_script_t;
 
 

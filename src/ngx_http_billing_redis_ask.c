@@ -7,9 +7,11 @@
  * One short connection at a time, over nginx's event loop with the
  * billing_redis timeouts: [AUTH,] SENTINEL get-master-addr-by-name NAME,
  * pipelined, then closed.  A Sentinel that fails, refuses or does not
- * know NAME passes the question to the next one, which is then asked
- * first from now on; the answer must be an IP address (resolving a host
- * name here would block the worker).
+ * know NAME passes the question to the next one; the one that answers is
+ * asked first from now on.  Each question keeps its own place in the list,
+ * so that asks under way at once do not move each other back to a
+ * Sentinel that failed.  The answer must be an IP address (resolving a
+ * host name here would block the worker).
  */
 
 
@@ -49,8 +51,27 @@ ngx_http_billing_sentinel_ask(ngx_http_billing_sentinel_ask_t *ask,
     ask->done = done;
     ask->data = data;
     ask->tries = ask->watch->conf.naddrs;
+    ask->pos = ask->watch->next;
 
     ngx_http_billing_sentinel_next(ask);
+}
+
+
+/*
+ * The primary the Sentinel of ask named is no primary (its answer was
+ * stale): the next question starts past it.
+ */
+
+void
+ngx_http_billing_sentinel_stale(ngx_http_billing_sentinel_ask_t *ask)
+{
+    ngx_http_billing_sentinel_t  *w;
+
+    w = ask->watch;
+
+    if (w && w->next == ask->pos % w->conf.naddrs) {
+        w->next = (ask->pos + 1) % w->conf.naddrs;
+    }
 }
 
 
@@ -83,7 +104,7 @@ ngx_http_billing_sentinel_next(ngx_http_billing_sentinel_ask_t *ask)
 
         ask->tries--;
 
-        addr = &w->conf.addrs[w->next % w->conf.naddrs];
+        addr = &w->conf.addrs[ask->pos % w->conf.naddrs];
 
         ngx_memzero(&ask->peer, sizeof(ngx_peer_connection_t));
 
@@ -105,7 +126,7 @@ ngx_http_billing_sentinel_next(ngx_http_billing_sentinel_ask_t *ask)
         if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
             /* ngx_event_connect_peer() has logged why */
             ask->peer.connection = NULL;
-            w->next++;
+            ask->pos++;
             continue;
         }
 
@@ -146,8 +167,7 @@ ngx_http_billing_sentinel_fail(ngx_http_billing_sentinel_ask_t *ask,
 
     ngx_http_billing_sentinel_close(ask);
 
-    /* this one failed: the next is asked first from now on */
-    ask->watch->next++;
+    ask->pos++;
 
     ngx_http_billing_sentinel_next(ask);
 }
@@ -161,6 +181,11 @@ ngx_http_billing_sentinel_finish(ngx_http_billing_sentinel_ask_t *ask,
     ngx_http_billing_sentinel_done_pt   done;
 
     ngx_http_billing_sentinel_close(ask);
+
+    if (rc == NGX_OK) {
+        /* this one answered: asked first from now on */
+        ask->watch->next = ask->pos % ask->watch->conf.naddrs;
+    }
 
     done = ask->done;
     data = ask->data;

@@ -1,9 +1,10 @@
 
 /*
  * The Redis client's commands: queueing one (with EVALSHA and its
- * fallback to EVAL on NOSCRIPT, and with replicas= the WAIT after it),
- * cancelling it or binding it to a pool, formatting it with hiredis and
- * freeing it, and the handshake of a new connection.  The connection
+ * fallback to EVAL on NOSCRIPT, and with replicas= the WAIT after a write
+ * and the fast failures while the replicas lag), cancelling it or binding
+ * it to a pool, formatting it with hiredis and freeing it, and the
+ * handshake of a new connection.  The connection
  * that writes them and reads their replies is in ngx_http_billing_redis.c.
  */
 
@@ -21,6 +22,11 @@
 #define NGX_HTTP_BILLING_REDIS_MAX_ARGS     64
 
 
+static ngx_uint_t ngx_http_billing_redis_reads(ngx_str_t *name);
+static ngx_int_t ngx_http_billing_redis_lag_check(
+    ngx_http_billing_redis_t *rd);
+static void ngx_http_billing_redis_lag(ngx_http_billing_redis_t *rd,
+    ngx_http_billing_redis_cmd_t *cmd, ngx_uint_t ok);
 static void ngx_http_billing_redis_cleanup(void *data);
 static void ngx_http_billing_redis_pong(void *data, redisReply *reply);
 static void ngx_http_billing_redis_free_buf(
@@ -49,15 +55,71 @@ ngx_http_billing_redis_cmd_t *
 ngx_http_billing_redis_send(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
     ngx_str_t *argv, ngx_http_billing_redis_handler_pt handler, void *data)
 {
-    /*
-     * Reads wait too: which commands write is the callers' business, and
-     * a read's WAIT returns at once when the connection's earlier writes
-     * are on the replicas.
-     */
+    ngx_uint_t  wait;
 
-    return ngx_http_billing_redis_queue(rd, argc, argv, handler, data,
-                                        rd->conf->replicas
-                                        && rd->channel.len == 0);
+    /* a read has nothing for the replicas to acknowledge */
+
+    wait = rd->conf->replicas && rd->channel.len == 0 && argc
+           && !ngx_http_billing_redis_reads(&argv[0]);
+
+    return ngx_http_billing_redis_queue(rd, argc, argv, handler, data, wait);
+}
+
+
+static ngx_uint_t
+ngx_http_billing_redis_reads(ngx_str_t *name)
+{
+    ngx_uint_t  i;
+
+    static const char  *reads[] = {
+        "GET", "MGET", "HGET", "HMGET", "HGETALL", "HEXISTS", "HLEN",
+        "EXISTS", "TTL", "PTTL", "SMEMBERS", "SISMEMBER", "SCARD",
+        "ZRANGE", "ZRANGEBYSCORE", "ZSCORE", "ZCARD", "LRANGE", "LLEN",
+        "PING", "ROLE", NULL
+    };
+
+    for (i = 0; reads[i]; i++) {
+        if (name->len == ngx_strlen(reads[i])
+            && ngx_strncasecmp(name->data, (u_char *) reads[i], name->len)
+               == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * replicas=: after a WAIT that counted too few replicas, a command that
+ * needs one fails at once for a backoff, but one probe: Redis blocks the
+ * connection in WAIT, so everything behind each would wait too.
+ */
+
+static ngx_int_t
+ngx_http_billing_redis_lag_check(ngx_http_billing_redis_t *rd)
+{
+    if (!rd->lagging) {
+        return NGX_OK;
+    }
+
+    if (!rd->probing
+        && (ngx_msec_int_t) (ngx_current_msec - rd->lag_until) >= 0)
+    {
+        return NGX_AGAIN;
+    }
+
+    if ((ngx_msec_int_t) (ngx_current_msec - rd->lag_logged) >= 1000) {
+        rd->lag_logged = ngx_current_msec;
+
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "billing redis %V: fewer than %ui replicas "
+                      "acknowledge, writes fail at once for now",
+                      rd->peer.name, rd->conf->replicas);
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -66,12 +128,19 @@ ngx_http_billing_redis_queue(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
     ngx_str_t *argv, ngx_http_billing_redis_handler_pt handler, void *data,
     ngx_uint_t wait)
 {
+    ngx_int_t                      lag;
     ngx_http_billing_redis_cmd_t  *cmd;
 
     if (rd->ncmds >= NGX_HTTP_BILLING_REDIS_MAX_CMDS) {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                       "billing redis %V: too many commands queued",
                       rd->peer.name);
+        return NULL;
+    }
+
+    lag = wait ? ngx_http_billing_redis_lag_check(rd) : NGX_OK;
+
+    if (lag == NGX_DECLINED) {
         return NULL;
     }
 
@@ -100,6 +169,12 @@ ngx_http_billing_redis_queue(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
 
     cmd->handler = handler;
     cmd->data = data;
+
+    if (lag == NGX_AGAIN) {
+        /* the probe: whether the replicas are back */
+        cmd->probe = 1;
+        rd->probing = 1;
+    }
 
     ngx_queue_insert_tail(&rd->cmds, &cmd->queue);
     rd->ncmds++;
@@ -143,7 +218,10 @@ ngx_http_billing_redis_eval(ngx_http_billing_redis_t *rd,
         args[i + 3] = argv[i];
     }
 
-    cmd = ngx_http_billing_redis_send(rd, argc + 3, args, handler, data);
+    cmd = ngx_http_billing_redis_queue(rd, argc + 3, args, handler, data,
+                                       rd->conf->replicas
+                                       && rd->channel.len == 0
+                                       && !script->readonly);
 
     if (cmd) {
         cmd->script = script;
@@ -352,6 +430,10 @@ ngx_http_billing_redis_format(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
 void
 ngx_http_billing_redis_free(ngx_http_billing_redis_cmd_t *cmd)
 {
+    if (cmd->probe) {
+        cmd->rd->probing = 0;
+    }
+
     if (cmd->reply) {
         freeReplyObject(cmd->reply);
     }
@@ -469,6 +551,74 @@ failed:
 }
 
 
+ngx_int_t
+ngx_http_billing_redis_handshake_reply(ngx_http_billing_redis_t *rd,
+    ngx_http_billing_redis_cmd_t *cmd, redisReply *reply)
+{
+    ngx_uint_t   ok;
+    redisReply  *role;
+
+    if (cmd->role) {
+
+        /* [ "master", offset, replicas ]: anything else is no primary */
+
+        role = (reply->type == REDIS_REPLY_ARRAY && reply->elements
+                && reply->element[0]->type == REDIS_REPLY_STRING)
+               ? reply->element[0] : NULL;
+
+        ok = ngx_http_billing_redis_primary(reply);
+
+        if (!ok && reply->type != REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_WARN, rd->log, 0,
+                          "billing redis %V: not a primary (role \"%*s\")",
+                          rd->peer.name,
+                          (size_t) (role ? ngx_min(role->len, 32) : 0),
+                          role ? role->str : "");
+
+            freeReplyObject(reply);
+            ngx_http_billing_redis_free(cmd);
+
+            /* a stale Sentinel: the next attempt asks another first */
+            ngx_http_billing_sentinel_stale(&rd->ask);
+
+            ngx_http_billing_redis_failed(rd, NGX_LOG_WARN,
+                                          "handshake failed");
+            return NGX_ERROR;
+        }
+
+    } else {
+        ok = (reply->type == REDIS_REPLY_STATUS
+              || ngx_http_billing_redis_is(reply, "subscribe"));
+    }
+
+    if (!ok) {
+
+        /* Redis' error text names the problem, never the password */
+
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "billing redis %V: handshake refused: \"%*s\"",
+                      rd->peer.name,
+                      (size_t) (reply->type == REDIS_REPLY_ERROR
+                                ? reply->len : 0),
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+
+        freeReplyObject(reply);
+        ngx_http_billing_redis_free(cmd);
+        ngx_http_billing_redis_failed(rd, NGX_LOG_ERR, "handshake failed");
+        return NGX_ERROR;
+    }
+
+    freeReplyObject(reply);
+    ngx_http_billing_redis_free(cmd);
+
+    if (!ngx_http_billing_redis_handshaking(rd)) {
+        ngx_http_billing_redis_ready(rd);
+    }
+
+    return NGX_OK;
+}
+
+
 ngx_uint_t
 ngx_http_billing_redis_is(redisReply *reply, const char *kind)
 {
@@ -529,22 +679,103 @@ ngx_http_billing_redis_waited(ngx_http_billing_redis_t *rd,
     cmd->reply = NULL;
     cmd->replied = 0;
 
-    if (n >= (long long) rd->conf->replicas
-        || (cmd->script && ngx_http_billing_redis_error(own, "NOSCRIPT")))
-    {
-        return own;
-    }
-
-    if (n >= 0) {
+    if (n >= 0 && n < (long long) rd->conf->replicas) {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                       "billing redis %V: %L of %ui replicas acknowledged "
                       "a command in time: failed",
                       rd->peer.name, n, rd->conf->replicas);
     }
 
+    /* the next WAIT may go now (one at a time, see flush) */
+    ngx_post_event(rd->peer.connection->write, &ngx_posted_events);
+
+    ngx_http_billing_redis_lag(rd, cmd, n >= (long long) rd->conf->replicas);
+
+    if (n >= (long long) rd->conf->replicas
+        || (cmd->script && ngx_http_billing_redis_error(own, "NOSCRIPT")))
+    {
+        return own;
+    }
+
     freeReplyObject(own);
 
     return NULL;
+}
+
+
+static void
+ngx_http_billing_redis_lag(ngx_http_billing_redis_t *rd,
+    ngx_http_billing_redis_cmd_t *cmd, ngx_uint_t ok)
+{
+    ngx_msec_t                     max;
+    ngx_queue_t                    failed, *q, *next;
+    ngx_http_billing_redis_cmd_t  *c;
+
+    if (ok) {
+        if (rd->lagging) {
+            ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                          "billing redis %V: %ui replicas acknowledge again",
+                          rd->peer.name, rd->conf->replicas);
+        }
+
+        rd->lagging = 0;
+        return;
+    }
+
+    max = ngx_max(rd->conf->timeout, 1000);
+
+    if (!rd->lagging) {
+        rd->lagging = 1;
+        rd->lag_backoff = 1000;
+
+        /* the line above said it: the next within a second is noise */
+        rd->lag_logged = ngx_current_msec;
+
+    } else if (cmd->probe) {
+        rd->lag_backoff = ngx_min(rd->lag_backoff * 2, max);
+    }
+
+    rd->lag_until = ngx_current_msec + rd->lag_backoff;
+
+    /*
+     * What is queued to wait would wait as long and fail the same: it
+     * fails now.  Only unwritten commands are queued behind a WAIT (one
+     * is written at a time), and handlers may queue or cancel others:
+     * they are taken out first.
+     */
+
+    ngx_queue_init(&failed);
+
+    for (q = ngx_queue_head(&rd->cmds); q != ngx_queue_sentinel(&rd->cmds);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        c = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
+
+        if (!c->wait || c->sent || c->handshake) {
+            continue;
+        }
+
+        ngx_queue_remove(q);
+        rd->ncmds--;
+        c->failing = 1;
+        ngx_queue_insert_tail(&failed, q);
+    }
+
+    while (!ngx_queue_empty(&failed)) {
+        q = ngx_queue_head(&failed);
+        ngx_queue_remove(q);
+
+        c = ngx_queue_data(q, ngx_http_billing_redis_cmd_t, queue);
+
+        ngx_http_billing_redis_unbind(c);
+
+        if (c->handler) {
+            c->handler(c->data, NULL);
+        }
+
+        ngx_http_billing_redis_free(c);
+    }
 }
 
 
@@ -576,12 +807,16 @@ ngx_http_billing_redis_heartbeat_handler(ngx_event_t *ev)
                                            0);
         if (cmd) {
             cmd->role = 1;
+            cmd->heartbeat = 1;
         }
 
     } else if (rd->ncmds == 0) {
-        (void) ngx_http_billing_redis_queue(rd, 1, &ping,
-                                            ngx_http_billing_redis_pong, rd,
-                                            0);
+        cmd = ngx_http_billing_redis_queue(rd, 1, &ping,
+                                           ngx_http_billing_redis_pong, rd,
+                                           0);
+        if (cmd) {
+            cmd->heartbeat = 1;
+        }
     }
 
 next:

@@ -65,6 +65,12 @@ struct ngx_http_billing_redis_cmd_s {
 
     /* taken out of the queue by fail_all(), which frees it */
     unsigned                            failing:1;
+
+    /* PING or ROLE of the heartbeat: not in the latency histogram */
+    unsigned                            heartbeat:1;
+
+    /* with replicas=, lagging: the one WAIT that asks if they are back */
+    unsigned                            probe:1;
 };
 
 
@@ -88,6 +94,7 @@ struct ngx_http_billing_sentinel_ask_s {
     size_t                              sent;
     ngx_uint_t                          replies;    /* still due */
     ngx_uint_t                          tries;      /* Sentinels left */
+    ngx_uint_t                          pos;        /* the one asked */
 
     ngx_sockaddr_t                      sockaddr;
     socklen_t                           socklen;
@@ -160,6 +167,10 @@ struct ngx_http_billing_redis_s {
     ngx_uint_t                          stat;
     ngx_uint_t                          connections;
 
+    ngx_msec_t                          lag_until;
+    ngx_msec_t                          lag_backoff;
+    ngx_msec_t                          lag_logged;
+
     /* the last attempt failed and the backoff runs */
     unsigned                            down:1;
 
@@ -168,6 +179,13 @@ struct ngx_http_billing_redis_s {
 
     /* counted as up in billing_status */
     unsigned                            counted:1;
+
+    /*
+     * replicas=: the last WAIT counted too few; until lag_until commands
+     * that need one fail at once, and then one of them probes
+     */
+    unsigned                            lagging:1;
+    unsigned                            probing:1;
 };
 
 
@@ -178,6 +196,8 @@ void ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd,
     ngx_uint_t level, const char *reason);
 void ngx_http_billing_redis_restart(ngx_http_billing_redis_t *rd,
     ngx_uint_t level, const char *reason);
+void ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd);
+ngx_uint_t ngx_http_billing_redis_handshaking(ngx_http_billing_redis_t *rd);
 
 /* ngx_http_billing_redis_cmd.c */
 ngx_http_billing_redis_cmd_t *ngx_http_billing_redis_queue(
@@ -191,6 +211,8 @@ void ngx_http_billing_redis_unbind(ngx_http_billing_redis_cmd_t *cmd);
 ngx_int_t ngx_http_billing_redis_to_eval(ngx_http_billing_redis_cmd_t *cmd,
     ngx_http_billing_redis_script_t *script);
 ngx_int_t ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd);
+ngx_int_t ngx_http_billing_redis_handshake_reply(ngx_http_billing_redis_t *rd,
+    ngx_http_billing_redis_cmd_t *cmd, redisReply *reply);
 redisReply *ngx_http_billing_redis_waited(ngx_http_billing_redis_t *rd,
     ngx_http_billing_redis_cmd_t *cmd, redisReply *reply);
 ngx_uint_t ngx_http_billing_redis_is(redisReply *reply, const char *kind);
@@ -205,6 +227,7 @@ void ngx_http_billing_sentinel_unwatch(ngx_http_billing_redis_t *rd);
 void ngx_http_billing_sentinel_ask(ngx_http_billing_sentinel_ask_t *ask,
     ngx_http_billing_sentinel_done_pt done, void *data);
 void ngx_http_billing_sentinel_abort(ngx_http_billing_sentinel_ask_t *ask);
+void ngx_http_billing_sentinel_stale(ngx_http_billing_sentinel_ask_t *ask);
 ngx_int_t ngx_http_billing_sentinel_addr(u_char *ip, size_t ip_len,
     u_char *port, size_t port_len, ngx_sockaddr_t *sa, socklen_t *socklen);
 void ngx_http_billing_sentinel_demoted(ngx_http_billing_redis_t *rd);

@@ -368,7 +368,8 @@ ngx_http_billing_sentinel_checked(void *data,
  * The primary is at sa (NULL: unknown), as a switch (switched) or the
  * check after a subscription says: each client elsewhere reconnects now.
  * After a switch, a client still asking asks again (the answer may be
- * from before), and one waiting for its backoff goes at once.
+ * from before); one waiting for its backoff goes at once after a switch
+ * or when its last address is not sa.
  */
 
 static void
@@ -388,7 +389,15 @@ ngx_http_billing_sentinel_follow(ngx_http_billing_sentinel_t *w,
         switch (rd->state) {
 
         case NGX_HTTP_BILLING_REDIS_DISCONNECTED:
-            if (switched && rd->down) {
+
+            /* in its backoff: no need to wait when the address is new */
+
+            if (rd->down
+                && (switched || sa == NULL || !rd->resolved
+                    || ngx_cmp_sockaddr(&rd->primary.sockaddr,
+                                        rd->peer.socklen, sa, socklen, 1)
+                       != NGX_OK))
+            {
                 ngx_http_billing_redis_restart(rd, NGX_LOG_NOTICE,
                                                "the primary moved");
             }

@@ -381,6 +381,11 @@ ngx_http_billing_store_init(void)
                                        ngx_http_billing_resume_lua);
     ngx_http_billing_redis_script_init(&ngx_http_billing_cancel_script,
                                        ngx_http_billing_cancel_lua);
+
+    /* lookups: with replicas=, no WAIT holds them up */
+    ngx_http_billing_get_script.readonly = 1;
+    ngx_http_billing_gate_script.readonly = 1;
+    ngx_http_billing_resume_script.readonly = 1;
 }
 
 
