@@ -58,8 +58,9 @@ static const unsigned char  ngx_billing_sub_moves[NGX_BILLING_SUB_NSTATES]
     /* cancelled */    { 0,   0,   0,     0,     0,        0 },
 
     /*
-     * past_due: back to active only when its overdue invoice is paid,
-     * which the invoice script sees; no first invoice's event does it
+     * past_due: no first invoice's event moves it (this table is what
+     * those may do); the invoice script moves active and past_due into
+     * each other, by the period invoices
      */
                        { 0,   0,   0,     0,     1,        0 },
 };

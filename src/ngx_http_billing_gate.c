@@ -700,6 +700,16 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
                                           "invoice is not paid yet");
 
     case NGX_BILLING_SUB_PAST_DUE:
+
+        /* billing_overdue turned off: overdue invoices close no gate */
+
+        bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+        if (bmcf->overdue == 0) {
+            ngx_http_billing_gate_count(ctx, NGX_HTTP_BILLING_DEC_ALLOW);
+            return ngx_http_billing_gate_allow(r, ctx);
+        }
+
         return ngx_http_billing_gate_deny(r, ctx,
                                           NGX_HTTP_BILLING_PAYMENT_REQUIRED,
                                           "payment_overdue",

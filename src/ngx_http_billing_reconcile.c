@@ -154,8 +154,8 @@ static const char  ngx_http_billing_rlater_lua[] =
  * key prefix, ARGV[4] the notification channel
  *
  * An invoice still open makes its active subscription past_due; one of
- * a subscription past_due for another invoice is looked at again in a
- * minute, so that paying that one does not let this one by.
+ * a subscription past_due for another invoice is found by the invoice
+ * script when that one is paid.
  */
 
 static const char  ngx_http_billing_overdue_lua[] =
@@ -169,11 +169,7 @@ static const char  ngx_http_billing_overdue_lua[] =
     "  if h[1] == 'open' and h[2] then\n"
     "    st = redis.call('HGET', ARGV[3] .. h[2], 'state')\n"
     "  end\n"
-    "  if st == 'past_due' then\n"
-    "    redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + 60, id)\n"
-    "  else\n"
-    "    redis.call('ZREM', KEYS[1], id)\n"
-    "  end\n"
+    "  redis.call('ZREM', KEYS[1], id)\n"
     "  if st == 'active' then\n"
     "    local k = ARGV[3] .. h[2]\n"
     "    redis.call('HSET', k, 'state', 'past_due', 'overdue_invoice', id,"

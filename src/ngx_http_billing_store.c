@@ -40,7 +40,9 @@
  * A period invoice open past its due date by billing_overdue is in the
  * overdue set (a timer makes its subscription past_due); one marked
  * uncollectible makes it past_due at once; paying or voiding the
- * invoice a subscription is past_due for makes it active again.
+ * invoice a subscription is past_due for makes it active again, unless
+ * another of its period invoices is overdue or uncollectible: it is then
+ * past_due for that one.
  *
  * An open (or uncollectible) invoice of a subscription is watched by
  * reconciliation until it is paid or void.
@@ -131,10 +133,30 @@ static const char  ngx_http_billing_invoice_lua[] =
     "    if cur == 'paid' or cur == 'void' then\n"
     "      redis.call('ZREM', ARGV[20], ARGV[14])\n"
     "      if o[1] == 'past_due' and o[2] == ARGV[14] then\n"
-    "        redis.call('HSET', KEYS[2], 'state', 'active',"
+    "        local other = false\n"
+    "        local pre = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[14])\n"
+    "        for _, id in ipairs(redis.call('ZREVRANGE',"
+    " KEYS[2] .. ':invoices', 0, 63)) do\n"
+    "          local h = redis.call('HMGET', pre .. id, 'status', 'kind',"
+    " 'due_date')\n"
+    "          if id ~= ARGV[14] and h[2] == 'period'"
+    " and (h[1] == 'uncollectible' or (h[1] == 'open' and ARGV[21] ~= ''"
+    " and tonumber(h[3] or '') and tonumber(h[3]) + tonumber(ARGV[21])"
+    " <= tonumber(ARGV[15]))) then\n"
+    "            other = id\n"
+    "            break\n"
+    "          end\n"
+    "        end\n"
+    "        if other then\n"
+    "          redis.call('HSET', KEYS[2], 'overdue_invoice', other,"
     " 'updated_at', ARGV[15])\n"
-    "        redis.call('HDEL', KEYS[2], 'overdue_invoice')\n"
-    "        state = 'active'\n"
+    "          state = 'past_due'\n"
+    "        else\n"
+    "          redis.call('HSET', KEYS[2], 'state', 'active',"
+    " 'updated_at', ARGV[15])\n"
+    "          redis.call('HDEL', KEYS[2], 'overdue_invoice')\n"
+    "          state = 'active'\n"
+    "        end\n"
     "        moved = 1\n"
     "      end\n"
     "    elseif ARGV[21] ~= '' and cur == 'uncollectible' then\n"

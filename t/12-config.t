@@ -139,6 +139,30 @@ EOF
     billing_redis 127.0.0.1:%%REDIS_PORT%% db=1;
     billing_stripe_webhook_secret_file %%DIR%%/whsec;
 EOF
+    [ 'billing_reconcile 0', qr/"billing_reconcile" directive has an invalid value/, <<'EOF' . $SERVER ],
+    billing_redis 127.0.0.1:%%REDIS_PORT%%;
+    billing_stripe_webhook_secret_file %%DIR%%/whsec;
+    billing_reconcile 0;
+EOF
+    [ 'billing_reconcile 500ms', qr/"billing_reconcile" directive has an invalid value/, <<'EOF' . $SERVER ],
+    billing_redis 127.0.0.1:%%REDIS_PORT%%;
+    billing_stripe_webhook_secret_file %%DIR%%/whsec;
+    billing_reconcile 500ms;
+EOF
+    [ 'duplicate billing_overdue', qr/"billing_overdue" directive is duplicate/, <<'EOF' . $SERVER ],
+    billing_redis 127.0.0.1:%%REDIS_PORT%%;
+    billing_stripe_webhook_secret_file %%DIR%%/whsec;
+    billing_overdue 3d;
+    billing_overdue off;
+EOF
+    [ 'billing_overdue in a server', qr/"billing_overdue" directive is not allowed here/, <<'EOF' ],
+    billing_redis 127.0.0.1:%%REDIS_PORT%%;
+    billing_stripe_webhook_secret_file %%DIR%%/whsec;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        billing_overdue 3d;
+    }
+EOF
     [ 'billing_redis in a server', qr/billing_redis/, <<'EOF' ],
     billing_stripe_webhook_secret_file %%DIR%%/whsec;
     server {

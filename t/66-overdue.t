@@ -65,10 +65,10 @@ sub gate {
 sub state { $t->redis('HGET', "billing:sub:$_[0]", 'state') }
 
 sub active_sub {
-    my ($id, $org) = @_;
+    my ($id, $org, $period) = @_;
     my $r = $t->api('POST', 'subscriptions',
-        subscription_request($id, $org // "org-$id", metering_period => "$P",
-            days_until_due => 0));
+        subscription_request($id, $org // "org-$id",
+            metering_period => $period // "$P", days_until_due => 0));
     is $r->{status}, 201, "$id: created" or diag $r->{content};
     my $w = $t->webhook(invoice_event(type => 'invoice.paid',
         invoice_id => $r->{json}{invoice}{id}, subscription => $id,
@@ -96,7 +96,9 @@ sub period_invoice {
 
 {
     active_sub('sub-o1', 'org-o');
-    active_sub('sub-o2', 'org-o');
+
+    # the same org, periods of an hour: no period invoice in this test
+    active_sub('sub-o2', 'org-o', '3600');
     is gate('sub-o1')->{status}, 200, 'sub-o1 active: 200';
 
     my $inv = period_invoice('sub-o1');
@@ -120,12 +122,9 @@ sub period_invoice {
     is $r->{json}{portal_url}, 'https://billing.stripe.com/p/login/test_123',
         '... the portal';
 
-    # the org's other subscription has its own invoices: unaffected by
-    # sub-o1's, and its own overdue invoice is its own matter
-    is gate('sub-o2')->{status}, 402, 'sub-o2 is past_due for its own invoice'
-        if state('sub-o2') eq 'past_due';
-    my $other = $t->redis('HGET', 'billing:sub:sub-o2', 'overdue_invoice');
-    isnt $other // '', $inv->{id}, 'sub-o2 never past_due for sub-o1\'s invoice';
+    # the org's other subscription: unaffected by sub-o1's invoice
+    is state('sub-o2'), 'active', 'sub-o2 of the same org: still active';
+    is gate('sub-o2')->{status}, 200, 'sub-o2: 200 meanwhile';
 
     my $w = $t->webhook(invoice_event(type => 'invoice.paid',
         invoice_id => $inv->{id}, subscription => 'sub-o1', kind => 'period'));
@@ -164,6 +163,39 @@ sub period_invoice {
 }
 
 # ---------------------------------------------------------------------
+# two overdue invoices: paying one leaves it past_due for the other
+
+{
+    active_sub('sub-o6');
+    my $a = period_invoice('sub-o6');
+    my $b = period_invoice('sub-o6', $a->{id});
+    ok $a && $b, 'sub-o6: two period invoices';
+    for my $inv ($a, $b) {
+        is $t->webhook(invoice_event(type => 'invoice.marked_uncollectible',
+            invoice_id => $inv->{id}, subscription => 'sub-o6',
+            kind => 'period'))->{status}, 200, "$inv->{id} uncollectible";
+    }
+    is state('sub-o6'), 'past_due', 'past_due';
+    my $first = $t->redis('HGET', 'billing:sub:sub-o6', 'overdue_invoice');
+    my ($other) = grep { $_ ne $first } $a->{id}, $b->{id};
+    $t->webhook(invoice_event(type => 'invoice.paid', invoice_id => $first,
+        subscription => 'sub-o6', kind => 'period'));
+    is state('sub-o6'), 'past_due', 'one paid: still past_due';
+    is $t->redis('HGET', 'billing:sub:sub-o6', 'overdue_invoice'), $other,
+        '... for the other one';
+    my $r = gate('sub-o6');
+    is $r->{json}{invoice}, $other, '... and the gate names it';
+    $t->webhook(invoice_event(type => 'invoice.paid', invoice_id => $other,
+        subscription => 'sub-o6', kind => 'period'));
+    # a third period invoice may be overdue by now: past_due for that one
+    my $now = state('sub-o6');
+    my $for = $t->redis('HGET', 'billing:sub:sub-o6', 'overdue_invoice') // '';
+    ok $now eq 'active'
+        || ($now eq 'past_due' && $for ne $a->{id} && $for ne $b->{id}),
+        "both paid: active, or past_due for a later one ($now)";
+}
+
+# ---------------------------------------------------------------------
 # paid at Stripe, no webhook: reconciliation makes it active
 
 {
@@ -197,6 +229,15 @@ sub period_invoice {
         invoice_id => $inv->{id}, subscription => 'sub-o5', kind => 'period'));
     is state('sub-o5'), 'active', 'off: not even uncollectible';
     is gate('sub-o5')->{status}, 200, 'off: 200';
+
+    # one left past_due from before: its overdue invoice closes no gate
+    ok wait_until(sub { $t->redis('HGET', 'billing:sub:sub-o4', 'state') }, 1),
+        'sub-o4 is there';
+    $t->redis('HSET', 'billing:sub:sub-o4', state => 'past_due',
+        overdue_invoice => $inv->{id});
+    $t->redis('PUBLISH', 'billing:events', 'sub-o4');
+    ok wait_until(sub { gate('sub-o4')->{status} == 200 }, 3),
+        'off: a past_due subscription is let through';
 }
 
 $t->ignore_log(qr/billing stripe/);

@@ -1335,6 +1335,27 @@ test_currency_amount_customer(void)
         ngx_billing_event_free(&ev);
     }
 
+    {
+        static const struct {
+            const char  *json;
+            int64_t      value;
+        } dues[] = {
+            { "1767225600", 1767225600 }, { "null", 0 }, { "0", 0 },
+            { "-5", 0 }, { "\"1767225600\"", 0 }, { "1.5", 0 },
+        };
+
+        for (i = 0; i < sizeof(dues) / sizeof(dues[0]); i++) {
+            snprintf(f, sizeof(f), "\"due_date\":%s", dues[i].json);
+
+            if (accepts(&ev, paid(f), "due_date %s", dues[i].json)) {
+                is_int(ev.due_date, dues[i].value, "due_date %s: %lld",
+                       dues[i].json, (long long) dues[i].value);
+            }
+
+            ngx_billing_event_free(&ev);
+        }
+    }
+
     for (i = 0; i < sizeof(customers) / sizeof(customers[0]); i++) {
         snprintf(f, sizeof(f), "\"customer\":%s", customers[i].json);
 
