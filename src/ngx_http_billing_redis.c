@@ -360,8 +360,10 @@ ngx_http_billing_redis_write_handler(ngx_event_t *wev)
 }
 
 
-static ngx_int_t
-ngx_http_billing_redis_test_connect(ngx_http_billing_redis_t *rd)
+/* how a non-blocking connect() ended: 0, or its error */
+
+ngx_err_t
+ngx_http_billing_redis_connect_error(ngx_connection_t *c)
 {
     int        err;
     socklen_t  len;
@@ -369,12 +371,20 @@ ngx_http_billing_redis_test_connect(ngx_http_billing_redis_t *rd)
     err = 0;
     len = sizeof(int);
 
-    if (getsockopt(rd->peer.connection->fd, SOL_SOCKET, SO_ERROR,
-                   (void *) &err, &len)
-        == -1)
-    {
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, (void *) &err, &len) == -1) {
         err = ngx_socket_errno;
     }
+
+    return err;
+}
+
+
+static ngx_int_t
+ngx_http_billing_redis_test_connect(ngx_http_billing_redis_t *rd)
+{
+    ngx_err_t  err;
+
+    err = ngx_http_billing_redis_connect_error(rd->peer.connection);
 
     if (err) {
         ngx_log_error(NGX_LOG_ERR, rd->log, err,

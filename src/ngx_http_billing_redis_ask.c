@@ -217,22 +217,13 @@ ngx_http_billing_sentinel_close(ngx_http_billing_sentinel_ask_t *ask)
 static ngx_int_t
 ngx_http_billing_sentinel_connected(ngx_http_billing_sentinel_ask_t *ask)
 {
-    int        err;
-    socklen_t  len;
+    ngx_err_t  err;
 
     if (ask->connected) {
         return NGX_OK;
     }
 
-    err = 0;
-    len = sizeof(int);
-
-    if (getsockopt(ask->peer.connection->fd, SOL_SOCKET, SO_ERROR,
-                   (void *) &err, &len)
-        == -1)
-    {
-        err = ngx_socket_errno;
-    }
+    err = ngx_http_billing_redis_connect_error(ask->peer.connection);
 
     if (err) {
         ngx_log_error(NGX_LOG_WARN, ask->log, err,

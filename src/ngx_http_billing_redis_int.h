@@ -191,6 +191,7 @@ struct ngx_http_billing_redis_s {
 
 /* ngx_http_billing_redis.c */
 void ngx_http_billing_redis_connect(ngx_http_billing_redis_t *rd);
+ngx_err_t ngx_http_billing_redis_connect_error(ngx_connection_t *c);
 void ngx_http_billing_redis_open(ngx_http_billing_redis_t *rd);
 void ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd,
     ngx_uint_t level, const char *reason);
