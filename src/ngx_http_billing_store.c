@@ -52,8 +52,9 @@
  * (no "period") had its period start set at the claim: it starts now.
  *
  * Only a change the gate sees (the subscription's state, its first
- * invoice's status or its first hosted_invoice_url) is published: a repeated or stale event, or one of a period
- * invoice, drops no cache entry anywhere.  The reply's fourth element is
+ * invoice's status or its first hosted_invoice_url) is published: a
+ * repeated or stale event, or one of a period invoice that moves no
+ * state, drops no cache entry anywhere.  The reply's fourth element is
  * the subscription's new version, 0 when nothing was published.
  */
 
