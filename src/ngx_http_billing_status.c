@@ -464,19 +464,35 @@ ngx_http_billing_stat_endpoint(ngx_uint_t method, ngx_str_t *path)
 }
 
 
+/* the index of s among n label values, n if none */
+
+static ngx_uint_t
+ngx_http_billing_stat_find(const char **values, ngx_uint_t n, ngx_str_t *s)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < n; i++) {
+        if (ngx_strlen(values[i]) == s->len
+            && ngx_strncmp(values[i], s->data, s->len) == 0)
+        {
+            return i;
+        }
+    }
+
+    return n;
+}
+
+
 ngx_uint_t
 ngx_http_billing_stat_event(ngx_str_t *type)
 {
     ngx_uint_t  i;
 
-    for (i = 0; i < NGX_HTTP_BILLING_EV_INVOICE_OTHER; i++) {
-        if (ngx_strlen(ngx_http_billing_event_types[i]) == type->len
-            && ngx_strncmp(ngx_http_billing_event_types[i], type->data,
-                           type->len)
-               == 0)
-        {
-            return i;
-        }
+    i = ngx_http_billing_stat_find(ngx_http_billing_event_types,
+                                   NGX_HTTP_BILLING_EV_INVOICE_OTHER, type);
+
+    if (i < NGX_HTTP_BILLING_EV_INVOICE_OTHER) {
+        return i;
     }
 
     if (type->len > 8 && ngx_strncmp(type->data, "invoice.", 8) == 0) {
@@ -510,18 +526,8 @@ ngx_http_billing_stat_decision(const char *code)
 ngx_uint_t
 ngx_http_billing_stat_kind(ngx_str_t *kind)
 {
-    ngx_uint_t  i;
-
-    for (i = 0; i < NGX_HTTP_BILLING_KIND_N; i++) {
-        if (ngx_strlen(ngx_http_billing_kinds[i]) == kind->len
-            && ngx_strncmp(ngx_http_billing_kinds[i], kind->data, kind->len)
-               == 0)
-        {
-            return i;
-        }
-    }
-
-    return NGX_HTTP_BILLING_KIND_N;
+    return ngx_http_billing_stat_find(ngx_http_billing_kinds,
+                                      NGX_HTTP_BILLING_KIND_N, kind);
 }
 
 
