@@ -59,18 +59,14 @@ static void ngx_http_billing_api_cleanup(void *data);
 char *
 ngx_http_billing_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_billing_main_conf_t  *bmcf = conf;
+    ngx_http_billing_srv_conf_t  *bscf = conf;
 
-    ngx_http_core_srv_conf_t   *cscf;
-    ngx_http_billing_server_t  *srv;
+    ngx_http_core_srv_conf_t      *cscf;
+    ngx_http_billing_server_t     *srv;
+    ngx_http_billing_main_conf_t  *bmcf;
 
     cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
-
-    /* the scheduler's Stripe calls go where the API's go */
-
-    if (bmcf->timer_ctx == NULL) {
-        bmcf->timer_ctx = cscf->ctx;
-    }
+    bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
 
     /* each such server must have billing_stripe_location: checked later */
 
@@ -92,7 +88,7 @@ ngx_http_billing_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     srv->line = cf->conf_file->line;
 
     return ngx_http_billing_content(cf, ngx_http_billing_api_handler,
-                                    &bmcf->api_file, &bmcf->api_line);
+                                    &bscf->api_file, &bscf->api_line);
 }
 
 
@@ -223,11 +219,11 @@ ngx_http_billing_api_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_billing_api_authorized(ngx_http_request_t *r)
 {
-    u_char                        *p, *last;
-    ngx_table_elt_t               *h;
-    ngx_http_billing_main_conf_t  *bmcf;
+    u_char                       *p, *last;
+    ngx_table_elt_t              *h;
+    ngx_http_billing_srv_conf_t  *m;
 
-    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+    m = ngx_http_billing_market(r);
 
     h = r->headers_in.authorization;
 
@@ -247,8 +243,8 @@ ngx_http_billing_api_authorized(ngx_http_request_t *r)
 
     /* compared as digests: the time taken says nothing of the token */
 
-    if (!ngx_billing_secure_equal(p, last - p, bmcf->api_token.data,
-                                  bmcf->api_token.len))
+    if (!ngx_billing_secure_equal(p, last - p, m->api_token.data,
+                                  m->api_token.len))
     {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "billing api: wrong bearer token");
@@ -482,7 +478,7 @@ ngx_http_billing_api_issue(ngx_http_request_t *r)
 
     /* the keys name a step of this subscription, claimed at "created" */
 
-    prefix = &ctx->owner.bmcf->redis_conf->prefix;
+    prefix = &ctx->owner.market->prefix;
 
     spec.key.len = prefix->len + sizeof("sub:::initial") - 1 + ctx->id.len
                    + ctx->created.len;
@@ -530,8 +526,7 @@ ngx_http_billing_api_issue(ngx_http_request_t *r)
     log = *clcf->error_log;
     log.connection = r->connection->number;
 
-    ctx->job = ngx_http_billing_invoice_issue(&spec, ctx->owner.bmcf,
-                                              ctx->owner.conf_ctx, &log);
+    ctx->job = ngx_http_billing_invoice_issue(&spec, &ctx->owner, &log);
     if (ctx->job == NULL) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
@@ -687,13 +682,13 @@ static json_t *
 ngx_http_billing_api_subscription(ngx_http_request_t *r, redisReply *sub,
     redisReply *invoices, redisReply *usage)
 {
-    size_t                         i;
-    json_t                        *json, *list, *plan, *period;
-    redisReply                    *v;
-    json_error_t                   error;
-    ngx_http_billing_main_conf_t  *bmcf;
+    size_t                        i;
+    json_t                       *json, *list, *plan, *period;
+    redisReply                   *v;
+    json_error_t                  error;
+    ngx_http_billing_srv_conf_t  *m;
 
-    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+    m = ngx_http_billing_market(r);
 
     list = json_array();
     if (list == NULL) {
@@ -722,10 +717,9 @@ ngx_http_billing_api_subscription(ngx_http_request_t *r, redisReply *sub,
                      "plan", plan ? plan : json_null(),
                      "current_period", period ? period : json_null(),
                      "invoices", list,
-                     "portal_url", bmcf->portal_url.len
-                                   ? json_stringn((char *)
-                                                  bmcf->portal_url.data,
-                                                  bmcf->portal_url.len)
+                     "portal_url", m->portal_url.len
+                                   ? json_stringn((char *) m->portal_url.data,
+                                                  m->portal_url.len)
                                    : json_null());
 
     return json;

@@ -31,6 +31,15 @@
 /* a version known, its data not: looked up as a miss */
 #define NGX_HTTP_BILLING_CACHE_MARKER  0xff
 
+/*
+ * The same id in two marketplaces names two entries: the marketplace's
+ * name is part of the key (not its index, which a reload may change
+ * while the zone stays).
+ */
+#define ngx_http_billing_cache_hash(market, id)                              \
+    (ngx_crc32_short((id)->data, (id)->len)                                  \
+     ^ ((market)->len ? ngx_crc32_short((market)->data, (market)->len) : 0))
+
 
 typedef struct {
     u_char                      color;
@@ -48,8 +57,9 @@ typedef struct {
     time_t                      cur_end;
     int64_t                     period_seconds;
     u_char                      period_kind;
+    u_char                      market_len;
 
-    u_char                      data[1];     /* id, invoice, pay_url */
+    u_char                      data[1];  /* market, id, invoice, pay_url */
 } ngx_http_billing_cache_node_t;
 
 
@@ -72,7 +82,8 @@ static void ngx_http_billing_cache_rbtree_insert_value(
     ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
     ngx_rbtree_node_t *sentinel);
 static ngx_rbtree_node_t *ngx_http_billing_cache_lookup(
-    ngx_http_billing_cache_zone_t *zone, ngx_str_t *id, uint32_t hash);
+    ngx_http_billing_cache_zone_t *zone, ngx_str_t *market, ngx_str_t *id,
+    uint32_t hash);
 static void ngx_http_billing_cache_remove(ngx_http_billing_cache_zone_t *zone,
     ngx_rbtree_node_t *node);
 static ngx_rbtree_node_t *ngx_http_billing_cache_alloc(
@@ -259,8 +270,9 @@ ngx_http_billing_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
 
 ngx_int_t
-ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache, ngx_str_t *id,
-    ngx_http_billing_entry_t *entry, ngx_pool_t *pool)
+ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
+    ngx_str_t *market, ngx_str_t *id, ngx_http_billing_entry_t *entry,
+    ngx_pool_t *pool)
 {
     u_char                         *p;
     uint32_t                        hash;
@@ -269,11 +281,11 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache, ngx_str_t *id,
     ngx_http_billing_cache_zone_t  *zone;
 
     zone = cache->shm_zone->data;
-    hash = ngx_crc32_short(id->data, id->len);
+    hash = ngx_http_billing_cache_hash(market, id);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    node = ngx_http_billing_cache_lookup(zone, id, hash);
+    node = ngx_http_billing_cache_lookup(zone, market, id, hash);
 
     if (node == NULL) {
         ngx_shmtx_unlock(&zone->shpool->mutex);
@@ -322,11 +334,13 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache, ngx_str_t *id,
 
     entry->invoice.data = p;
     entry->invoice.len = cn->invoice_len;
-    p = ngx_cpymem(p, cn->data + cn->id_len, cn->invoice_len);
+    p = ngx_cpymem(p, cn->data + cn->market_len + cn->id_len,
+                   cn->invoice_len);
 
     entry->pay_url.data = p;
     entry->pay_url.len = cn->url_len;
-    ngx_memcpy(p, cn->data + cn->id_len + cn->invoice_len, cn->url_len);
+    ngx_memcpy(p, cn->data + cn->market_len + cn->id_len + cn->invoice_len,
+               cn->url_len);
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -335,8 +349,9 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache, ngx_str_t *id,
 
 
 void
-ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
-    ngx_http_billing_entry_t *entry, ngx_log_t *log)
+ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
+    ngx_str_t *market, ngx_str_t *id, ngx_http_billing_entry_t *entry,
+    ngx_log_t *log)
 {
     u_char                         *p;
     size_t                          size;
@@ -352,15 +367,15 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
     }
 
     zone = cache->shm_zone->data;
-    hash = ngx_crc32_short(id->data, id->len);
+    hash = ngx_http_billing_cache_hash(market, id);
 
     size = offsetof(ngx_rbtree_node_t, color)
            + offsetof(ngx_http_billing_cache_node_t, data)
-           + id->len + entry->invoice.len + entry->pay_url.len;
+           + market->len + id->len + entry->invoice.len + entry->pay_url.len;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    node = ngx_http_billing_cache_lookup(zone, id, hash);
+    node = ngx_http_billing_cache_lookup(zone, market, id, hash);
 
     if (node) {
         cn = (ngx_http_billing_cache_node_t *) &node->color;
@@ -395,6 +410,7 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
     cn->state = (u_char) entry->state;
     cn->fetched = entry->fetched;
     cn->version = entry->version;
+    cn->market_len = (u_char) market->len;
     cn->id_len = (u_short) id->len;
     cn->invoice_len = (u_short) entry->invoice.len;
     cn->url_len = (u_short) entry->pay_url.len;
@@ -406,7 +422,8 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
 
     /* the strings may be empty, their data NULL: no memcpy() of those */
 
-    p = ngx_cpymem(cn->data, id->data, id->len);
+    p = ngx_cpymem(cn->data, market->data, market->len);
+    p = ngx_cpymem(p, id->data, id->len);
 
     if (entry->invoice.len) {
         p = ngx_cpymem(p, entry->invoice.data, entry->invoice.len);
@@ -425,7 +442,7 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache, ngx_str_t *id,
 
 void
 ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
-    ngx_str_t *id, uint64_t version, ngx_log_t *log)
+    ngx_str_t *market, ngx_str_t *id, uint64_t version, ngx_log_t *log)
 {
     size_t                          size;
     uint32_t                        hash;
@@ -438,11 +455,11 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
     }
 
     zone = cache->shm_zone->data;
-    hash = ngx_crc32_short(id->data, id->len);
+    hash = ngx_http_billing_cache_hash(market, id);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    node = ngx_http_billing_cache_lookup(zone, id, hash);
+    node = ngx_http_billing_cache_lookup(zone, market, id, hash);
 
     if (node) {
         cn = (ngx_http_billing_cache_node_t *) &node->color;
@@ -484,7 +501,8 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
      */
 
     size = offsetof(ngx_rbtree_node_t, color)
-           + offsetof(ngx_http_billing_cache_node_t, data) + id->len;
+           + offsetof(ngx_http_billing_cache_node_t, data) + market->len
+           + id->len;
 
     node = ngx_http_billing_cache_alloc(zone, size, log);
     if (node == NULL) {
@@ -501,8 +519,10 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
     cn->state = NGX_HTTP_BILLING_CACHE_MARKER;
     cn->fetched = ngx_current_msec;
     cn->version = version;
+    cn->market_len = (u_char) market->len;
     cn->id_len = (u_short) id->len;
-    ngx_memcpy(cn->data, id->data, id->len);
+    ngx_memcpy(ngx_cpymem(cn->data, market->data, market->len), id->data,
+               id->len);
 
     ngx_rbtree_insert(&zone->sh->rbtree, node);
     ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
@@ -594,7 +614,7 @@ done:
 
 static ngx_rbtree_node_t *
 ngx_http_billing_cache_lookup(ngx_http_billing_cache_zone_t *zone,
-    ngx_str_t *id, uint32_t hash)
+    ngx_str_t *market, ngx_str_t *id, uint32_t hash)
 {
     ngx_int_t                       rc;
     ngx_rbtree_node_t              *node, *sentinel;
@@ -619,7 +639,13 @@ ngx_http_billing_cache_lookup(ngx_http_billing_cache_zone_t *zone,
 
         cn = (ngx_http_billing_cache_node_t *) &node->color;
 
-        rc = ngx_memn2cmp(id->data, cn->data, id->len, (size_t) cn->id_len);
+        rc = ngx_memn2cmp(market->data, cn->data, market->len,
+                          (size_t) cn->market_len);
+
+        if (rc == 0) {
+            rc = ngx_memn2cmp(id->data, cn->data + cn->market_len, id->len,
+                              (size_t) cn->id_len);
+        }
 
         if (rc == 0) {
             return node;
@@ -651,6 +677,7 @@ ngx_http_billing_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
     ngx_rbtree_node_t              **p;
+    ngx_int_t                        rc;
     ngx_http_billing_cache_node_t   *cn, *cnt;
 
     for ( ;; ) {
@@ -668,9 +695,16 @@ ngx_http_billing_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
             cn = (ngx_http_billing_cache_node_t *) &node->color;
             cnt = (ngx_http_billing_cache_node_t *) &temp->color;
 
-            p = (ngx_memn2cmp(cn->data, cnt->data, cn->id_len, cnt->id_len)
-                 < 0)
-                ? &temp->left : &temp->right;
+            rc = ngx_memn2cmp(cn->data, cnt->data, cn->market_len,
+                              cnt->market_len);
+
+            if (rc == 0) {
+                rc = ngx_memn2cmp(cn->data + cn->market_len,
+                                  cnt->data + cnt->market_len, cn->id_len,
+                                  cnt->id_len);
+            }
+
+            p = (rc < 0) ? &temp->left : &temp->right;
         }
 
         if (*p == sentinel) {

@@ -51,9 +51,13 @@ struct ngx_http_billing_cache_s {
 char *ngx_http_billing_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
-/* NGX_OK and the entry (strings in pool), or NGX_DECLINED */
+/*
+ * Entries are of a marketplace (its name) and a subscription id.
+ * NGX_OK and the entry (strings in pool), or NGX_DECLINED.
+ */
 ngx_int_t ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
-    ngx_str_t *id, ngx_http_billing_entry_t *entry, ngx_pool_t *pool);
+    ngx_str_t *market, ngx_str_t *id, ngx_http_billing_entry_t *entry,
+    ngx_pool_t *pool);
 
 /*
  * Stores what Redis said, entry->fetched being when it was asked, unless
@@ -61,7 +65,8 @@ ngx_int_t ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
  * when the zone is full.
  */
 void ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
-    ngx_str_t *id, ngx_http_billing_entry_t *entry, ngx_log_t *log);
+    ngx_str_t *market, ngx_str_t *id, ngx_http_billing_entry_t *entry,
+    ngx_log_t *log);
 
 /*
  * The metering period that time now falls in, into cur_start and
@@ -77,7 +82,7 @@ void ngx_http_billing_entry_period(ngx_http_billing_entry_t *entry,
  * older than the change is stored afterwards.
  */
 void ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
-    ngx_str_t *id, uint64_t version, ngx_log_t *log);
+    ngx_str_t *market, ngx_str_t *id, uint64_t version, ngx_log_t *log);
 
 
 #endif /* _NGX_HTTP_BILLING_CACHE_H_INCLUDED_ */

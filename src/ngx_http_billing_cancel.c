@@ -161,7 +161,7 @@ ngx_http_billing_api_cancelled(void *data, redisReply *reply)
                                          &ctx->invoice)
                              - p;
 
-        len = bmcf->redis_conf->prefix.len + sizeof("sub:::void") - 1
+        len = ctx->owner.market->prefix.len + sizeof("sub:::void") - 1
               + ctx->id.len + created.len;
         p = ngx_pnalloc(r->pool, len);
         if (p == NULL) {
@@ -171,7 +171,7 @@ ngx_http_billing_api_cancelled(void *data, redisReply *reply)
 
         ctx->call.idempotency_key.data = p;
         ctx->call.idempotency_key.len = ngx_sprintf(p, "%Vsub:%V:%V:void",
-                                                    &bmcf->redis_conf->prefix,
+                                                    &ctx->owner.market->prefix,
                                                     &ctx->id, &created)
                                         - p;
 
@@ -197,7 +197,7 @@ ngx_http_billing_api_cancelled(void *data, redisReply *reply)
             || (reply->element[2]->len == 8
                 && ngx_strncmp(reply->element[2]->str, "past_due", 8) == 0)))
     {
-        (void) ngx_http_billing_scheduler_kick(bmcf, &ctx->id);
+        (void) ngx_http_billing_scheduler_kick(ctx->owner.market, &ctx->id);
     }
 
     ctx->deadline = ngx_current_msec + bmcf->stripe_timeout

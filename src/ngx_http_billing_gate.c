@@ -54,7 +54,8 @@
 
 
 static void ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up);
-static void ngx_http_billing_gate_message(void *data, ngx_str_t *message);
+static void ngx_http_billing_gate_message(void *data, ngx_str_t *channel,
+    ngx_str_t *message);
 static ngx_int_t ngx_http_billing_gate_rewrite(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_access(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_access_last(ngx_http_request_t *r);
@@ -177,8 +178,9 @@ ngx_int_t
 ngx_http_billing_gate_init_worker(ngx_cycle_t *cycle,
     ngx_http_billing_main_conf_t *bmcf)
 {
-    u_char     *p;
-    ngx_str_t   events;
+    ngx_uint_t                     i;
+    ngx_str_t                     *events;
+    ngx_http_billing_srv_conf_t  **markets;
 
     if (bmcf->cache == NULL) {
         return NGX_OK;
@@ -191,22 +193,24 @@ ngx_http_billing_gate_init_worker(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
-    p = ngx_pnalloc(cycle->pool, bmcf->redis_conf->prefix.len
-                                 + sizeof("events") - 1);
-    if (p == NULL) {
+    /* each marketplace's changes on its own channel */
+
+    events = ngx_palloc(cycle->pool, bmcf->markets.nelts * sizeof(ngx_str_t));
+    if (events == NULL) {
         return NGX_ERROR;
     }
 
-    events.data = p;
-    p = ngx_cpymem(p, bmcf->redis_conf->prefix.data,
-                   bmcf->redis_conf->prefix.len);
-    p = ngx_cpymem(p, "events", sizeof("events") - 1);
-    events.len = p - events.data;
+    markets = bmcf->markets.elts;
 
-    ngx_http_billing_redis_subscribe(bmcf->subscriber, &events,
+    for (i = 0; i < bmcf->markets.nelts; i++) {
+        events[i] = markets[i]->events;
+    }
+
+    ngx_http_billing_redis_subscribe(bmcf->subscriber, events,
+                                     bmcf->markets.nelts,
                                      ngx_http_billing_gate_message,
                                      ngx_http_billing_gate_subscribed,
-                                     bmcf->cache);
+                                     bmcf);
 
     return NGX_OK;
 }
@@ -232,13 +236,34 @@ ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up)
 
 
 static void
-ngx_http_billing_gate_message(void *data, ngx_str_t *message)
+ngx_http_billing_gate_message(void *data, ngx_str_t *channel,
+    ngx_str_t *message)
 {
-    ngx_http_billing_cache_t  *cache = data;
+    ngx_http_billing_main_conf_t  *bmcf = data;
 
-    u_char     *p;
-    off_t       version;
-    ngx_str_t   id;
+    u_char                        *p;
+    off_t                          version;
+    ngx_str_t                      id;
+    ngx_uint_t                     i;
+    ngx_http_billing_srv_conf_t  **markets;
+
+    /* the channel says whose subscription it is */
+
+    markets = bmcf->markets.elts;
+
+    for (i = 0; i < bmcf->markets.nelts; i++) {
+        if (markets[i]->events.len == channel->len
+            && ngx_strncmp(markets[i]->events.data, channel->data,
+                           channel->len)
+               == 0)
+        {
+            break;
+        }
+    }
+
+    if (i == bmcf->markets.nelts) {
+        return;
+    }
 
     /* "VERSION ID"; a node before 0.5 publishes the bare id */
 
@@ -260,8 +285,8 @@ ngx_http_billing_gate_message(void *data, ngx_str_t *message)
                    "billing gate: \"%V\" changed, version %O",
                    &id, version);
 
-    ngx_http_billing_cache_changed(cache, &id, (uint64_t) version,
-                                   ngx_cycle->log);
+    ngx_http_billing_cache_changed(bmcf->cache, &markets[i]->name, &id,
+                                   (uint64_t) version, ngx_cycle->log);
 }
 
 
@@ -397,6 +422,7 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
 
     ctx->base.kind = NGX_HTTP_BILLING_CTX_GATE;
     ctx->gate = blcf->gate;
+    ctx->market = ngx_http_billing_market(r);
 
     if (ngx_http_complex_value(r, blcf->gate, &ctx->id) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -418,8 +444,8 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
 
     if (bmcf->cache
-        && ngx_http_billing_cache_get(bmcf->cache, &ctx->id, &ctx->entry,
-                                      r->pool)
+        && ngx_http_billing_cache_get(bmcf->cache, &ctx->market->name,
+                                      &ctx->id, &ctx->entry, r->pool)
            == NGX_OK)
     {
         if (ngx_http_billing_gate_fresh(r, &ctx->entry) == NGX_OK) {
@@ -566,7 +592,8 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
     }
 
     if (ctx->status == NGX_HTTP_BILLING_GATE_KNOWN && bmcf->cache) {
-        ngx_http_billing_cache_put(bmcf->cache, &ctx->id, entry, c->log);
+        ngx_http_billing_cache_put(bmcf->cache, &ctx->market->name, &ctx->id,
+                                   entry, c->log);
     }
 
     /* the reply goes when this returns: keep what the answer needs */
@@ -703,9 +730,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
 
         /* billing_overdue turned off: overdue invoices close no gate */
 
-        bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
-
-        if (bmcf->overdue == 0) {
+        if (ctx->market->overdue == 0) {
             ngx_http_billing_gate_count(ctx, NGX_HTTP_BILLING_DEC_ALLOW);
             return ngx_http_billing_gate_allow(r, ctx);
         }
@@ -869,11 +894,11 @@ static ngx_int_t
 ngx_http_billing_gate_body(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx)
 {
-    json_t                        *json, *v;
-    ngx_int_t                      rc;
-    ngx_http_billing_main_conf_t  *bmcf;
+    json_t                       *json, *v;
+    ngx_int_t                     rc;
+    ngx_http_billing_srv_conf_t  *m;
 
-    bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+    m = ctx->market;
 
     json = ngx_http_billing_json_error(ctx->code, ctx->message,
                                        ngx_strlen(ctx->message));
@@ -897,9 +922,8 @@ ngx_http_billing_gate_body(ngx_http_request_t *r,
             : json_null();
         json_object_set_new(json, "pay_url", v);
 
-        v = bmcf->portal_url.len
-            ? json_stringn((char *) bmcf->portal_url.data,
-                           bmcf->portal_url.len)
+        v = m->portal_url.len
+            ? json_stringn((char *) m->portal_url.data, m->portal_url.len)
             : json_null();
         json_object_set_new(json, "portal_url", v);
     }

@@ -33,6 +33,8 @@ typedef struct {
     /* the gate decided on: a "rewrite ... last" may lead to another */
     ngx_http_complex_value_t   *gate;
 
+    /* the subscription: of the server's marketplace, and its id */
+    ngx_http_billing_srv_conf_t *market;
     ngx_str_t                   id;
     ngx_uint_t                  status;
     ngx_http_billing_entry_t    entry;

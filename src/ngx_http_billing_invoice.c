@@ -49,8 +49,7 @@ static u_char *ngx_http_billing_invoice_log_handler(ngx_log_t *log,
 
 ngx_http_billing_invoice_job_t *
 ngx_http_billing_invoice_issue(ngx_http_billing_invoice_spec_t *spec,
-    ngx_http_billing_main_conf_t *bmcf, ngx_http_conf_ctx_t *conf_ctx,
-    ngx_log_t *log)
+    ngx_http_billing_owner_t *from, ngx_log_t *log)
 {
     ngx_pool_t                      *pool;
     ngx_http_billing_invoice_job_t  *job;
@@ -85,8 +84,9 @@ ngx_http_billing_invoice_issue(ngx_http_billing_invoice_spec_t *spec,
 
     job->owner.pool = pool;
     job->owner.log = &job->log;
-    job->owner.bmcf = bmcf;
-    job->owner.conf_ctx = conf_ctx;
+    job->owner.bmcf = from->bmcf;
+    job->owner.market = from->market;
+    job->owner.conf_ctx = from->conf_ctx;
 
     job->call.owner = job->owner;
     job->call.data = job;

@@ -96,14 +96,14 @@ typedef struct {
 
 
 /*
- * Starts issuing the invoice; everything in spec is copied.  Its Stripe
- * calls go to the locations of the server conf_ctx, and it logs to a
- * copy of log.  The handler is called once, never from within this
+ * Starts issuing the invoice; everything in spec is copied.  It is of
+ * the marketplace of "from", its Stripe calls go to the locations of
+ * the server of "from" (whose pool and log it does not use), and it
+ * logs to a copy of log.  The handler is called once, never from within this
  * call, unless the job is detached first.  NULL: nothing was started.
  */
 ngx_http_billing_invoice_job_t *ngx_http_billing_invoice_issue(
-    ngx_http_billing_invoice_spec_t *spec,
-    ngx_http_billing_main_conf_t *bmcf, ngx_http_conf_ctx_t *conf_ctx,
+    ngx_http_billing_invoice_spec_t *spec, ngx_http_billing_owner_t *from,
     ngx_log_t *log);
 
 /* the handler will not be called; the job still goes to its end */

@@ -99,7 +99,7 @@ ngx_http_billing_invoice_stripe(ngx_http_billing_invoice_job_t *job,
 
     call = &job->call;
 
-    len = job->owner.bmcf->redis_conf->prefix.len
+    len = job->owner.market->prefix.len
           + sizeof("customer::") - 1 + job->spec.consumer_org.len + 32
           + job->spec.key.len + 1 + (step ? ngx_strlen(step) : 0)
           + (name ? name->len : 0);
@@ -118,8 +118,8 @@ ngx_http_billing_invoice_stripe(ngx_http_billing_invoice_job_t *job,
         ngx_md5_update(&md5, job->spec.name.data, job->spec.name.len);
         ngx_md5_final(digest, &md5);
 
-        p = ngx_cpymem(p, job->owner.bmcf->redis_conf->prefix.data,
-                       job->owner.bmcf->redis_conf->prefix.len);
+        p = ngx_cpymem(p, job->owner.market->prefix.data,
+                       job->owner.market->prefix.len);
         p = ngx_sprintf(p, "customer:%V:", &job->spec.consumer_org);
         p = ngx_hex_dump(p, digest, sizeof(digest));
 

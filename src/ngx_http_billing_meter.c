@@ -345,7 +345,9 @@ ngx_http_billing_meter_handler(ngx_http_request_t *r)
     u_char                        *p;
     time_t                         start;
     int64_t                        units;
-    ngx_str_t                      id, value;
+    ngx_str_t                      id, key, value;
+    ngx_http_billing_srv_conf_t   *m;
+    u_char                         buf[NGX_HTTP_BILLING_METER_KEY_MAX];
     ngx_uint_t                     status;
     ngx_http_billing_loc_conf_t   *blcf;
     ngx_http_billing_main_conf_t  *bmcf;
@@ -401,7 +403,21 @@ ngx_http_billing_meter_handler(ngx_http_request_t *r)
         }
     }
 
-    ngx_http_billing_meter_add(bmcf->meter, &id, start, units,
+    /*
+     * Counted as "<marketplace>/<id>": the name, not an index a reload
+     * may change while the zone keeps its counts; "" is the default's.
+     */
+
+    m = ngx_http_billing_market(r);
+
+    if (m->name.len + 1 + id.len > NGX_HTTP_BILLING_METER_KEY_MAX) {
+        return NGX_OK;
+    }
+
+    key.data = buf;
+    key.len = ngx_sprintf(buf, "%V/%V", &m->name, &id) - buf;
+
+    ngx_http_billing_meter_add(bmcf->meter, &key, start, units,
                                r->connection->log);
 
     ngx_http_billing_gate_counted(r, units);
@@ -424,7 +440,7 @@ ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_str_t *id,
 {
     uint32_t  hash;
 
-    if (id->len > NGX_BILLING_SUB_ID_MAX) {
+    if (id->len > NGX_HTTP_BILLING_METER_KEY_MAX) {
         return;
     }
 

@@ -94,8 +94,10 @@ static int ngx_libc_cdecl ngx_http_billing_meter_cmp(const void *one,
  *
  * ARGV[1] the key prefix, ARGV[2] this worker, ARGV[3] its mark ("":
  * unchanged), ARGV[4] "1": the worker's last batch, ARGV[5] now,
- * ARGV[6] the counts, "<id> <period start> <units>\n" each, ARGV[7]
- * the worker's flush id (host:pid:start), ARGV[8] the batch's number
+ * ARGV[6] the counts, "<marketplace>/<id> <period start> <units>\n"
+ * each (a marketplace's keys are under "<prefix>mp:<name>:", the
+ * default one's, named "", under the prefix), ARGV[7] the worker's flush
+ * id (host:pid:start), ARGV[8] the batch's number
  *
  * A worker sends its batches one at a time, in order, each until it is
  * answered: a batch is new when its number is above the last applied,
@@ -114,13 +116,16 @@ static const char  ngx_http_billing_meter_lua[] =
     "  redis.call('HSET', KEYS[1], ARGV[7], ARGV[8])\n"
     "  applied = 1\n"
     "  local seen = {}\n"
-    "  for id, s, n in string.gmatch(ARGV[6], '(%S+) (%d+) (%d+)\\n') do\n"
-    "    redis.call('HINCRBY', ARGV[1] .. 'usage:' .. id, s, n)\n"
-    "    if not seen[id] then\n"
-    "      seen[id] = true\n"
-    "      if redis.call('HGET', ARGV[1] .. 'sub:' .. id, 'state')"
+    "  for m, id, s, n in string.gmatch(ARGV[6],"
+    " '([^/%s]*)/(%S+) (%d+) (%d+)\\n') do\n"
+    "    local p = ARGV[1]\n"
+    "    if m ~= '' then p = p .. 'mp:' .. m .. ':' end\n"
+    "    redis.call('HINCRBY', p .. 'usage:' .. id, s, n)\n"
+    "    if not seen[m .. '/' .. id] then\n"
+    "      seen[m .. '/' .. id] = true\n"
+    "      if redis.call('HGET', p .. 'sub:' .. id, 'state')"
     " == 'cancelled' then\n"
-    "        redis.call('ZADD', ARGV[1] .. 'due', 'NX', ARGV[5], id)\n"
+    "        redis.call('ZADD', p .. 'due', 'NX', ARGV[5], id)\n"
     "      end\n"
     "    end\n"
     "  end\n"

@@ -17,6 +17,9 @@
 #include "ngx_http_billing_meter.h"
 
 
+/* a count's key: "<marketplace>/<subscription id>" */
+#define NGX_HTTP_BILLING_METER_KEY_MAX    (32 + 1 + NGX_BILLING_SUB_ID_MAX)
+
 /* workers of a node the zone knows of */
 #define NGX_HTTP_BILLING_METER_PIDS       1024
 

@@ -21,6 +21,7 @@
 #include "ngx_http_billing_stripe.h"
 #include "ngx_http_billing_status.h"
 #include "ngx_http_billing_reconcile.h"
+#include "ngx_http_billing_market.h"
 
 
 static void *ngx_http_billing_create_main_conf(ngx_conf_t *cf);
@@ -65,9 +66,9 @@ static ngx_command_t  ngx_http_billing_commands[] = {
       NULL },
 
     { ngx_string("billing_stripe_webhook_secret_file"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
       ngx_http_billing_webhook_secret_file,
-      NGX_HTTP_MAIN_CONF_OFFSET,
+      NGX_HTTP_SRV_CONF_OFFSET,
       0,
       NULL },
 
@@ -79,24 +80,24 @@ static ngx_command_t  ngx_http_billing_commands[] = {
       NULL },
 
     { ngx_string("billing_stripe_key_file"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
       ngx_http_billing_stripe_key_file,
-      NGX_HTTP_MAIN_CONF_OFFSET,
+      NGX_HTTP_SRV_CONF_OFFSET,
       0,
       NULL },
 
     { ngx_string("billing_stripe_api_version"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
-      NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(ngx_http_billing_main_conf_t, stripe_api_version),
+      NGX_HTTP_SRV_CONF_OFFSET,
+      offsetof(ngx_http_billing_srv_conf_t, stripe_api_version),
       &ngx_http_billing_api_version_p },
 
     { ngx_string("billing_stripe_location"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
-      NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(ngx_http_billing_main_conf_t, stripe_location),
+      NGX_HTTP_SRV_CONF_OFFSET,
+      offsetof(ngx_http_billing_srv_conf_t, stripe_location),
       &ngx_http_billing_location_p },
 
     { ngx_string("billing_stripe_timeout"),
@@ -107,23 +108,30 @@ static ngx_command_t  ngx_http_billing_commands[] = {
       NULL },
 
     { ngx_string("billing_portal_url"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
-      NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(ngx_http_billing_main_conf_t, portal_url),
+      NGX_HTTP_SRV_CONF_OFFSET,
+      offsetof(ngx_http_billing_srv_conf_t, portal_url),
       &ngx_http_billing_portal_url_p },
 
     { ngx_string("billing_api_token_file"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
       ngx_http_billing_api_token_file,
-      NGX_HTTP_MAIN_CONF_OFFSET,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("billing_marketplace"),
+      NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_http_billing_marketplace,
+      NGX_HTTP_SRV_CONF_OFFSET,
       0,
       NULL },
 
     { ngx_string("billing_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_billing_api,
-      NGX_HTTP_MAIN_CONF_OFFSET,
+      NGX_HTTP_SRV_CONF_OFFSET,
       0,
       NULL },
 
@@ -144,7 +152,7 @@ static ngx_command_t  ngx_http_billing_commands[] = {
     { ngx_string("billing_webhook"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_billing_webhook,
-      NGX_HTTP_MAIN_CONF_OFFSET,
+      NGX_HTTP_SRV_CONF_OFFSET,
       0,
       NULL },
 
@@ -191,10 +199,10 @@ static ngx_command_t  ngx_http_billing_commands[] = {
       NULL },
 
     { ngx_string("billing_overdue"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
       ngx_http_billing_reconcile_conf,
-      NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(ngx_http_billing_main_conf_t, overdue),
+      NGX_HTTP_SRV_CONF_OFFSET,
+      offsetof(ngx_http_billing_srv_conf_t, overdue),
       NULL },
 
     { ngx_string("billing_invoice_delay"),
@@ -222,8 +230,8 @@ static ngx_http_module_t  ngx_http_billing_module_ctx = {
     ngx_http_billing_create_main_conf,     /* create main configuration */
     ngx_http_billing_init_main_conf,       /* init main configuration */
 
-    NULL,                                  /* create server configuration */
-    NULL,                                  /* merge server configuration */
+    ngx_http_billing_create_srv_conf,      /* create server configuration */
+    ngx_http_billing_merge_srv_conf,       /* merge server configuration */
 
     ngx_http_billing_create_loc_conf,      /* create location configuration */
     ngx_http_billing_merge_loc_conf        /* merge location configuration */
@@ -260,12 +268,16 @@ ngx_http_billing_create_main_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     bmcf->redis_conf = NULL;
-     *     bmcf->webhook_secrets = NULL;
-     *     bmcf->stripe_key = { 0, NULL };
-     *     bmcf->stripe_api_version = { 0, NULL };
-     *     bmcf->webhook_file = { 0, NULL };
+     *     bmcf->cache = NULL;
      *     bmcf->redis = NULL;
      */
+
+    if (ngx_array_init(&bmcf->markets, cf->pool, 2,
+                       sizeof(ngx_http_billing_srv_conf_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
 
     bmcf->webhook_tolerance = NGX_CONF_UNSET;
     bmcf->stripe_timeout = NGX_CONF_UNSET_MSEC;
@@ -273,7 +285,6 @@ ngx_http_billing_create_main_conf(ngx_conf_t *cf)
     bmcf->meter_flush = NGX_CONF_UNSET_MSEC;
     bmcf->invoice_delay = NGX_CONF_UNSET;
     bmcf->reconcile = NGX_CONF_UNSET_MSEC;
-    bmcf->overdue = NGX_CONF_UNSET_MSEC;
     bmcf->scheduler = NGX_CONF_UNSET;
 
     return bmcf;
@@ -292,7 +303,6 @@ ngx_http_billing_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(bmcf->meter_flush, 1000);
     ngx_conf_init_value(bmcf->invoice_delay, 60);
     ngx_conf_init_msec_value(bmcf->reconcile, 600000);
-    ngx_conf_init_msec_value(bmcf->overdue, 0);
     ngx_conf_init_value(bmcf->scheduler, 1);
 
     if (bmcf->meter_flush == 0) {
@@ -301,15 +311,9 @@ ngx_http_billing_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (bmcf->stripe_api_version.data == NULL) {
-        ngx_str_set(&bmcf->stripe_api_version, "2022-11-15");
-    }
+    /* the http level's settings: the default marketplace */
 
-    if (bmcf->stripe_location.data == NULL) {
-        ngx_str_set(&bmcf->stripe_location, "/_billing_stripe");
-    }
-
-    if (ngx_http_billing_secret_init(cf, bmcf) != NGX_OK) {
+    if (ngx_http_billing_market_init(cf, bmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -381,41 +385,8 @@ ngx_http_billing_postconfiguration(ngx_conf_t *cf)
 
     /* checked here: http-level directives may follow the locations */
 
-    if (bmcf->webhook_file.len) {
-
-        if (bmcf->redis_conf == NULL) {
-            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "\"billing_webhook\" in %V:%ui needs "
-                          "\"billing_redis\" at the http level",
-                          &bmcf->webhook_file, bmcf->webhook_line);
-            return NGX_ERROR;
-        }
-
-        if (bmcf->webhook_secrets == NULL) {
-            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "\"billing_webhook\" in %V:%ui needs "
-                          "\"billing_stripe_webhook_secret_file\" "
-                          "at the http level",
-                          &bmcf->webhook_file, bmcf->webhook_line);
-            return NGX_ERROR;
-        }
-    }
-
-    if (bmcf->api_file.len) {
-
-        if (bmcf->api_token.len == 0 || bmcf->redis_conf == NULL
-            || bmcf->stripe_key.len == 0)
-        {
-            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                          "\"billing_api\" in %V:%ui needs \"%s\" "
-                          "at the http level",
-                          &bmcf->api_file, bmcf->api_line,
-                          bmcf->api_token.len == 0
-                          ? "billing_api_token_file"
-                          : bmcf->redis_conf == NULL
-                            ? "billing_redis" : "billing_stripe_key_file");
-            return NGX_ERROR;
-        }
+    if (ngx_http_billing_market_check(cf, bmcf) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     if (bmcf->gate_file.len && bmcf->redis_conf == NULL) {
@@ -561,6 +532,7 @@ ngx_http_billing_owner_request(ngx_http_billing_owner_t *owner,
     owner->pool = r->pool;
     owner->log = r->connection->log;
     owner->bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+    owner->market = ngx_http_billing_market(r);
     owner->conf_ctx = cscf->ctx;
 }
 

@@ -29,6 +29,7 @@ typedef struct ngx_http_billing_redis_s        ngx_http_billing_redis_t;
 typedef struct ngx_http_billing_cache_s        ngx_http_billing_cache_t;
 typedef struct ngx_http_billing_meter_s        ngx_http_billing_meter_t;
 typedef struct ngx_http_billing_scheduler_s    ngx_http_billing_scheduler_t;
+typedef struct ngx_http_billing_srv_conf_s     ngx_http_billing_srv_conf_t;
 
 
 /* the head of a client request's context */
@@ -68,28 +69,20 @@ typedef struct {
 typedef struct {
     ngx_http_billing_redis_conf_t  *redis_conf;
 
-    /* of ngx_billing_secret_t */
-    ngx_array_t                    *webhook_secrets;
     time_t                          webhook_tolerance;
-
-    ngx_str_t                       stripe_key;
-    ngx_str_t                       stripe_authorization;
-    ngx_str_t                       stripe_api_version;
-    ngx_str_t                       stripe_location;
     ngx_msec_t                      stripe_timeout;
 
-    ngx_str_t                       portal_url;
-    ngx_str_t                       api_token;
-
     /* the directives that need others, for the checks at the end */
-    ngx_str_t                       webhook_file;
-    ngx_uint_t                      webhook_line;
-    ngx_str_t                       api_file;
-    ngx_uint_t                      api_line;
     ngx_str_t                       gate_file;
     ngx_uint_t                      gate_line;
 
     ngx_http_billing_cache_t       *cache;
+
+    /*
+     * of ngx_http_billing_srv_conf_t *: the marketplaces, the http
+     * level's (the default one) first
+     */
+    ngx_array_t                     markets;
 
     /* of ngx_http_billing_server_t: the servers with billing_api */
     ngx_array_t                    *api_servers;
@@ -102,27 +95,72 @@ typedef struct {
     /* billing_reconcile: how old an open invoice is asked about; 0: off */
     ngx_msec_t                      reconcile;
 
+    /* period-end and final invoices */
+    time_t                          invoice_delay;
+    ngx_flag_t                      scheduler;
+
+    /* this worker's connections: commands, and pub/sub for the cache */
+    ngx_http_billing_redis_t       *redis;
+    ngx_http_billing_redis_t       *subscriber;
+} ngx_http_billing_main_conf_t;
+
+/*
+ * A server's settings, and what a marketplace is: the http level's
+ * (the default marketplace), or a server's with billing_marketplace,
+ * that every server naming the same marketplace must agree with.
+ */
+struct ngx_http_billing_srv_conf_s {
+    /* billing_marketplace; "" is the default one, of the http level */
+    ngx_str_t                       name;
+    ngx_str_t                       name_file;
+    ngx_uint_t                      name_line;
+
+    /* of ngx_billing_secret_t */
+    ngx_array_t                    *webhook_secrets;
+
+    ngx_str_t                       stripe_key;
+    ngx_str_t                       stripe_authorization;
+    ngx_str_t                       stripe_api_version;
+    ngx_str_t                       stripe_location;
+
+    ngx_str_t                       portal_url;
+    ngx_str_t                       api_token;
+
     /*
      * billing_overdue: a period invoice unpaid this long after its due
      * date makes its subscription past_due; 0: off
      */
     ngx_msec_t                      overdue;
 
-    /* period-end and final invoices */
-    time_t                          invoice_delay;
-    ngx_flag_t                      scheduler;
-    ngx_http_billing_scheduler_t   *sched;      /* this worker's */
+    /* the server's billing_webhook and billing_api, for the checks */
+    ngx_str_t                       webhook_file;
+    ngx_uint_t                      webhook_line;
+    ngx_str_t                       api_file;
+    ngx_uint_t                      api_line;
+
+    /* the marketplace the server belongs to */
+    ngx_http_billing_srv_conf_t    *market;
+
+    /* a marketplace's own, from here on */
+    ngx_uint_t                      index;      /* in markets; 0: default */
+    ngx_str_t                       label;      /* in metrics */
+    ngx_str_t                       prefix;     /* of its Redis keys */
+    ngx_str_t                       events;     /* its pub/sub channel */
 
     /*
-     * The server whose billing_stripe_location the scheduler's calls go
-     * through: the first with billing_api, else the first server.
+     * The server whose billing_stripe_location the timers' calls go
+     * through: its first with billing_api, else its first server.
      */
     ngx_http_conf_ctx_t            *timer_ctx;
+    ngx_uint_t                      timer_api;
 
-    /* this worker's connections: commands, and pub/sub for the cache */
-    ngx_http_billing_redis_t       *redis;
-    ngx_http_billing_redis_t       *subscriber;
-} ngx_http_billing_main_conf_t;
+    /* this worker's */
+    ngx_http_billing_scheduler_t   *sched;
+};
+
+/* the most marketplaces one configuration has */
+#define NGX_HTTP_BILLING_MARKETS_MAX  64
+
 
 
 typedef struct {
@@ -166,10 +204,22 @@ typedef struct {
     ngx_log_t                      *log;
     ngx_http_billing_main_conf_t   *bmcf;
 
+    /* the marketplace: its keys in Redis, its Stripe account */
+    ngx_http_billing_srv_conf_t    *market;
+
     /* the server whose locations its Stripe subrequests go to */
     ngx_http_conf_ctx_t            *conf_ctx;
 } ngx_http_billing_owner_t;
 
+
+/* the marketplace of a request's server */
+#define ngx_http_billing_market(r)                                           \
+    ((ngx_http_billing_srv_conf_t *)                                        \
+        ngx_http_get_module_srv_conf(r, ngx_http_billing_module))->market
+
+/* the marketplace named so, NULL if none */
+ngx_http_billing_srv_conf_t *ngx_http_billing_market_find(
+    ngx_http_billing_main_conf_t *bmcf, ngx_str_t *name);
 
 /* a client request as an owner */
 void ngx_http_billing_owner_request(ngx_http_billing_owner_t *owner,

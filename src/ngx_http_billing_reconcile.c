@@ -48,8 +48,10 @@
 #define NGX_HTTP_BILLING_RECONCILE_RETRY    2
 
 
+/* a worker's reconciler of one marketplace */
 typedef struct {
     ngx_http_billing_main_conf_t      *bmcf;
+    ngx_http_billing_srv_conf_t       *market;
     ngx_log_t                         *log;
     ngx_event_t                        tick;
     ngx_pool_t                        *taking;
@@ -231,6 +233,8 @@ ngx_int_t
 ngx_http_billing_reconcile_init_worker(ngx_cycle_t *cycle,
     ngx_http_billing_main_conf_t *bmcf)
 {
+    ngx_uint_t                      i, asks;
+    ngx_http_billing_srv_conf_t   **markets, *m;
     ngx_http_billing_reconciler_t  *rec;
 
     ngx_http_billing_redis_script_init(&ngx_http_billing_rtake_script,
@@ -240,34 +244,43 @@ ngx_http_billing_reconcile_init_worker(ngx_cycle_t *cycle,
     ngx_http_billing_redis_script_init(&ngx_http_billing_overdue_script,
                                        ngx_http_billing_overdue_lua);
 
-    if (bmcf->redis == NULL
-        || (bmcf->overdue == 0
-            && (bmcf->reconcile == 0 || bmcf->timer_ctx == NULL
-                || bmcf->stripe_key.len == 0)))
-    {
+    if (bmcf->redis == NULL) {
         return NGX_OK;
     }
 
-    rec = ngx_pcalloc(cycle->pool, sizeof(ngx_http_billing_reconciler_t));
-    if (rec == NULL) {
-        return NGX_ERROR;
+    /* one a marketplace: each has its own sets and Stripe account */
+
+    markets = bmcf->markets.elts;
+
+    for (i = 0; i < bmcf->markets.nelts; i++) {
+        m = markets[i];
+
+        asks = (bmcf->reconcile && m->timer_ctx && m->stripe_key.len);
+
+        if (!asks && m->overdue == 0) {
+            continue;
+        }
+
+        rec = ngx_pcalloc(cycle->pool, sizeof(ngx_http_billing_reconciler_t));
+        if (rec == NULL) {
+            return NGX_ERROR;
+        }
+
+        rec->asks = asks;
+        rec->bmcf = bmcf;
+        rec->market = m;
+        rec->log = cycle->log;
+
+        rec->tick.handler = ngx_http_billing_reconcile_tick;
+        rec->tick.data = rec;
+        rec->tick.log = cycle->log;
+        rec->tick.cancelable = 1;
+
+        /* workers spread their rounds over the second */
+
+        ngx_add_timer(&rec->tick, NGX_HTTP_BILLING_RECONCILE_TICK
+                                  + (ngx_random() % 1000));
     }
-
-    rec->asks = (bmcf->reconcile && bmcf->timer_ctx
-                 && bmcf->stripe_key.len);
-
-    rec->bmcf = bmcf;
-    rec->log = cycle->log;
-
-    rec->tick.handler = ngx_http_billing_reconcile_tick;
-    rec->tick.data = rec;
-    rec->tick.log = cycle->log;
-    rec->tick.cancelable = 1;
-
-    /* workers spread their rounds over the second */
-
-    ngx_add_timer(&rec->tick, NGX_HTTP_BILLING_RECONCILE_TICK
-                              + (ngx_random() % 1000));
 
     return NGX_OK;
 }
@@ -296,7 +309,7 @@ ngx_http_billing_reconcile_tick(ngx_event_t *ev)
 
     ngx_add_timer(ev, NGX_HTTP_BILLING_RECONCILE_TICK);
 
-    if (rec->bmcf->overdue && rec->marking == NULL) {
+    if (rec->market->overdue && rec->marking == NULL) {
         ngx_http_billing_reconcile_overdue(rec);
     }
 
@@ -325,7 +338,8 @@ ngx_http_billing_reconcile_tick(ngx_event_t *ev)
     o.pool = pool;
     o.log = rec->log;
     o.bmcf = bmcf;
-    o.conf_ctx = bmcf->timer_ctx;
+    o.market = rec->market;
+    o.conf_ctx = rec->market->timer_ctx;
 
     if (ngx_http_billing_store_key(&o, &argv[0], "reconcile", NULL, NULL)
         != NGX_OK
@@ -367,7 +381,8 @@ ngx_http_billing_reconcile_overdue(ngx_http_billing_reconciler_t *rec)
     o.pool = pool;
     o.log = rec->log;
     o.bmcf = rec->bmcf;
-    o.conf_ctx = rec->bmcf->timer_ctx;
+    o.market = rec->market;
+    o.conf_ctx = rec->market->timer_ctx;
 
     if (ngx_http_billing_store_key(&o, &argv[0], "overdue", NULL, NULL)
         != NGX_OK
@@ -459,7 +474,8 @@ ngx_http_billing_reconcile_taken(void *data, redisReply *reply)
             o.pool = pool;
             o.log = rec->log;
             o.bmcf = rec->bmcf;
-            o.conf_ctx = rec->bmcf->timer_ctx;
+            o.market = rec->market;
+            o.conf_ctx = rec->market->timer_ctx;
 
             rec->running++;
 
@@ -645,7 +661,9 @@ ngx_http_billing_reconcile_recorded(void *data, redisReply *reply)
     if (bmcf->cache && chk->subscription.len
         && reply->element[3]->integer > 0)
     {
-        ngx_http_billing_cache_changed(bmcf->cache, &chk->subscription,
+        ngx_http_billing_cache_changed(bmcf->cache,
+                                       &chk->owner.market->name,
+                                       &chk->subscription,
                                        (uint64_t) reply->element[3]->integer,
                                        chk->owner.log);
     }

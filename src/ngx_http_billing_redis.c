@@ -145,10 +145,13 @@ ngx_http_billing_redis_destroy(ngx_http_billing_redis_t *rd)
 
 void
 ngx_http_billing_redis_subscribe(ngx_http_billing_redis_t *rd,
-    ngx_str_t *channel, ngx_http_billing_redis_message_pt message,
+    ngx_str_t *channels, ngx_uint_t n,
+    ngx_http_billing_redis_message_pt message,
     ngx_http_billing_redis_state_pt state, void *data)
 {
-    rd->channel = *channel;
+    rd->channel = channels[0];
+    rd->channels = channels;
+    rd->nchannels = n;
     rd->on_message = message;
     rd->on_state = state;
     rd->data = data;
@@ -603,21 +606,24 @@ static ngx_int_t
 ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
     redisReply *reply)
 {
-    ngx_str_t                         message;
+    ngx_str_t                         channel, message;
     ngx_queue_t                      *q;
     ngx_http_billing_redis_cmd_t     *cmd;
     ngx_http_billing_redis_script_t  *script;
 
     if (rd->channel.len && ngx_http_billing_redis_is(reply, "message")
         && reply->elements == 3
+        && reply->element[1]->type == REDIS_REPLY_STRING
         && reply->element[2]->type == REDIS_REPLY_STRING)
     {
         /* pushed, not a reply to a command */
 
+        channel.data = (u_char *) reply->element[1]->str;
+        channel.len = reply->element[1]->len;
         message.data = (u_char *) reply->element[2]->str;
         message.len = reply->element[2]->len;
 
-        rd->on_message(rd->data, &message);
+        rd->on_message(rd->data, &channel, &message);
 
         freeReplyObject(reply);
         return NGX_OK;

@@ -29,9 +29,9 @@ typedef void (*ngx_http_billing_redis_handler_pt)(void *data,
     redisReply *reply);
 
 
-/* a message on the subscribed channel */
+/* a message on one of the subscribed channels */
 typedef void (*ngx_http_billing_redis_message_pt)(void *data,
-    ngx_str_t *message);
+    ngx_str_t *channel, ngx_str_t *message);
 
 /* the subscription is up (1: messages will come) or lost (0) */
 typedef void (*ngx_http_billing_redis_state_pt)(void *data, ngx_uint_t up);
@@ -51,12 +51,14 @@ ngx_http_billing_redis_t *ngx_http_billing_redis_create(ngx_cycle_t *cycle,
 void ngx_http_billing_redis_destroy(ngx_http_billing_redis_t *rd);
 
 /*
- * Makes rd a subscriber: every (re)connection SUBSCRIBEs to channel
- * after AUTH and SELECT, and messages go to the handler.  Called right
- * after ngx_http_billing_redis_create(); rd is then for nothing else.
+ * Makes rd a subscriber: every (re)connection SUBSCRIBEs to the n
+ * channels (kept, not copied) after AUTH and SELECT, and messages go to
+ * the handler.  Called right after ngx_http_billing_redis_create(); rd
+ * is then for nothing else.
  */
 void ngx_http_billing_redis_subscribe(ngx_http_billing_redis_t *rd,
-    ngx_str_t *channel, ngx_http_billing_redis_message_pt message,
+    ngx_str_t *channels, ngx_uint_t n,
+    ngx_http_billing_redis_message_pt message,
     ngx_http_billing_redis_state_pt state, void *data);
 
 /*

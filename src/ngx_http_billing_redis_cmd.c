@@ -467,7 +467,7 @@ ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd)
     u_char                         db[NGX_INT_T_LEN];
     ngx_str_t                      argv[2];
     ngx_queue_t                   *head;
-    ngx_http_billing_redis_cmd_t  *cmd[4];
+    ngx_http_billing_redis_cmd_t  *cmd[3 + NGX_HTTP_BILLING_MARKETS_MAX];
     ngx_uint_t                     n, i;
 
     /*
@@ -517,9 +517,11 @@ ngx_http_billing_redis_handshake(ngx_http_billing_redis_t *rd)
         n++;
     }
 
-    if (rd->channel.len) {
+    /* one SUBSCRIBE a channel: Redis confirms each apart */
+
+    for (i = 0; i < rd->nchannels; i++) {
         ngx_str_set(&argv[0], "SUBSCRIBE");
-        argv[1] = rd->channel;
+        argv[1] = rd->channels[i];
 
         cmd[n] = ngx_http_billing_redis_format(rd, 2, argv, 0);
         if (cmd[n] == NULL) {

@@ -147,8 +147,10 @@ struct ngx_http_billing_redis_s {
     ngx_event_t                         heartbeat;
     ngx_msec_t                          heartbeat_interval;
 
-    /* a subscriber's channel and handlers */
+    /* a subscriber's channels (the first; all) and handlers */
     ngx_str_t                           channel;
+    ngx_str_t                          *channels;
+    ngx_uint_t                          nchannels;
     ngx_http_billing_redis_message_pt   on_message;
     ngx_http_billing_redis_state_pt     on_state;
     void                               *data;

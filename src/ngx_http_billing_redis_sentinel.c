@@ -32,7 +32,7 @@ static ngx_int_t ngx_http_billing_sentinel_request(ngx_cycle_t *cycle,
     ngx_http_billing_sentinel_t *w);
 static void ngx_http_billing_sentinel_wipe(void *data);
 static void ngx_http_billing_sentinel_message(void *data,
-    ngx_str_t *message);
+    ngx_str_t *channel, ngx_str_t *message);
 static void ngx_http_billing_sentinel_state(void *data, ngx_uint_t up);
 static void ngx_http_billing_sentinel_checked(void *data,
     ngx_http_billing_sentinel_ask_t *ask, ngx_int_t rc);
@@ -105,10 +105,11 @@ ngx_http_billing_sentinel_create(ngx_cycle_t *cycle,
     ngx_http_billing_redis_conf_t *conf)
 {
     u_char                       *p;
-    ngx_str_t                     channel;
     ngx_uint_t                    i;
     ngx_addr_t                   *addr;
     ngx_http_billing_sentinel_t  *w;
+
+    static ngx_str_t  channel = ngx_string("+switch-master");
 
     w = ngx_pcalloc(cycle->pool, sizeof(ngx_http_billing_sentinel_t));
     if (w == NULL) {
@@ -162,9 +163,7 @@ ngx_http_billing_sentinel_create(ngx_cycle_t *cycle,
         return NULL;
     }
 
-    ngx_str_set(&channel, "+switch-master");
-
-    ngx_http_billing_redis_subscribe(w->rd, &channel,
+    ngx_http_billing_redis_subscribe(w->rd, &channel, 1,
                                      ngx_http_billing_sentinel_message,
                                      ngx_http_billing_sentinel_state, w);
 
@@ -275,7 +274,8 @@ ngx_http_billing_sentinel_wipe(void *data)
 /* "+switch-master": "NAME old-ip old-port new-ip new-port" */
 
 static void
-ngx_http_billing_sentinel_message(void *data, ngx_str_t *message)
+ngx_http_billing_sentinel_message(void *data, ngx_str_t *channel,
+    ngx_str_t *message)
 {
     ngx_http_billing_sentinel_t  *w = data;
 

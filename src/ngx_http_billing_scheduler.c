@@ -90,27 +90,10 @@ static ngx_http_billing_redis_script_t  ngx_http_billing_take_script;
 ngx_int_t
 ngx_http_billing_scheduler_init(ngx_conf_t *cf)
 {
-    ngx_http_core_srv_conf_t      **cscfp;
-    ngx_http_core_main_conf_t      *cmcf;
-    ngx_http_billing_main_conf_t   *bmcf;
-
     ngx_http_billing_redis_script_init(&ngx_http_billing_take_script,
                                        ngx_http_billing_take_lua);
     ngx_http_billing_scheduler_run_init();
     ngx_http_billing_scheduler_issue_init();
-
-    bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
-
-    /* a node with the gate only still issues invoices: the first server */
-
-    if (bmcf->timer_ctx == NULL) {
-        cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
-
-        if (cmcf->servers.nelts) {
-            cscfp = cmcf->servers.elts;
-            bmcf->timer_ctx = cscfp[0]->ctx;
-        }
-    }
 
     return NGX_OK;
 }
@@ -120,18 +103,14 @@ ngx_int_t
 ngx_http_billing_scheduler_init_worker(ngx_cycle_t *cycle,
     ngx_http_billing_main_conf_t *bmcf)
 {
-    u_char                        *p;
-    ngx_http_billing_scheduler_t  *sched;
+    u_char                         *p;
+    ngx_str_t                       worker;
+    ngx_uint_t                      i;
+    ngx_http_billing_srv_conf_t   **markets;
+    ngx_http_billing_scheduler_t   *sched;
 
-    if (!bmcf->scheduler || bmcf->timer_ctx == NULL
-        || bmcf->stripe_key.len == 0 || bmcf->redis == NULL)
-    {
+    if (!bmcf->scheduler || bmcf->redis == NULL) {
         return NGX_OK;
-    }
-
-    sched = ngx_pcalloc(cycle->pool, sizeof(ngx_http_billing_scheduler_t));
-    if (sched == NULL) {
-        return NGX_ERROR;
     }
 
     p = ngx_pnalloc(cycle->pool, cycle->hostname.len + 1 + NGX_INT64_LEN);
@@ -139,23 +118,44 @@ ngx_http_billing_scheduler_init_worker(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
-    sched->worker.data = p;
-    sched->worker.len = ngx_sprintf(p, "%V:%P", &cycle->hostname, ngx_pid)
-                        - p;
+    worker.data = p;
+    worker.len = ngx_sprintf(p, "%V:%P", &cycle->hostname, ngx_pid) - p;
 
-    sched->bmcf = bmcf;
-    sched->log = cycle->log;
+    /* one a marketplace: each has its own due set and Stripe account */
 
-    sched->tick.handler = ngx_http_billing_scheduler_tick;
-    sched->tick.data = sched;
-    sched->tick.log = cycle->log;
-    sched->tick.cancelable = 1;
+    markets = bmcf->markets.elts;
 
-    bmcf->sched = sched;
+    for (i = 0; i < bmcf->markets.nelts; i++) {
 
-    /* workers of a node tick apart */
-    ngx_add_timer(&sched->tick, NGX_HTTP_BILLING_SCHED_TICK / 2
-                                + ngx_random() % NGX_HTTP_BILLING_SCHED_TICK);
+        if (markets[i]->timer_ctx == NULL
+            || markets[i]->stripe_key.len == 0)
+        {
+            continue;
+        }
+
+        sched = ngx_pcalloc(cycle->pool,
+                            sizeof(ngx_http_billing_scheduler_t));
+        if (sched == NULL) {
+            return NGX_ERROR;
+        }
+
+        sched->worker = worker;
+        sched->bmcf = bmcf;
+        sched->market = markets[i];
+        sched->log = cycle->log;
+
+        sched->tick.handler = ngx_http_billing_scheduler_tick;
+        sched->tick.data = sched;
+        sched->tick.log = cycle->log;
+        sched->tick.cancelable = 1;
+
+        markets[i]->sched = sched;
+
+        /* workers of a node tick apart */
+        ngx_add_timer(&sched->tick,
+                      NGX_HTTP_BILLING_SCHED_TICK / 2
+                      + ngx_random() % NGX_HTTP_BILLING_SCHED_TICK);
+    }
 
     return NGX_OK;
 }
@@ -164,13 +164,21 @@ ngx_http_billing_scheduler_init_worker(ngx_cycle_t *cycle,
 void
 ngx_http_billing_scheduler_exit_worker(ngx_http_billing_main_conf_t *bmcf)
 {
+    ngx_uint_t                     i;
+    ngx_http_billing_srv_conf_t  **markets;
+
     /* runs under way are resumed by whoever takes them next */
-    bmcf->sched = NULL;
+
+    markets = bmcf->markets.elts;
+
+    for (i = 0; i < bmcf->markets.nelts; i++) {
+        markets[i]->sched = NULL;
+    }
 }
 
 
 ngx_int_t
-ngx_http_billing_scheduler_kick(ngx_http_billing_main_conf_t *bmcf,
+ngx_http_billing_scheduler_kick(ngx_http_billing_srv_conf_t *market,
     ngx_str_t *id)
 {
     ngx_str_t                      argv[6];
@@ -178,7 +186,7 @@ ngx_http_billing_scheduler_kick(ngx_http_billing_main_conf_t *bmcf,
     ngx_http_billing_lease_t      *lease;
     ngx_http_billing_scheduler_t  *sched;
 
-    sched = bmcf->sched;
+    sched = market->sched;
 
     if (sched == NULL || sched->running >= NGX_HTTP_BILLING_SCHED_RUNS
         || ngx_exiting
@@ -202,8 +210,9 @@ ngx_http_billing_scheduler_kick(ngx_http_billing_main_conf_t *bmcf,
     lease->sched = sched;
     lease->owner.pool = pool;
     lease->owner.log = sched->log;
-    lease->owner.bmcf = bmcf;
-    lease->owner.conf_ctx = bmcf->timer_ctx;
+    lease->owner.bmcf = sched->bmcf;
+    lease->owner.market = market;
+    lease->owner.conf_ctx = market->timer_ctx;
 
     lease->id.data = ngx_pstrdup(pool, id);
     lease->id.len = id->len;
@@ -225,7 +234,7 @@ ngx_http_billing_scheduler_kick(ngx_http_billing_main_conf_t *bmcf,
                                       NULL)
            != NGX_OK
         || ngx_http_billing_store_num(&lease->owner, &argv[5],
-                                      ngx_http_billing_scheduler_lease(bmcf))
+                                  ngx_http_billing_scheduler_lease(sched->bmcf))
            != NGX_OK
         || ngx_http_billing_store_run(&lease->owner, NULL, 0, 6, argv,
                                       ngx_http_billing_scheduler_leased,
@@ -333,7 +342,8 @@ ngx_http_billing_scheduler_tick(ngx_event_t *ev)
     o.pool = pool;
     o.log = sched->log;
     o.bmcf = bmcf;
-    o.conf_ctx = bmcf->timer_ctx;
+    o.market = sched->market;
+    o.conf_ctx = sched->market->timer_ctx;
 
     if (ngx_http_billing_scheduler_token(sched, pool, &sched->token)
         != NGX_OK)

@@ -28,7 +28,7 @@ void ngx_http_billing_scheduler_exit_worker(
  * taken first); else the scheduler of some node takes it from the due
  * set within a second.  NGX_DECLINED: not here.
  */
-ngx_int_t ngx_http_billing_scheduler_kick(ngx_http_billing_main_conf_t *bmcf,
+ngx_int_t ngx_http_billing_scheduler_kick(ngx_http_billing_srv_conf_t *market,
     ngx_str_t *id);
 
 /* how long a final invoice waits for every node's counts, at most */

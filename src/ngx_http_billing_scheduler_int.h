@@ -25,8 +25,10 @@
 #define NGX_HTTP_BILLING_SCHED_RETRY_MAX    300
 
 
+/* a worker's scheduler of one marketplace */
 struct ngx_http_billing_scheduler_s {
     ngx_http_billing_main_conf_t       *bmcf;
+    ngx_http_billing_srv_conf_t        *market;
     ngx_event_t                         tick;
     ngx_log_t                          *log;
     ngx_str_t                           worker;     /* host:pid */
@@ -50,7 +52,6 @@ typedef struct {
     ngx_uint_t                          steps;
 
     /* the subscription, as loaded */
-    ngx_str_t                           marketplace;
     ngx_str_t                           state;
     ngx_str_t                           cancelled_from;
     ngx_str_t                           created;

@@ -320,8 +320,7 @@ ngx_http_billing_run_issue(ngx_http_billing_run_t *run)
                   "%L units", &run->kind, run->period_start, run->period_end,
                   run->units);
 
-    run->job = ngx_http_billing_invoice_issue(&spec, run->owner.bmcf,
-                                              run->owner.conf_ctx,
+    run->job = ngx_http_billing_invoice_issue(&spec, &run->owner,
                                               &run->log);
     if (run->job == NULL) {
         ngx_http_billing_run_end(run);

@@ -34,8 +34,6 @@ static ngx_int_t ngx_http_billing_run_str(ngx_http_billing_run_t *run,
     ngx_str_t *dst, redisReply *hash, const char *field);
 static void ngx_http_billing_run_json(ngx_http_billing_run_t *run,
     json_t *plan, const char *name, ngx_str_t *dst);
-static ngx_http_conf_ctx_t *ngx_http_billing_scheduler_server(
-    ngx_http_billing_main_conf_t *bmcf, ngx_str_t *marketplace);
 static ngx_msec_t ngx_http_billing_scheduler_wait_max(
     ngx_http_billing_main_conf_t *bmcf);
 static u_char *ngx_http_billing_run_log_handler(ngx_log_t *log, u_char *buf,
@@ -174,7 +172,8 @@ ngx_http_billing_run_start(ngx_http_billing_scheduler_t *sched, ngx_str_t *id,
     run->owner.pool = pool;
     run->owner.log = &run->log;
     run->owner.bmcf = sched->bmcf;
-    run->owner.conf_ctx = sched->bmcf->timer_ctx;
+    run->owner.market = sched->market;
+    run->owner.conf_ctx = sched->market->timer_ctx;
 
     run->wait.handler = ngx_http_billing_run_wait;
     run->wait.data = run;
@@ -289,9 +288,7 @@ ngx_http_billing_run_parse(ngx_http_billing_run_t *run, redisReply *sub,
     ngx_str_t      period, s;
     json_error_t   error;
 
-    if (ngx_http_billing_run_str(run, &run->marketplace, sub, "marketplace")
-        != NGX_OK
-        || ngx_http_billing_run_str(run, &run->state, sub, "state") != NGX_OK
+    if (ngx_http_billing_run_str(run, &run->state, sub, "state") != NGX_OK
         || ngx_http_billing_run_str(run, &run->cancelled_from, sub,
                                     "cancelled_from") != NGX_OK
         || ngx_http_billing_run_str(run, &run->created, sub, "created_at")
@@ -303,17 +300,6 @@ ngx_http_billing_run_parse(ngx_http_billing_run_t *run, redisReply *sub,
         || ngx_http_billing_run_str(run, &period, sub, "period") != NGX_OK
         || ngx_http_billing_run_str(run, &s, sub, "plan") != NGX_OK)
     {
-        return NGX_ERROR;
-    }
-
-    /* its invoices go with its marketplace's Stripe settings */
-
-    run->owner.conf_ctx = ngx_http_billing_scheduler_server(run->owner.bmcf,
-                                                          &run->marketplace);
-    if (run->owner.conf_ctx == NULL) {
-        ngx_log_error(NGX_LOG_ERR, &run->log, 0,
-                      "billing scheduler: no server for the marketplace "
-                      "\"%V\" of the subscription", &run->marketplace);
         return NGX_ERROR;
     }
 
@@ -689,24 +675,6 @@ ngx_http_billing_run_int(redisReply *hash, const char *field)
     }
 
     return ngx_atoof((u_char *) v->str, v->len);
-}
-
-
-/*
- * The server whose Stripe settings and location a subscription's
- * invoices use, by the marketplace recorded on it; every subscription
- * belongs to the http-level one ("") in this version.
- */
-
-static ngx_http_conf_ctx_t *
-ngx_http_billing_scheduler_server(ngx_http_billing_main_conf_t *bmcf,
-    ngx_str_t *marketplace)
-{
-    if (marketplace->len) {
-        return NULL;
-    }
-
-    return bmcf->timer_ctx;
 }
 
 

@@ -31,26 +31,26 @@ static void ngx_http_billing_zero(void *data);
 
 ngx_int_t
 ngx_http_billing_secret_init(ngx_conf_t *cf,
-    ngx_http_billing_main_conf_t *bmcf)
+    ngx_http_billing_srv_conf_t *bscf)
 {
     u_char              *p;
     ngx_pool_cleanup_t  *cln;
 
     /* built once: "Bearer <key>", the key itself never printed */
 
-    if (bmcf->stripe_key.len == 0) {
+    if (bscf->stripe_key.len == 0) {
         return NGX_OK;
     }
 
-    p = ngx_pnalloc(cf->pool, sizeof("Bearer ") - 1 + bmcf->stripe_key.len);
+    p = ngx_pnalloc(cf->pool, sizeof("Bearer ") - 1 + bscf->stripe_key.len);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
-    bmcf->stripe_authorization.data = p;
+    bscf->stripe_authorization.data = p;
     p = ngx_cpymem(p, "Bearer ", sizeof("Bearer ") - 1);
-    p = ngx_cpymem(p, bmcf->stripe_key.data, bmcf->stripe_key.len);
-    bmcf->stripe_authorization.len = p - bmcf->stripe_authorization.data;
+    p = ngx_cpymem(p, bscf->stripe_key.data, bscf->stripe_key.len);
+    bscf->stripe_authorization.len = p - bscf->stripe_authorization.data;
 
     cln = ngx_pool_cleanup_add(cf->pool, sizeof(ngx_str_t));
     if (cln == NULL) {
@@ -58,7 +58,7 @@ ngx_http_billing_secret_init(ngx_conf_t *cf,
     }
 
     cln->handler = ngx_http_billing_zero;
-    *(ngx_str_t *) cln->data = bmcf->stripe_authorization;
+    *(ngx_str_t *) cln->data = bscf->stripe_authorization;
 
     return NGX_OK;
 }
@@ -83,17 +83,17 @@ char *
 ngx_http_billing_webhook_secret_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
-    ngx_http_billing_main_conf_t  *bmcf = conf;
+    ngx_http_billing_srv_conf_t  *bscf = conf;
 
     ngx_str_t  *value;
 
-    if (bmcf->webhook_secrets) {
+    if (bscf->webhook_secrets) {
         return "is duplicate";
     }
 
-    bmcf->webhook_secrets = ngx_array_create(cf->pool, 2,
+    bscf->webhook_secrets = ngx_array_create(cf->pool, 2,
                                              sizeof(ngx_billing_secret_t));
-    if (bmcf->webhook_secrets == NULL) {
+    if (bscf->webhook_secrets == NULL) {
         return NGX_CONF_ERROR;
     }
 
@@ -101,7 +101,7 @@ ngx_http_billing_webhook_secret_file(ngx_conf_t *cf, ngx_command_t *cmd,
 
     return ngx_http_billing_read_lines(cf, cmd, &value[1],
                                        ngx_http_billing_webhook_secret,
-                                       bmcf->webhook_secrets);
+                                       bscf->webhook_secrets);
 }
 
 
@@ -144,11 +144,11 @@ char *
 ngx_http_billing_stripe_key_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
-    ngx_http_billing_main_conf_t  *bmcf = conf;
+    ngx_http_billing_srv_conf_t  *bscf = conf;
 
     ngx_str_t  *value;
 
-    if (bmcf->stripe_key.data) {
+    if (bscf->stripe_key.data) {
         return "is duplicate";
     }
 
@@ -156,7 +156,7 @@ ngx_http_billing_stripe_key_file(ngx_conf_t *cf, ngx_command_t *cmd,
 
     return ngx_http_billing_read_lines(cf, cmd, &value[1],
                                        ngx_http_billing_stripe_key,
-                                       &bmcf->stripe_key);
+                                       &bscf->stripe_key);
 }
 
 
@@ -197,11 +197,11 @@ char *
 ngx_http_billing_api_token_file(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
-    ngx_http_billing_main_conf_t  *bmcf = conf;
+    ngx_http_billing_srv_conf_t  *bscf = conf;
 
     ngx_str_t  *value;
 
-    if (bmcf->api_token.data) {
+    if (bscf->api_token.data) {
         return "is duplicate";
     }
 
@@ -209,7 +209,7 @@ ngx_http_billing_api_token_file(ngx_conf_t *cf, ngx_command_t *cmd,
 
     return ngx_http_billing_read_lines(cf, cmd, &value[1],
                                        ngx_http_billing_api_token,
-                                       &bmcf->api_token);
+                                       &bscf->api_token);
 }
 
 

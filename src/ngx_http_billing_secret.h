@@ -37,7 +37,7 @@ char *ngx_http_billing_read_lines(ngx_conf_t *cf, ngx_command_t *cmd,
 
 /* "Bearer <key>" for the Stripe calls, wiped with the configuration */
 ngx_int_t ngx_http_billing_secret_init(ngx_conf_t *cf,
-    ngx_http_billing_main_conf_t *bmcf);
+    ngx_http_billing_srv_conf_t *bscf);
 
 
 #endif /* _NGX_HTTP_BILLING_SECRET_H_INCLUDED_ */

@@ -545,11 +545,11 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
         return NGX_ERROR;
     }
 
-    if (o->bmcf->overdue == 0) {
+    if (o->market->overdue == 0) {
         ngx_str_set(&a[20], "");
 
     } else if (ngx_http_billing_store_num(o, &a[20],
-                                          (int64_t) (o->bmcf->overdue / 1000))
+                                          (int64_t) (o->market->overdue / 1000))
                != NGX_OK)
     {
         return NGX_ERROR;
@@ -873,7 +873,7 @@ ngx_http_billing_store_key(ngx_http_billing_owner_t *o, ngx_str_t *key,
     size_t                         klen, slen;
     ngx_str_t                     *prefix;
 
-    prefix = &o->bmcf->redis_conf->prefix;
+    prefix = &o->market->prefix;
     klen = ngx_strlen(kind);
     slen = suffix ? ngx_strlen(suffix) : 0;
 

@@ -247,19 +247,17 @@ ngx_http_billing_stripe_request(ngx_http_billing_stripe_call_t *call,
     ngx_http_headers_in_t         *hin;
     ngx_http_request_body_t       *rb;
     ngx_http_post_subrequest_t    *ps;
-    ngx_http_billing_main_conf_t  *bmcf;
 
     r = at->request;
-    bmcf = call->owner.bmcf;
 
-    uri.len = bmcf->stripe_location.len + call->path.len;
+    uri.len = call->owner.market->stripe_location.len + call->path.len;
     uri.data = ngx_pnalloc(r->pool, uri.len);
     if (uri.data == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(uri.data, bmcf->stripe_location.data,
-                   bmcf->stripe_location.len);
+    p = ngx_cpymem(uri.data, call->owner.market->stripe_location.data,
+                   call->owner.market->stripe_location.len);
     ngx_memcpy(p, call->path.data, call->path.len);
 
     ps = ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t));
@@ -351,10 +349,11 @@ static ngx_int_t
 ngx_http_billing_stripe_headers(ngx_http_billing_stripe_call_t *call,
     ngx_pool_t *pool, ngx_http_headers_in_t *hin)
 {
-    ngx_str_t                      s;
-    ngx_http_billing_main_conf_t  *bmcf;
+    ngx_str_t                     s;
+    ngx_http_billing_srv_conf_t  *m;
 
-    bmcf = call->owner.bmcf;
+    /* the marketplace's own key: its Stripe account */
+    m = call->owner.market;
 
     if (ngx_list_init(&hin->headers, pool, 8, sizeof(ngx_table_elt_t))
         != NGX_OK)
@@ -366,10 +365,10 @@ ngx_http_billing_stripe_headers(ngx_http_billing_stripe_call_t *call,
     hin->keep_alive_n = -1;
 
     if (ngx_http_billing_stripe_add(pool, hin, "Authorization",
-                                    &bmcf->stripe_authorization)
+                                    &m->stripe_authorization)
         != NGX_OK
         || ngx_http_billing_stripe_add(pool, hin, "Stripe-Version",
-                                       &bmcf->stripe_api_version)
+                                       &m->stripe_api_version)
            != NGX_OK)
     {
         return NGX_ERROR;

@@ -23,7 +23,7 @@
 
 
 static ngx_int_t ngx_http_billing_stripe_check(ngx_conf_t *cf,
-    ngx_http_billing_main_conf_t *bmcf, ngx_http_core_srv_conf_t *cscf,
+    ngx_http_billing_srv_conf_t *m, ngx_http_core_srv_conf_t *cscf,
     ngx_str_t *file, ngx_uint_t line);
 static ngx_http_core_loc_conf_t *ngx_http_billing_stripe_find(
     ngx_http_core_loc_conf_t *pclcf, ngx_str_t *uri, ngx_uint_t *stop);
@@ -33,47 +33,68 @@ static ngx_int_t ngx_http_billing_stripe_guard(ngx_http_request_t *r);
 ngx_int_t
 ngx_http_billing_stripe_init(ngx_conf_t *cf)
 {
-    ngx_uint_t                      i;
+    ngx_uint_t                      i, keys;
     ngx_http_handler_pt            *h;
     ngx_http_billing_server_t      *srv;
-    ngx_http_core_srv_conf_t      **cscfp;
+    ngx_http_core_srv_conf_t       *cscf;
     ngx_http_core_main_conf_t      *cmcf;
+    ngx_http_billing_srv_conf_t   **markets, *m;
     ngx_http_billing_main_conf_t   *bmcf;
 
     bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
-    if (bmcf->stripe_key.len == 0) {
-        return NGX_OK;
-    }
+    /* each API's server, with its marketplace's key and location */
 
     if (bmcf->api_servers) {
         srv = bmcf->api_servers->elts;
 
         for (i = 0; i < bmcf->api_servers->nelts; i++) {
-            if (ngx_http_billing_stripe_check(cf, bmcf, srv[i].cscf,
-                                              &srv[i].file, srv[i].line)
-                != NGX_OK)
+            m = ((ngx_http_billing_srv_conf_t *) srv[i].cscf->ctx->srv_conf[
+                     ngx_http_billing_module.ctx_index])->market;
+
+            if (m->stripe_key.len
+                && ngx_http_billing_stripe_check(cf, m, srv[i].cscf,
+                                                 &srv[i].file, srv[i].line)
+                   != NGX_OK)
             {
                 return NGX_ERROR;
             }
         }
+    }
 
-    } else if ((bmcf->scheduler || bmcf->reconcile) && bmcf->redis_conf
-               && cmcf->servers.nelts)
-    {
+    markets = bmcf->markets.elts;
+    keys = 0;
+
+    for (i = 0; i < bmcf->markets.nelts; i++) {
+        m = markets[i];
+
+        if (m->stripe_key.len == 0) {
+            continue;
+        }
+
+        keys++;
+
+        if (m->timer_api || m->timer_ctx == NULL
+            || !(bmcf->scheduler || bmcf->reconcile) || bmcf->redis_conf == NULL)
+        {
+            continue;
+        }
+
         /*
-         * No API here: the calls of the timers (the scheduler's,
-         * reconciliation's) go through the first server.
+         * No API in this marketplace: the calls of its timers (the
+         * scheduler's, reconciliation's) go through its first server.
          */
 
-        cscfp = cmcf->servers.elts;
+        cscf = m->timer_ctx->srv_conf[ngx_http_core_module.ctx_index];
 
-        if (ngx_http_billing_stripe_check(cf, bmcf, cscfp[0], NULL, 0)
-            != NGX_OK)
-        {
+        if (ngx_http_billing_stripe_check(cf, m, cscf, NULL, 0) != NGX_OK) {
             return NGX_ERROR;
         }
+    }
+
+    if (keys == 0) {
+        return NGX_OK;
     }
 
     h = ngx_array_push(&cmcf->phases[NGX_HTTP_REWRITE_PHASE].handlers);
@@ -89,7 +110,7 @@ ngx_http_billing_stripe_init(ngx_conf_t *cf)
 
 static ngx_int_t
 ngx_http_billing_stripe_check(ngx_conf_t *cf,
-    ngx_http_billing_main_conf_t *bmcf, ngx_http_core_srv_conf_t *cscf,
+    ngx_http_billing_srv_conf_t *m, ngx_http_core_srv_conf_t *cscf,
     ngx_str_t *file, ngx_uint_t line)
 {
     u_char                       *p;
@@ -102,14 +123,14 @@ ngx_http_billing_stripe_check(ngx_conf_t *cf,
 
     /* a call as the client makes it: the location, then Stripe's path */
 
-    uri.len = bmcf->stripe_location.len + sizeof("/v1/invoices") - 1;
+    uri.len = m->stripe_location.len + sizeof("/v1/invoices") - 1;
     uri.data = ngx_pnalloc(cf->pool, uri.len);
     if (uri.data == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(uri.data, bmcf->stripe_location.data,
-                   bmcf->stripe_location.len);
+    p = ngx_cpymem(uri.data, m->stripe_location.data,
+                   m->stripe_location.len);
     ngx_memcpy(p, "/v1/invoices", sizeof("/v1/invoices") - 1);
 
     root = cscf->ctx->loc_conf[ngx_http_core_module.ctx_index];
@@ -146,7 +167,7 @@ ngx_http_billing_stripe_check(ngx_conf_t *cf,
                       "an internal location with a content handler "
                       "(proxy_pass), in the server \"%V\" of "
                       "\"billing_api\" in %V:%ui: the Stripe key is sent "
-                      "nowhere else", &bmcf->stripe_location, &where, name,
+                      "nowhere else", &m->stripe_location, &where, name,
                       file, line);
 
     } else {
@@ -156,7 +177,7 @@ ngx_http_billing_stripe_check(ngx_conf_t *cf,
                       "(proxy_pass), in the server \"%V\", where the "
                       "scheduler's and reconciliation's calls go: the "
                       "Stripe key is sent nowhere else",
-                      &bmcf->stripe_location, &where, name);
+                      &m->stripe_location, &where, name);
     }
 
     return NGX_ERROR;

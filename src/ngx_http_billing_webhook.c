@@ -59,11 +59,11 @@ static ngx_uint_t  ngx_http_billing_webhook_rejections[] = {
 char *
 ngx_http_billing_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_billing_main_conf_t  *bmcf = conf;
+    ngx_http_billing_srv_conf_t  *bscf = conf;
 
     return ngx_http_billing_content(cf, ngx_http_billing_webhook_handler,
-                                    &bmcf->webhook_file,
-                                    &bmcf->webhook_line);
+                                    &bscf->webhook_file,
+                                    &bscf->webhook_line);
 }
 
 
@@ -121,9 +121,13 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
     ngx_str_t                      header, body;
     const char                    *err;
     ngx_billing_event_t            ev;
+    ngx_http_billing_srv_conf_t   *m;
     ngx_http_billing_main_conf_t  *bmcf;
 
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    /* only this marketplace's secrets: each signs its own account's */
+    m = ngx_http_billing_market(r);
 
     n = ngx_http_billing_webhook_signature(r, &header);
 
@@ -142,8 +146,8 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
     }
 
     rc = ngx_billing_sig_check(header.data, header.len, body.data, body.len,
-                               bmcf->webhook_secrets->elts,
-                               bmcf->webhook_secrets->nelts,
+                               m->webhook_secrets->elts,
+                               m->webhook_secrets->nelts,
                                (int64_t) ngx_time(),
                                (int64_t) bmcf->webhook_tolerance);
 
@@ -381,7 +385,9 @@ ngx_http_billing_webhook_recorded(void *data, redisReply *reply)
     if (bmcf->cache && wh->subscription.len
         && reply->element[3]->integer > 0)
     {
-        ngx_http_billing_cache_changed(bmcf->cache, &wh->subscription,
+        ngx_http_billing_cache_changed(bmcf->cache,
+                                       &ngx_http_billing_market(r)->name,
+                                       &wh->subscription,
                                        (uint64_t) reply->element[3]->integer,
                                        c->log);
     }

@@ -155,7 +155,9 @@ EOF
     billing_overdue 3d;
     billing_overdue off;
 EOF
-    [ 'billing_overdue in a server', qr/"billing_overdue" directive is not allowed here/, <<'EOF' ],
+    [ 'billing_overdue in a server without billing_marketplace',
+      qr/"billing_overdue" in the server of \S+:\d+ needs "billing_marketplace"/,
+      <<'EOF' ],
     billing_redis 127.0.0.1:%%REDIS_PORT%%;
     billing_stripe_webhook_secret_file %%DIR%%/whsec;
     server {
