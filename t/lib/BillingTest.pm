@@ -727,8 +727,9 @@ sub api {
 
 # POSTs $body to the webhook location (path, default /stripe/webhook)
 # with a Stripe-Signature made with secrets (default $t->secrets) at
-# time t (default now). signature => '...' sends that header instead;
-# signature => undef sends none. headers => {} adds more.
+# time t (default now), to port (default the test's). signature => '...'
+# sends that header instead; signature => undef sends none. headers => {}
+# adds more.
 sub webhook {
     my ($self, $body, %opts) = @_;
     my %headers = ('Content-Type' => 'application/json; charset=utf-8',
@@ -744,7 +745,7 @@ sub webhook {
     }
     return $self->http('POST', $opts{path} || '/stripe/webhook',
         headers => \%headers, body => $body,
-        timeout => $opts{timeout});
+        timeout => $opts{timeout}, port => $opts{port});
 }
 
 # hex HMAC-SHA256 of "$timestamp.$body" keyed with the whole secret
