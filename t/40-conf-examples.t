@@ -216,5 +216,77 @@ sub stripe_timeouts {
         'production.conf: no secret in what nginx -t says';
 }
 
+# marketplaces.conf: two marketplaces, each with its own files
+
+{
+    my $conf = slurp("$repo/conf-examples/marketplaces.conf");
+
+    stripe_timeouts('marketplaces.conf', $conf);
+
+    my %files = ('redis.pass' => "redis-password-for-tests\n");
+    for my $m (qw(acme globex)) {
+        $files{"$m/whsec"} = "whsec_${m}test0123456789abcdef\n";
+        $files{"$m/stripe.key"} = "rk_live_${m}test0123456789abcdef\n";
+        $files{"$m/api.token"} = "api-token-$m-for-the-tests-0123456789\n";
+    }
+
+    mkdir "$dir/mp";
+    mkdir "$dir/mp/$_" for qw(acme globex);
+    $t->write_file("mp/$_", $files{$_}) for keys %files;
+
+    for my $host (qw(acme globex)) {
+        system("openssl req -x509 -newkey rsa:2048 -nodes -days 1"
+            . " -subj /CN=api.$host.example"
+            . " -keyout $dir/$host.key -out $dir/$host.pem 2>/dev/null") == 0
+            or BAIL_OUT('openssl could not make a test certificate');
+    }
+
+    my $module = $t->module;
+    my $port = $t->port;
+    my $metrics = BillingTest::free_port();
+
+    $conf =~ s{^load_module .*$}{load_module $module;}m;
+    $conf =~ s{/etc/nginx/billing/}{$dir/mp/}g;
+    $conf =~ s{/etc/nginx/tls/api\.(\w+)\.example\.(pem|key)}{$dir/$1.$2}g;
+    $conf =~ s{server api\.stripe\.com:443;}{server 127.0.0.1:443;};
+    $conf =~ s{listen 443 ssl http2;}{listen 127.0.0.1:$port ssl http2;}g;
+    $conf =~ s{listen 10\.0\.0\.2:9145;}{listen 127.0.0.1:$metrics;};
+    $conf =~ s{^user www-data;$}{}m;
+
+    like $conf, qr{billing_marketplace acme;.*billing_marketplace globex;}s,
+        'marketplaces.conf has two marketplaces';
+
+    $conf = "error_log $dir/marketplaces-error.log;\n"
+        . "pid $dir/marketplaces.pid;\n" . $conf;
+    $t->write_file('marketplaces.conf', $conf);
+
+    my @logs = error_logs($conf, $dir);
+
+    my ($rc, $out) = nginx_t("$dir/marketplaces.conf", "$dir/",
+        "$dir/error.log");
+    is $rc, 0, 'marketplaces.conf: nginx -t passes' or diag $out;
+
+    my @bad = alarms('marketplaces.conf', $out, "$dir/error.log", @logs);
+    ok(!@bad, 'marketplaces.conf: no alert/crit/emerg from nginx -t')
+        or diag(join "\n", @bad);
+
+    my $said = join "\n", $out, map { slurp_if($_) // '' }
+        "$dir/error.log", @logs;
+    unlike $said, qr/whsec_|rk_live_|redis-password|api-token/,
+        'marketplaces.conf: no secret in what nginx -t says';
+
+    # one key for both, as a copy-paste would make it: nginx -t says so
+    (my $same = $conf) =~ s{mp/globex/stripe\.key}{mp/acme/stripe.key}
+        or die 'marketplaces.conf: no globex key file';
+    $same =~ s{billing_marketplace globex;}{billing_marketplace acme;}
+        or die;
+    $t->write_file('marketplaces-same.conf', $same);
+    ($rc, $out) = nginx_t("$dir/marketplaces-same.conf", "$dir/",
+        "$dir/same.log");
+    isnt $rc, 0, 'one marketplace name for two accounts: nginx -t fails';
+    like $out, qr/"billing_marketplace acme" in \S+:\d+ has another /,
+        '... and says where' or diag $out;
+}
+
 $t->done;
 done_testing;
