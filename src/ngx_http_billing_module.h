@@ -16,7 +16,7 @@
 #include <ngx_http.h>
 
 
-#define NGX_HTTP_BILLING_VERSION     "0.5.0"
+#define NGX_HTTP_BILLING_VERSION     "0.6.0"
 
 /* what a request's module context is: the first field of each */
 #define NGX_HTTP_BILLING_CTX_API     1
