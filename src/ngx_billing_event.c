@@ -39,6 +39,7 @@ ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
     ev->customer = ngx_billing_empty;
     ev->subscription = ngx_billing_empty;
     ev->kind = ngx_billing_empty;
+    ev->marketplace = ngx_billing_empty;
     ev->hosted_invoice_url = ngx_billing_empty;
     ev->currency = ngx_billing_empty;
 
@@ -153,6 +154,10 @@ ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
         ev->subscription = ngx_billing_empty;
         ev->bad_metadata = 1;
     }
+
+    /* "" (absent): the default marketplace's, as before 0.6 */
+    (void) ngx_billing_event_string(metadata, "billing_marketplace",
+                                    &ev->marketplace);
 
     if (ngx_billing_event_string(metadata, "billing_kind", &ev->kind) == 0
         && !(ev->kind.len == 7 && memcmp(ev->kind.data, "initial", 7) == 0)

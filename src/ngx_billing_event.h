@@ -40,6 +40,7 @@ typedef struct {
     ngx_billing_str_t     customer;
     ngx_billing_str_t     subscription; /* metadata[billing_subscription] */
     ngx_billing_str_t     kind;         /* metadata[billing_kind] */
+    ngx_billing_str_t     marketplace;  /* metadata[billing_marketplace] */
     ngx_billing_str_t     hosted_invoice_url;
     ngx_billing_str_t     currency;
     int64_t               amount_due;   /* -1 when absent */

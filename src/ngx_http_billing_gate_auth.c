@@ -89,6 +89,7 @@ ngx_http_billing_gate_auth_allow(ngx_http_request_t *r,
     }
 
     mctx->auth = 1;
+    mctx->market = ctx->market;
     mctx->id = ctx->id;
     mctx->entry = ctx->entry;
     mctx->status = ctx->status;
@@ -119,6 +120,7 @@ ngx_http_billing_gate_auth_deny(ngx_http_request_t *r,
     mctx->deny = ctx->deny;
     mctx->code = ctx->code;
     mctx->message = ctx->message;
+    mctx->market = ctx->market;
     mctx->id = ctx->id;
     mctx->entry = ctx->entry;
     mctx->status = ctx->status;
@@ -198,6 +200,7 @@ ngx_http_billing_gate_main_ctx(ngx_http_request_t *r)
 
     mctx->base.kind = NGX_HTTP_BILLING_CTX_GATE;
     mctx->auth = 1;
+    mctx->market = ngx_http_billing_market(r);
 
     ngx_http_set_ctx(r->main, mctx, ngx_http_billing_module);
 

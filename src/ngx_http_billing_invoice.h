@@ -99,8 +99,9 @@ typedef struct {
  * Starts issuing the invoice; everything in spec is copied.  It is of
  * the marketplace of "from", its Stripe calls go to the locations of
  * the server of "from" (whose pool and log it does not use), and it
- * logs to a copy of log.  The handler is called once, never from within this
- * call, unless the job is detached first.  NULL: nothing was started.
+ * logs to a copy of log.  The handler is called once, never from within
+ * this call, unless the job is detached first.  NULL: nothing was
+ * started.
  */
 ngx_http_billing_invoice_job_t *ngx_http_billing_invoice_issue(
     ngx_http_billing_invoice_spec_t *spec, ngx_http_billing_owner_t *from,

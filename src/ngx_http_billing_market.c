@@ -21,9 +21,6 @@
 #include "ngx_billing_signature.h"
 
 
-#define NGX_HTTP_BILLING_MARKET_NAME_MAX  32
-
-
 static ngx_int_t ngx_http_billing_market_new(ngx_conf_t *cf,
     ngx_http_billing_main_conf_t *bmcf, ngx_http_billing_srv_conf_t *m);
 static const char *ngx_http_billing_market_differs(
@@ -138,9 +135,8 @@ ngx_http_billing_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_billing_srv_conf_t  *conf = child;
 
     const char                    *what;
-    ngx_uint_t                     i;
     ngx_http_core_srv_conf_t      *cscf;
-    ngx_http_billing_srv_conf_t  **markets, *m;
+    ngx_http_billing_srv_conf_t   *m;
     ngx_http_billing_main_conf_t  *bmcf;
 
     bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
@@ -188,19 +184,7 @@ ngx_http_billing_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_conf_merge_str_value(conf->api_token, prev->api_token, "");
         ngx_conf_merge_msec_value(conf->overdue, prev->overdue, 0);
 
-        markets = bmcf->markets.elts;
-        m = NULL;
-
-        for (i = 1; i < bmcf->markets.nelts; i++) {
-            if (markets[i]->name.len == conf->name.len
-                && ngx_strncmp(markets[i]->name.data, conf->name.data,
-                               conf->name.len)
-                   == 0)
-            {
-                m = markets[i];
-                break;
-            }
-        }
+        m = ngx_http_billing_market_find(bmcf, &conf->name);
 
         if (m == NULL) {
             if (ngx_http_billing_market_new(cf, bmcf, conf) != NGX_OK) {
@@ -268,6 +252,8 @@ ngx_http_billing_market_new(ngx_conf_t *cf,
     m->index = bmcf->markets.nelts;
 
     if (m->name.len == 0) {
+        /* "", not NULL: the name is copied and compared as any other */
+        ngx_str_set(&m->name, "");
         ngx_str_set(&m->label, "default");
         m->prefix = prefix;
 
@@ -458,10 +444,21 @@ ngx_http_billing_market_check(ngx_conf_t *cf,
     ngx_uint_t                    s;
     ngx_http_core_srv_conf_t    **cscfp;
     ngx_http_core_main_conf_t    *cmcf;
-    ngx_http_billing_srv_conf_t  *bscf;
+    ngx_http_billing_srv_conf_t  *bscf, *m;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
     cscfp = cmcf->servers.elts;
+
+    /*
+     * Every server named a marketplace: the default one's timers (for
+     * the subscriptions it had before) still go through the first.
+     */
+
+    m = ((ngx_http_billing_srv_conf_t **) bmcf->markets.elts)[0];
+
+    if (m->timer_ctx == NULL && cmcf->servers.nelts) {
+        m->timer_ctx = cscfp[0]->ctx;
+    }
 
     for (s = 0; s < cmcf->servers.nelts; s++) {
         bscf = cscfp[s]->ctx->srv_conf[ngx_http_billing_module.ctx_index];

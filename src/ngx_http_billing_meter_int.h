@@ -18,7 +18,8 @@
 
 
 /* a count's key: "<marketplace>/<subscription id>" */
-#define NGX_HTTP_BILLING_METER_KEY_MAX    (32 + 1 + NGX_BILLING_SUB_ID_MAX)
+#define NGX_HTTP_BILLING_METER_KEY_MAX                                      \
+    (NGX_HTTP_BILLING_MARKET_NAME_MAX + 1 + NGX_BILLING_SUB_ID_MAX)
 
 /* workers of a node the zone knows of */
 #define NGX_HTTP_BILLING_METER_PIDS       1024

@@ -158,8 +158,9 @@ struct ngx_http_billing_srv_conf_s {
     ngx_http_billing_scheduler_t   *sched;
 };
 
-/* the most marketplaces one configuration has */
-#define NGX_HTTP_BILLING_MARKETS_MAX  64
+/* the most marketplaces one configuration has; the longest name */
+#define NGX_HTTP_BILLING_MARKETS_MAX      64
+#define NGX_HTTP_BILLING_MARKET_NAME_MAX  32
 
 
 

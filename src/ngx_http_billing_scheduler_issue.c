@@ -226,7 +226,7 @@ ngx_http_billing_run_issue(ngx_http_billing_run_t *run)
     ngx_memzero(&spec, sizeof(ngx_http_billing_invoice_spec_t));
     ngx_memzero(items, sizeof(items));
 
-    prefix = &run->owner.bmcf->redis_conf->prefix;
+    prefix = &run->owner.market->prefix;
 
     /* named by the period's start: "period:1700000000", "final:1" */
 

@@ -549,7 +549,7 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
         ngx_str_set(&a[20], "");
 
     } else if (ngx_http_billing_store_num(o, &a[20],
-                                          (int64_t) (o->market->overdue / 1000))
+                                          (int64_t) o->market->overdue / 1000)
                != NGX_OK)
     {
         return NGX_ERROR;

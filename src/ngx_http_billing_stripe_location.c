@@ -76,7 +76,8 @@ ngx_http_billing_stripe_init(ngx_conf_t *cf)
         keys++;
 
         if (m->timer_api || m->timer_ctx == NULL
-            || !(bmcf->scheduler || bmcf->reconcile) || bmcf->redis_conf == NULL)
+            || !(bmcf->scheduler || bmcf->reconcile)
+            || bmcf->redis_conf == NULL)
         {
             continue;
         }
