@@ -1144,6 +1144,36 @@ test_metadata(void)
 
     ngx_billing_event_free(&ev);
 
+    /* whose marketplace: its name, "" when absent or not a string */
+
+    if (accepts(&ev, paid("\"metadata\":{\"billing_subscription\":\"s-1\","
+                          "\"billing_marketplace\":\"acme\"}"),
+                "a marketplace's invoice"))
+    {
+        ok(ev.marketplace.len == 4
+           && memcmp(ev.marketplace.data, "acme", 4) == 0,
+           "a marketplace's invoice: its name");
+    }
+
+    ngx_billing_event_free(&ev);
+
+    if (accepts(&ev, paid("\"metadata\":{\"billing_subscription\":\"s-1\"}"),
+                "the default marketplace's invoice"))
+    {
+        ok(ev.marketplace.len == 0 && ev.marketplace.data != NULL,
+           "the default marketplace's invoice: \"\"");
+    }
+
+    ngx_billing_event_free(&ev);
+
+    if (accepts(&ev, paid("\"metadata\":{\"billing_marketplace\":7}"),
+                "a marketplace not a string"))
+    {
+        is_int(ev.marketplace.len, 0, "a marketplace not a string: \"\"");
+    }
+
+    ngx_billing_event_free(&ev);
+
     /* the subscription's own metadata, elsewhere, is not the invoice's */
 
     if (accepts(&ev, paid("\"parent\":{\"subscription_details\":{"
