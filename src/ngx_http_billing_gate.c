@@ -450,6 +450,7 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
     {
         if (ngx_http_billing_gate_fresh(r, &ctx->entry) == NGX_OK) {
             ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_CACHE,
+                                      ctx->market->index,
                                       NGX_HTTP_BILLING_CACHE_HIT, 0);
 
             ctx->status = NGX_HTTP_BILLING_GATE_KNOWN;
@@ -462,6 +463,7 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
 
     if (bmcf->cache) {
         ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_CACHE,
+                                  ctx->market->index,
                                   NGX_HTTP_BILLING_CACHE_MISS, 0);
     }
 
@@ -640,7 +642,7 @@ ngx_http_billing_gate_count(ngx_http_billing_gate_ctx_t *ctx,
     if (!ctx->counted) {
         ctx->counted = 1;
         ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_DECISIONS,
-                                  decision, 0);
+                                  ctx->market->index, decision, 0);
     }
 }
 
@@ -706,6 +708,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
 
         if (!ctx->counted) {
             ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_GATE_CACHE,
+                                      ctx->market->index,
                                       NGX_HTTP_BILLING_CACHE_STALE, 0);
         }
 

@@ -407,6 +407,7 @@ ngx_http_billing_invoice_recorded(void *data, redisReply *reply)
     if (!job->counted) {
         job->counted = 1;
         ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_INVOICES_ISSUED,
+                                  job->owner.market->index,
                                   ngx_http_billing_stat_kind(&job->spec.kind),
                                   0);
     }

@@ -43,7 +43,8 @@ static ngx_http_billing_count_t *ngx_http_billing_counts_find(
     uint32_t hash);
 static ngx_int_t ngx_http_billing_meter_handler(ngx_http_request_t *r);
 static void ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter,
-    ngx_str_t *id, time_t start, int64_t units, ngx_log_t *log);
+    ngx_uint_t market, ngx_str_t *id, time_t start, int64_t units,
+    ngx_log_t *log);
 static ngx_int_t ngx_http_billing_meter_zone_add(
     ngx_http_billing_meter_t *meter, ngx_str_t *id, time_t start,
     int64_t units, uint32_t hash);
@@ -417,7 +418,7 @@ ngx_http_billing_meter_handler(ngx_http_request_t *r)
     key.data = buf;
     key.len = ngx_sprintf(buf, "%V/%V", &m->name, &id) - buf;
 
-    ngx_http_billing_meter_add(bmcf->meter, &key, start, units,
+    ngx_http_billing_meter_add(bmcf->meter, m->index, &key, start, units,
                                r->connection->log);
 
     ngx_http_billing_gate_counted(r, units);
@@ -435,8 +436,8 @@ invalid:
 
 
 static void
-ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_str_t *id,
-    time_t start, int64_t units, ngx_log_t *log)
+ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_uint_t market,
+    ngx_str_t *id, time_t start, int64_t units, ngx_log_t *log)
 {
     uint32_t  hash;
 
@@ -444,7 +445,8 @@ ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_str_t *id,
         return;
     }
 
-    ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_METER_COUNTED, 0, 0, units);
+    ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_METER_COUNTED, market, 0, 0,
+                              units);
 
     hash = ngx_murmur_hash2(id->data, id->len) ^ (uint32_t) start;
 

@@ -74,6 +74,7 @@ static u_char *ngx_http_billing_meter_take_from(
     u_char *p, ngx_uint_t shared);
 static void ngx_http_billing_meter_send(ngx_http_billing_meter_t *meter);
 static void ngx_http_billing_meter_sent(void *data, redisReply *reply);
+static void ngx_http_billing_meter_sent_units(ngx_http_billing_meter_t *meter);
 static void ngx_http_billing_meter_tick(ngx_event_t *ev);
 static void ngx_http_billing_meter_kick(ngx_event_t *ev);
 static void ngx_http_billing_meter_watch(ngx_event_t *ev);
@@ -630,8 +631,7 @@ ngx_http_billing_meter_sent(void *data, redisReply *reply)
     /* applied now or by an attempt whose answer was lost: sent once */
 
     if (meter->entries) {
-        ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_METER_SENT, 0, 0,
-                                  meter->units);
+        ngx_http_billing_meter_sent_units(meter);
     }
 
     meter->pending = 0;
@@ -641,6 +641,81 @@ ngx_http_billing_meter_sent(void *data, redisReply *reply)
 
         if (!meter->gave_up) {
             ngx_http_billing_meter_exit_step(meter);
+        }
+    }
+}
+
+
+/*
+ * The batch's units to their marketplaces, each line being
+ * "<name>/<id> <period start> <units>\n".  A name no longer configured
+ * (a count the zone kept across a reload that removed its marketplace)
+ * counts nothing: the metrics started again from zero at that reload,
+ * and counting it as the default's would show there more sent than
+ * counted.
+ */
+
+static void
+ngx_http_billing_meter_sent_units(ngx_http_billing_meter_t *meter)
+{
+    u_char                       *p, *last, *nl, *sl, *sp;
+    off_t                         n;
+    int64_t                       units[NGX_HTTP_BILLING_MARKETS_MAX];
+    ngx_str_t                     name;
+    ngx_uint_t                    i;
+    ngx_http_billing_srv_conf_t  *m, **markets;
+
+    ngx_memzero(units, sizeof(units));
+
+    markets = meter->bmcf->markets.elts;
+    m = NULL;
+
+    p = meter->buf;
+    last = meter->buf + meter->len;
+
+    for ( /* void */ ; p < last; p = nl + 1) {
+        nl = ngx_strlchr(p, last, '\n');
+
+        if (nl == NULL) {
+            break;
+        }
+
+        sl = ngx_strlchr(p, nl, '/');
+        sp = nl;
+
+        while (sp > p && sp[-1] != ' ') {
+            sp--;
+        }
+
+        if (sl == NULL || sp == p) {
+            continue;
+        }
+
+        name.data = p;
+        name.len = sl - p;
+
+        /* a lookup per run of one marketplace's lines: most are one */
+
+        if (m == NULL
+            || m->name.len != name.len
+            || (name.len
+                && ngx_strncmp(m->name.data, name.data, name.len) != 0))
+        {
+            m = name.len ? ngx_http_billing_market_find(meter->bmcf, &name)
+                         : markets[0];
+        }
+
+        n = ngx_atoof(sp, nl - sp);
+
+        if (m && n > 0) {
+            units[m->index] += n;
+        }
+    }
+
+    for (i = 0; i < meter->bmcf->markets.nelts; i++) {
+        if (units[i]) {
+            ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_METER_SENT, i, 0, 0,
+                                      units[i]);
         }
     }
 }

@@ -439,6 +439,7 @@ ngx_http_billing_reconcile_taken(void *data, redisReply *reply)
         && reply->element[0]->type == REDIS_REPLY_INTEGER)
     {
         ngx_http_billing_stat_set(NGX_HTTP_BILLING_M_RECONCILE_OPEN,
+                                  rec->market->index,
                                   (ngx_atomic_int_t)
                                   reply->element[0]->integer);
 
@@ -772,8 +773,8 @@ static void
 ngx_http_billing_reconcile_finish(ngx_http_billing_check_t *chk,
     ngx_uint_t result)
 {
-    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_RECONCILED, result,
-                              chk->source);
+    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_RECONCILED,
+                              chk->owner.market->index, result, chk->source);
 
     chk->done(chk->data, result);
 }

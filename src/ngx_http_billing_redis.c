@@ -274,12 +274,12 @@ ngx_http_billing_redis_ready(ngx_http_billing_redis_t *rd)
     rd->down = 0;
 
     if (rd->connections++ && rd->stat != NGX_HTTP_BILLING_CONN_N) {
-        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_RECONNECTS,
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_RECONNECTS, 0,
                                   rd->stat, 0);
     }
 
     rd->counted = 1;
-    ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_REDIS_UP, rd->stat, 0, 1);
+    ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_REDIS_UP, 0, rd->stat, 0, 1);
 
     ngx_log_error(NGX_LOG_INFO, rd->log, 0,
                   "billing redis %V: connected%s", rd->peer.name,
@@ -728,11 +728,11 @@ ngx_http_billing_redis_dispatch(ngx_http_billing_redis_t *rd,
 
         if (!cmd->heartbeat) {
             ngx_http_billing_stat_time(NGX_HTTP_BILLING_M_REDIS_DURATION, 0,
-                                       ngx_current_msec - cmd->queued);
+                                       0, ngx_current_msec - cmd->queued);
         }
 
         if (reply && reply->type == REDIS_REPLY_ERROR) {
-            ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_ERRORS,
+            ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_ERRORS, 0,
                                       NGX_HTTP_BILLING_RERR_REPLY, 0);
         }
     }
@@ -793,7 +793,7 @@ ngx_http_billing_redis_failed(ngx_http_billing_redis_t *rd, ngx_uint_t level,
                   rd->peer.name, reason, rd->ncmds, rd->backoff);
 
     if (rd->stat != NGX_HTTP_BILLING_CONN_N) {
-        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_ERRORS,
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_REDIS_ERRORS, 0,
                                   ngx_http_billing_redis_error_kind(reason),
                                   0);
     }
@@ -889,8 +889,8 @@ ngx_http_billing_redis_close(ngx_http_billing_redis_t *rd)
 {
     if (rd->counted) {
         rd->counted = 0;
-        ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_REDIS_UP, rd->stat, 0,
-                                  -1);
+        ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_REDIS_UP, 0, rd->stat,
+                                  0, -1);
     }
 
     if (rd->state == NGX_HTTP_BILLING_REDIS_RESOLVING) {

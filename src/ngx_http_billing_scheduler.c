@@ -394,6 +394,7 @@ ngx_http_billing_scheduler_taken(void *data, redisReply *reply)
         if (reply->elements && reply->element[0]->type == REDIS_REPLY_INTEGER)
         {
             ngx_http_billing_stat_set(NGX_HTTP_BILLING_M_SCHEDULER_BACKLOG,
+                                      sched->market->index,
                                       (ngx_atomic_int_t)
                                       reply->element[0]->integer);
         }

@@ -514,7 +514,8 @@ ngx_http_billing_run_park(ngx_http_billing_run_t *run, int64_t when,
     argv[11] = run->state;
 
     if (failed) {
-        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_SCHEDULER_FAILURES, 0, 0);
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_SCHEDULER_FAILURES,
+                                  run->owner.market->index, 0, 0);
 
         ngx_str_set(&argv[8], "1");
 

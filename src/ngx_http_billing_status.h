@@ -1,7 +1,8 @@
 
 /*
- * billing_status: this node's counters, in shared memory for all its
- * workers (a reload keeps them), and their Prometheus exposition.
+ * billing_status: this node's counters, most of them per marketplace,
+ * in shared memory for all its workers (a reload keeps them), and their
+ * Prometheus exposition.
  */
 
 
@@ -163,21 +164,26 @@ ngx_int_t ngx_http_billing_status_init(ngx_conf_t *cf);
 char *ngx_http_billing_status_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
-/* counters and gauges: metric, its labels' values (0 when it has none) */
-void ngx_http_billing_stat_add(ngx_uint_t metric, ngx_uint_t l1,
-    ngx_uint_t l2, ngx_atomic_int_t n);
-void ngx_http_billing_stat_set(ngx_uint_t metric, ngx_atomic_int_t n);
+/*
+ * Counters and gauges: metric, the index of the marketplace it is of
+ * (ignored by the node's own, the redis_* ones), its labels' values (0
+ * when it has none).
+ */
+void ngx_http_billing_stat_add(ngx_uint_t metric, ngx_uint_t market,
+    ngx_uint_t l1, ngx_uint_t l2, ngx_atomic_int_t n);
+void ngx_http_billing_stat_set(ngx_uint_t metric, ngx_uint_t market,
+    ngx_atomic_int_t n);
 
 /* a histogram's observation, in milliseconds */
-void ngx_http_billing_stat_time(ngx_uint_t metric, ngx_uint_t l1,
-    ngx_msec_t ms);
+void ngx_http_billing_stat_time(ngx_uint_t metric, ngx_uint_t market,
+    ngx_uint_t l1, ngx_msec_t ms);
 
 /*
- * A Stripe attempt: its status, whether Stripe's JSON came, whether any
- * answer came at all, how long it took.
+ * A Stripe attempt of a marketplace: its status, whether Stripe's JSON
+ * came, whether any answer came at all, how long it took.
  */
-void ngx_http_billing_stat_stripe(ngx_uint_t endpoint, ngx_uint_t status,
-    ngx_uint_t json, ngx_uint_t none, ngx_msec_t ms);
+void ngx_http_billing_stat_stripe(ngx_uint_t market, ngx_uint_t endpoint,
+    ngx_uint_t status, ngx_uint_t json, ngx_uint_t none, ngx_msec_t ms);
 
 /* the label values of a Stripe call and an event type */
 ngx_uint_t ngx_http_billing_stat_endpoint(ngx_uint_t method, ngx_str_t *path);
@@ -186,8 +192,8 @@ ngx_uint_t ngx_http_billing_stat_decision(const char *code);
 ngx_uint_t ngx_http_billing_stat_kind(ngx_str_t *kind);
 
 
-#define ngx_http_billing_stat_inc(metric, l1, l2)                           \
-    ngx_http_billing_stat_add(metric, l1, l2, 1)
+#define ngx_http_billing_stat_inc(metric, market, l1, l2)                   \
+    ngx_http_billing_stat_add(metric, market, l1, l2, 1)
 
 
 #endif /* _NGX_HTTP_BILLING_STATUS_H_INCLUDED_ */

@@ -582,7 +582,8 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
 
     endpoint = ngx_http_billing_stat_endpoint(call->method, &call->path);
 
-    ngx_http_billing_stat_stripe(endpoint, call->status, call->json != NULL,
+    ngx_http_billing_stat_stripe(call->owner.market->index, endpoint,
+                                 call->status, call->json != NULL,
                                  at == NULL || at->broken || at->status == 0,
                                  ngx_current_msec - call->sent_at);
 
@@ -623,8 +624,8 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
                       "billing stripe: %V failed with %ui, "
                       "retrying in %Mms", &call->path, call->status, backoff);
 
-        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_STRIPE_RETRIES, endpoint,
-                                  0);
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_STRIPE_RETRIES,
+                                  call->owner.market->index, endpoint, 0);
 
         ngx_add_timer(&call->retry, backoff);
         return;
@@ -700,7 +701,8 @@ ngx_http_billing_stripe_watchdog_handler(ngx_event_t *ev)
     ngx_http_billing_stripe_cancel(call);
 
     call->status = NGX_HTTP_GATEWAY_TIME_OUT;
-    ngx_http_billing_stat_stripe(ngx_http_billing_stat_endpoint(call->method,
+    ngx_http_billing_stat_stripe(call->owner.market->index,
+                                 ngx_http_billing_stat_endpoint(call->method,
                                                                 &call->path),
                                  call->status, 0, 1,
                                  ngx_current_msec - call->sent_at);

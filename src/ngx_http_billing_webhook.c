@@ -133,7 +133,8 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
 
     if (n == NGX_DECLINED) {
         ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_REJECTED,
-                                  NGX_HTTP_BILLING_REJ_NO_HEADER, 0);
+                                  m->index, NGX_HTTP_BILLING_REJ_NO_HEADER,
+                                  0);
 
         return ngx_http_billing_send_error(r, NGX_HTTP_BAD_REQUEST,
                                     "invalid_signature",
@@ -157,6 +158,7 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
 
         if (rc < NGX_BILLING_SIG_INTERNAL) {
             ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_REJECTED,
+                                      m->index,
                                       ngx_http_billing_webhook_rejections[rc],
                                       0);
         }
@@ -187,7 +189,7 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
                       "billing webhook: malformed event: %s", err);
 
         ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS,
-                                  NGX_HTTP_BILLING_EV_OTHER,
+                                  m->index, NGX_HTTP_BILLING_EV_OTHER,
                                   NGX_HTTP_BILLING_OUT_MALFORMED);
 
         return ngx_http_billing_send_error(r, NGX_HTTP_BAD_REQUEST,
@@ -229,7 +231,7 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
     json_t                      *json;
     ngx_int_t                    rc;
     ngx_str_t                    type;
-    ngx_uint_t                   label;
+    ngx_uint_t                   label, market;
     ngx_http_billing_owner_t     owner;
     ngx_http_billing_webhook_t  *wh;
     ngx_http_billing_invoice_t   inv;
@@ -237,10 +239,11 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
     type.data = (u_char *) ev->type.data;
     type.len = ev->type.len;
     label = ngx_http_billing_stat_event(&type);
+    market = ngx_http_billing_market(r)->index;
 
     if (ev->status == NGX_BILLING_INVOICE_NONE) {
-        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, label,
-                                  NGX_HTTP_BILLING_OUT_IGNORED);
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, market,
+                                  label, NGX_HTTP_BILLING_OUT_IGNORED);
 
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "billing webhook: ignored %*s",
@@ -314,8 +317,8 @@ ngx_http_billing_webhook_record(ngx_http_request_t *r,
                       "billing webhook: Redis is not available, "
                       "event %*s not recorded", ev->id.len, ev->id.data);
 
-        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, label,
-                                  NGX_HTTP_BILLING_OUT_UNAVAILABLE);
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, market,
+                                  label, NGX_HTTP_BILLING_OUT_UNAVAILABLE);
 
         return ngx_http_billing_send_unavailable(r);
     }
@@ -352,8 +355,9 @@ ngx_http_billing_webhook_recorded(void *data, redisReply *reply)
                           "billing webhook: Redis did not record the event");
         }
 
-        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, wh->type,
-                                  NGX_HTTP_BILLING_OUT_UNAVAILABLE);
+        ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS,
+                                  ngx_http_billing_market(r)->index,
+                                  wh->type, NGX_HTTP_BILLING_OUT_UNAVAILABLE);
 
         rc = ngx_http_billing_send_unavailable(r);
         goto done;
@@ -375,7 +379,8 @@ ngx_http_billing_webhook_recorded(void *data, redisReply *reply)
 
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
 
-    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, wh->type,
+    ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS,
+                              ngx_http_billing_market(r)->index, wh->type,
                               (reply->element[1]->type == REDIS_REPLY_INTEGER
                                && reply->element[1]->integer)
                               || reply->element[3]->integer > 0

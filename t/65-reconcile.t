@@ -89,9 +89,9 @@ sub gets_of {
            @{ $s->requests };
 }
 
-my $CHANGED = 'billing_reconcile_invoices_total{result="changed",source="round"}';
-my $FAILED = 'billing_reconcile_invoices_total{result="failed",source="round"}';
-my $REFRESHED = 'billing_reconcile_invoices_total{result="changed",source="refresh"}';
+my $CHANGED = 'billing_reconcile_invoices_total{marketplace="default",result="changed",source="round"}';
+my $FAILED = 'billing_reconcile_invoices_total{marketplace="default",result="failed",source="round"}';
+my $REFRESHED = 'billing_reconcile_invoices_total{marketplace="default",result="changed",source="refresh"}';
 
 # ---------------------------------------------------------------------
 # paid at Stripe, no webhook: the gate opens within about the interval
