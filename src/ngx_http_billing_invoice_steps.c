@@ -54,6 +54,17 @@ ngx_http_billing_invoice_form(ngx_http_billing_invoice_job_t *job,
     ngx_billing_form_add(form, "metadata[billing_kind]",
                          (char *) job->spec.kind.data, job->spec.kind.len);
 
+    /*
+     * Whose it is, should two marketplaces share a Stripe account: each
+     * endpoint then gets the other's events too (the default's: none).
+     */
+
+    if (job->owner.market->name.len) {
+        ngx_billing_form_add(form, "metadata[billing_marketplace]",
+                             (char *) job->owner.market->name.data,
+                             job->owner.market->name.len);
+    }
+
     for (i = 0; i < job->spec.nmetadata; i++) {
         meta = &job->spec.metadata[i];
 

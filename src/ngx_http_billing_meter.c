@@ -343,13 +343,12 @@ ngx_http_billing_counts_find(ngx_http_billing_counts_t *counts, ngx_str_t *id,
 static ngx_int_t
 ngx_http_billing_meter_handler(ngx_http_request_t *r)
 {
-    u_char                        *p;
+    u_char                        *p, buf[NGX_HTTP_BILLING_METER_KEY_MAX];
     time_t                         start;
     int64_t                        units;
     ngx_str_t                      id, key, value;
-    ngx_http_billing_srv_conf_t   *m;
-    u_char                         buf[NGX_HTTP_BILLING_METER_KEY_MAX];
     ngx_uint_t                     status;
+    ngx_http_billing_srv_conf_t   *m;
     ngx_http_billing_loc_conf_t   *blcf;
     ngx_http_billing_main_conf_t  *bmcf;
 

@@ -56,9 +56,10 @@
 /* entries a script carries at most: its size does not grow with load */
 #define NGX_HTTP_BILLING_METER_BATCH      2048
 
-/* "<id> <period start> <units>\n" */
+/* "<marketplace>/<id> <period start> <units>\n" */
 #define NGX_HTTP_BILLING_METER_LINE                                          \
-    (NGX_BILLING_SUB_ID_MAX + 1 + NGX_INT64_LEN + 1 + NGX_INT64_LEN + 1)
+    (NGX_HTTP_BILLING_METER_KEY_MAX + 1 + NGX_INT64_LEN + 1                   \
+     + NGX_INT64_LEN + 1)
 
 /* a send at exit that failed is tried again after this */
 #define NGX_HTTP_BILLING_METER_RETRY      100

@@ -156,6 +156,12 @@ struct ngx_http_billing_srv_conf_s {
 
     /* this worker's */
     ngx_http_billing_scheduler_t   *sched;
+
+    /*
+     * When this worker last saw this account's rate limit (429), whoever
+     * made the call: its timers take no new work for a while after it.
+     */
+    ngx_msec_t                      stripe_limited;
 };
 
 /* the most marketplaces one configuration has; the longest name */

@@ -319,10 +319,10 @@ ngx_http_billing_reconcile_tick(ngx_event_t *ev)
         return;
     }
 
-    /* Stripe limited a call of this worker's within the last second */
+    /* Stripe limited a call to this account within the last second */
 
-    if (ngx_http_billing_stripe_limited
-        && ngx_current_msec - ngx_http_billing_stripe_limited
+    if (rec->market->stripe_limited
+        && ngx_current_msec - rec->market->stripe_limited
            < NGX_HTTP_BILLING_RECONCILE_TICK)
     {
         return;

@@ -322,10 +322,10 @@ ngx_http_billing_scheduler_tick(ngx_event_t *ev)
         return;
     }
 
-    /* Stripe limited a call of this worker's within the last second */
+    /* Stripe limited a call to this account within the last second */
 
-    if (ngx_http_billing_stripe_limited
-        && ngx_current_msec - ngx_http_billing_stripe_limited
+    if (sched->market->stripe_limited
+        && ngx_current_msec - sched->market->stripe_limited
            < NGX_HTTP_BILLING_SCHED_TICK)
     {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, sched->log, 0,

@@ -191,7 +191,8 @@ ngx_http_billing_run_start(ngx_http_billing_scheduler_t *sched, ngx_str_t *id,
 void
 ngx_http_billing_run_load(ngx_http_billing_run_t *run)
 {
-    ngx_str_t  argv[8];
+    ngx_str_t                  argv[8];
+    ngx_http_billing_owner_t   node;
 
     if (ngx_exiting) {
         /* the lease given back: another worker goes on at once */
@@ -202,10 +203,19 @@ ngx_http_billing_run_load(ngx_http_billing_run_t *run)
     argv[4] = run->token;
     argv[7] = run->id;
 
+    /*
+     * The meter's marks are the node's, whatever the marketplace: under
+     * the prefix itself, where the default marketplace's keys are.
+     */
+
+    node = run->owner;
+    node.market = ((ngx_http_billing_srv_conf_t **)
+                   run->owner.bmcf->markets.elts)[0];
+
     if (ngx_http_billing_store_key(&run->owner, &argv[0], "sub:", &run->id,
                                    NULL)
         != NGX_OK
-        || ngx_http_billing_store_key(&run->owner, &argv[1], "meter:nodes",
+        || ngx_http_billing_store_key(&node, &argv[1], "meter:nodes",
                                       NULL, NULL)
            != NGX_OK
         || ngx_http_billing_store_key(&run->owner, &argv[2], "lease:",

@@ -60,9 +60,6 @@ struct ngx_http_billing_stripe_attempt_s {
 };
 
 
-ngx_msec_t  ngx_http_billing_stripe_limited;
-
-
 static ngx_int_t ngx_http_billing_stripe_send(
     ngx_http_billing_stripe_call_t *call);
 static ngx_int_t ngx_http_billing_stripe_request(
@@ -588,7 +585,7 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
                                  ngx_current_msec - call->sent_at);
 
     if (call->status == NGX_HTTP_TOO_MANY_REQUESTS) {
-        ngx_http_billing_stripe_limited = ngx_current_msec;
+        call->owner.market->stripe_limited = ngx_current_msec;
     }
 
     if (call->status >= 200 && call->status < 300 && call->json) {

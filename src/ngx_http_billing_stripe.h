@@ -98,12 +98,6 @@ void ngx_http_billing_stripe_cancel(ngx_http_billing_stripe_call_t *call);
 ngx_int_t ngx_http_billing_stripe_string(ngx_http_billing_stripe_call_t *call,
     const char *name, ngx_str_t *value);
 
-/*
- * When this worker last saw Stripe's rate limit (429), whoever made the
- * call: the scheduler takes no new work for a while after it.
- */
-extern ngx_msec_t  ngx_http_billing_stripe_limited;
-
 /* for the filter module: the attempt r is, or NULL; and its filters */
 ngx_http_billing_stripe_attempt_t *ngx_http_billing_stripe_attempt(
     ngx_http_request_t *r);

@@ -228,18 +228,40 @@ static ngx_int_t
 ngx_http_billing_webhook_record(ngx_http_request_t *r,
     ngx_billing_event_t *ev)
 {
-    json_t                      *json;
-    ngx_int_t                    rc;
-    ngx_str_t                    type;
-    ngx_uint_t                   label, market;
-    ngx_http_billing_owner_t     owner;
-    ngx_http_billing_webhook_t  *wh;
-    ngx_http_billing_invoice_t   inv;
+    json_t                       *json;
+    ngx_int_t                     rc;
+    ngx_str_t                     type;
+    ngx_uint_t                    label, market;
+    ngx_http_billing_owner_t      owner;
+    ngx_http_billing_srv_conf_t  *m;
+    ngx_http_billing_webhook_t   *wh;
+    ngx_http_billing_invoice_t    inv;
 
     type.data = (u_char *) ev->type.data;
     type.len = ev->type.len;
     label = ngx_http_billing_stat_event(&type);
-    market = ngx_http_billing_market(r)->index;
+    m = ngx_http_billing_market(r);
+    market = m->index;
+
+    /*
+     * Another marketplace's invoice (metadata[billing_marketplace]; none
+     * is the default's): two marketplaces on one Stripe account get each
+     * other's events, and an invoice is of one of them only.
+     */
+
+    if (ev->status != NGX_BILLING_INVOICE_NONE
+        && (ev->marketplace.len != m->name.len
+            || ngx_strncmp(ev->marketplace.data, m->name.data,
+                           m->name.len)
+               != 0))
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "billing webhook: invoice %*s is of another "
+                      "marketplace, ignored",
+                      ev->invoice.len, ev->invoice.data);
+
+        ev->status = NGX_BILLING_INVOICE_NONE;
+    }
 
     if (ev->status == NGX_BILLING_INVOICE_NONE) {
         ngx_http_billing_stat_inc(NGX_HTTP_BILLING_M_WEBHOOK_EVENTS, market,

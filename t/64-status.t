@@ -130,9 +130,15 @@ sub reload_settled {
     }, 15), 'reloaded, the old workers gone';
 }
 
-# a webhook to marketplace b or c, signed with its secret
+# a webhook to marketplace b or c, signed with its secret; its events'
+# invoices are marked as that marketplace's, as the module marks them
 sub hook {
     my ($mk, $event, %o) = @_;
+    my $e = json_decode($event);
+    if (my $md = $e->{data}{object}{metadata}) {
+        $md->{billing_marketplace} = $mk;
+        $event = json_encode($e);
+    }
     return $t->webhook($event, port => $port{$mk}, path => "/hooks/$mk",
         secrets => [ $secret{$mk} ], %o);
 }

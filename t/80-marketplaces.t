@@ -135,10 +135,13 @@ sub hook {
         path => $mk == $B ? '/hooks/stripe' : '/stripe/webhook');
 }
 
+# an invoice of marketplace $name paid, as Stripe tells it: with the
+# metadata the module set on it
 sub paid {
-    my ($id, $inv) = @_;
+    my ($id, $inv, $name) = @_;
     return invoice_event(type => 'invoice.paid', invoice_id => $inv,
         subscription => $id, kind => 'initial',
+        metadata => { billing_marketplace => $name // 'alpha' },
         invoice => { amount_due => 1500, currency => 'usd' });
 }
 
@@ -170,8 +173,10 @@ for my $name (qw(alpha beta)) {
     ok $inv{$name}, "$name: its first invoice";
     is $r->{json}{portal_url}, "https://billing.stripe.com/p/login/$name",
         "$name: its own portal";
-    is scalar @{ $m{$name}{stripe}->invoices_of('sub-1') }, 1,
-        "$name: the invoice is at its own stand-in";
+    my $invs = $m{$name}{stripe}->invoices_of('sub-1');
+    is scalar @$invs, 1, "$name: the invoice is at its own stand-in";
+    is $invs->[0]{metadata}{billing_marketplace}, $name,
+        '... marked as its own';
 }
 isnt $inv{alpha}, $inv{beta}, 'two invoices, one per account';
 
@@ -235,6 +240,18 @@ is gate($t->port, 'sub-1')->{json}{error}{code}, 'unknown_subscription',
     is $w->{status}, 400, '... with the default\'s secret: 400';
     $w = $t->webhook($ev, secrets => [ $A->{secret} ]);
     is $w->{status}, 400, 'alpha\'s secret at the default endpoint: 400';
+
+    # two marketplaces on one Stripe account get each other's events,
+    # each signed for the endpoint: the metadata tells whose invoice it is
+    $w = hook($A, paid('sub-1', $inv{alpha}, 'beta'));
+    is $w->{status}, 200, 'an event of beta\'s invoice at alpha\'s endpoint, '
+        . 'signed by alpha: 200';
+    ok $w->{json}{ignored}, '... ignored';
+    $w = hook($A, invoice_event(type => 'invoice.paid',
+        invoice_id => $inv{alpha}, subscription => 'sub-1',
+        kind => 'initial'));
+    ok $w->{status} == 200 && $w->{json}{ignored},
+        '... so is one of the default marketplace\'s (no metadata)';
     is gate($A->{port}, 'sub-1')->{status}, 402, '... alpha still pending';
     is $t->redis('HGET', 'billing:mp:alpha:sub:sub-1', 'state'), 'pending',
         '... nothing recorded';
@@ -263,7 +280,7 @@ $t->monitor_lines($mon);
 {
     # beta's invoice paid, told to alpha's endpoint (as alpha's event):
     # alpha has no such invoice, beta's stays unpaid
-    my $w = hook($A, paid('sub-1', $inv{beta}));
+    my $w = hook($A, paid('sub-1', $inv{beta}, 'alpha'));
     is $w->{status}, 200, 'beta\'s invoice id at alpha\'s endpoint: 200';
     is gate($B->{port}, 'sub-1')->{status}, 402, '... beta still pending';
     is $t->redis('EXISTS', "billing:mp:beta:invoice:$inv{beta}") &&
@@ -272,7 +289,7 @@ $t->monitor_lines($mon);
 }
 
 {
-    my $w = hook($B, paid('sub-1', $inv{beta}));
+    my $w = hook($B, paid('sub-1', $inv{beta}, 'beta'));
     is $w->{status}, 200, 'beta\'s event at beta\'s endpoint: 200';
     ok wait_until(sub { gate($B->{port}, 'sub-1')->{status} == 200 }, 5),
         'beta: active';
