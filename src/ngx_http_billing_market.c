@@ -21,6 +21,11 @@
 #include "ngx_billing_signature.h"
 
 
+#define ngx_http_billing_same(a, b)                                          \
+    ((a)->len == (b)->len                                                     \
+     && ((a)->len == 0 || ngx_memcmp((a)->data, (b)->data, (a)->len) == 0))
+
+
 static ngx_int_t ngx_http_billing_market_new(ngx_conf_t *cf,
     ngx_http_billing_main_conf_t *bmcf, ngx_http_billing_srv_conf_t *m);
 static const char *ngx_http_billing_market_differs(
@@ -29,6 +34,12 @@ static const char *ngx_http_billing_market_own(
     ngx_http_billing_srv_conf_t *conf);
 static ngx_uint_t ngx_http_billing_secrets_equal(ngx_array_t *one,
     ngx_array_t *two);
+static ngx_uint_t ngx_http_billing_secrets_within(ngx_array_t *one,
+    ngx_array_t *two);
+static ngx_uint_t ngx_http_billing_secrets_common(ngx_array_t *one,
+    ngx_array_t *two);
+static void ngx_http_billing_market_accounts(ngx_conf_t *cf,
+    ngx_http_billing_main_conf_t *bmcf);
 static ngx_int_t ngx_http_billing_market_needs(ngx_conf_t *cf,
     ngx_http_billing_main_conf_t *bmcf, ngx_http_billing_srv_conf_t *bscf);
 
@@ -295,11 +306,7 @@ static const char *
 ngx_http_billing_market_differs(ngx_http_billing_srv_conf_t *one,
     ngx_http_billing_srv_conf_t *two)
 {
-    if (one->stripe_key.len != two->stripe_key.len
-        || ngx_strncmp(one->stripe_key.data, two->stripe_key.data,
-                       one->stripe_key.len)
-           != 0)
-    {
+    if (!ngx_http_billing_same(&one->stripe_key, &two->stripe_key)) {
         return "billing_stripe_key_file";
     }
 
@@ -309,36 +316,23 @@ ngx_http_billing_market_differs(ngx_http_billing_srv_conf_t *one,
         return "billing_stripe_webhook_secret_file";
     }
 
-    if (one->api_token.len != two->api_token.len
-        || ngx_strncmp(one->api_token.data, two->api_token.data,
-                       one->api_token.len)
-           != 0)
-    {
+    if (!ngx_http_billing_same(&one->api_token, &two->api_token)) {
         return "billing_api_token_file";
     }
 
-    if (one->stripe_api_version.len != two->stripe_api_version.len
-        || ngx_strncmp(one->stripe_api_version.data,
-                       two->stripe_api_version.data,
-                       one->stripe_api_version.len)
-           != 0)
+    if (!ngx_http_billing_same(&one->stripe_api_version,
+                               &two->stripe_api_version))
     {
         return "billing_stripe_api_version";
     }
 
-    if (one->stripe_location.len != two->stripe_location.len
-        || ngx_strncmp(one->stripe_location.data, two->stripe_location.data,
-                       one->stripe_location.len)
-           != 0)
+    if (!ngx_http_billing_same(&one->stripe_location,
+                               &two->stripe_location))
     {
         return "billing_stripe_location";
     }
 
-    if (one->portal_url.len != two->portal_url.len
-        || ngx_strncmp(one->portal_url.data, two->portal_url.data,
-                       one->portal_url.len)
-           != 0)
-    {
+    if (!ngx_http_billing_same(&one->portal_url, &two->portal_url)) {
         return "billing_portal_url";
     }
 
@@ -387,32 +381,51 @@ ngx_http_billing_market_own(ngx_http_billing_srv_conf_t *conf)
 }
 
 
+/* the same secrets, in any order */
+
 static ngx_uint_t
 ngx_http_billing_secrets_equal(ngx_array_t *one, ngx_array_t *two)
 {
-    ngx_uint_t             i;
-    ngx_billing_secret_t  *a, *b;
-
     if (one == NULL || two == NULL) {
         return one == two;
     }
 
-    if (one->nelts != two->nelts) {
-        return 0;
-    }
+    return ngx_http_billing_secrets_within(one, two)
+           && ngx_http_billing_secrets_within(two, one);
+}
+
+
+/* every one of "one" is among "two" (any: at least one of them is) */
+
+static ngx_uint_t
+ngx_http_billing_secrets_within(ngx_array_t *one, ngx_array_t *two)
+{
+    return ngx_http_billing_secrets_common(one, two) == one->nelts;
+}
+
+
+static ngx_uint_t
+ngx_http_billing_secrets_common(ngx_array_t *one, ngx_array_t *two)
+{
+    ngx_uint_t             i, j, n;
+    ngx_billing_secret_t  *a, *b;
 
     a = one->elts;
     b = two->elts;
+    n = 0;
 
     for (i = 0; i < one->nelts; i++) {
-        if (a[i].len != b[i].len
-            || ngx_memcmp(a[i].data, b[i].data, a[i].len) != 0)
-        {
-            return 0;
+        for (j = 0; j < two->nelts; j++) {
+            if (a[i].len == b[j].len
+                && ngx_memcmp(a[i].data, b[j].data, a[i].len) == 0)
+            {
+                n++;
+                break;
+            }
         }
     }
 
-    return 1;
+    return n;
 }
 
 
@@ -450,15 +463,21 @@ ngx_http_billing_market_check(ngx_conf_t *cf,
     cscfp = cmcf->servers.elts;
 
     /*
-     * Every server named a marketplace: the default one's timers (for
-     * the subscriptions it had before) still go through the first.
+     * Every server named a marketplace: the default one has no server
+     * for its timers' calls, and its key is not sent through another's.
      */
 
     m = ((ngx_http_billing_srv_conf_t **) bmcf->markets.elts)[0];
 
-    if (m->timer_ctx == NULL && cmcf->servers.nelts) {
-        m->timer_ctx = cscfp[0]->ctx;
+    if (m->timer_ctx == NULL && m->stripe_key.len && bmcf->redis_conf) {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "the http level's \"billing_stripe_key_file\" has "
+                      "no server without \"billing_marketplace\": the "
+                      "default marketplace's period-end invoices and "
+                      "reconciliation do not run on this node");
     }
+
+    ngx_http_billing_market_accounts(cf, bmcf);
 
     for (s = 0; s < cmcf->servers.nelts; s++) {
         bscf = cscfp[s]->ctx->srv_conf[ngx_http_billing_module.ctx_index];
@@ -469,6 +488,58 @@ ngx_http_billing_market_check(ngx_conf_t *cf,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Marketplaces on one Stripe account (the same key) share when it last
+ * limited the rate; the same key or secret under two names is allowed,
+ * but each endpoint then gets the other's events, told apart by their
+ * metadata only: said once.
+ */
+
+static void
+ngx_http_billing_market_accounts(ngx_conf_t *cf,
+    ngx_http_billing_main_conf_t *bmcf)
+{
+    ngx_uint_t                     i, j;
+    ngx_http_billing_srv_conf_t  **markets, *a, *b;
+
+    markets = bmcf->markets.elts;
+
+    for (i = 0; i < bmcf->markets.nelts; i++) {
+        a = markets[i];
+        a->limited = &a->stripe_limited;
+
+        for (j = 0; j < i; j++) {
+            b = markets[j];
+
+            if (a->stripe_key.len
+                && ngx_http_billing_same(&a->stripe_key, &b->stripe_key))
+            {
+                if (a->limited == &a->stripe_limited) {
+                    a->limited = b->limited;
+
+                    ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                                  "the marketplaces \"%V\" and \"%V\" "
+                                  "have the same Stripe key: one account, "
+                                  "whose invoices they tell apart by their "
+                                  "metadata", &b->label, &a->label);
+                }
+            }
+
+            if (a->webhook_secrets && b->webhook_secrets
+                && a->webhook_secrets != b->webhook_secrets
+                && ngx_http_billing_secrets_common(a->webhook_secrets,
+                                                   b->webhook_secrets))
+            {
+                ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                              "the marketplaces \"%V\" and \"%V\" share a "
+                              "webhook secret: each endpoint accepts the "
+                              "other's signatures", &b->label, &a->label);
+            }
+        }
+    }
 }
 
 

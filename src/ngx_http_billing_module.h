@@ -160,8 +160,10 @@ struct ngx_http_billing_srv_conf_s {
     /*
      * When this worker last saw this account's rate limit (429), whoever
      * made the call: its timers take no new work for a while after it.
+     * Marketplaces of one key share one (limited points to it).
      */
     ngx_msec_t                      stripe_limited;
+    ngx_msec_t                     *limited;
 };
 
 /* the most marketplaces one configuration has; the longest name */

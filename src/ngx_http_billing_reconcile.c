@@ -321,8 +321,8 @@ ngx_http_billing_reconcile_tick(ngx_event_t *ev)
 
     /* Stripe limited a call to this account within the last second */
 
-    if (rec->market->stripe_limited
-        && ngx_current_msec - rec->market->stripe_limited
+    if (*rec->market->limited
+        && ngx_current_msec - *rec->market->limited
            < NGX_HTTP_BILLING_RECONCILE_TICK)
     {
         return;

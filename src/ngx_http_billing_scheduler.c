@@ -324,8 +324,8 @@ ngx_http_billing_scheduler_tick(ngx_event_t *ev)
 
     /* Stripe limited a call to this account within the last second */
 
-    if (sched->market->stripe_limited
-        && ngx_current_msec - sched->market->stripe_limited
+    if (*sched->market->limited
+        && ngx_current_msec - *sched->market->limited
            < NGX_HTTP_BILLING_SCHED_TICK)
     {
         ngx_log_debug0(NGX_LOG_DEBUG_HTTP, sched->log, 0,

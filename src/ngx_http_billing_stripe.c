@@ -585,7 +585,7 @@ ngx_http_billing_stripe_evaluate(ngx_http_billing_stripe_call_t *call,
                                  ngx_current_msec - call->sent_at);
 
     if (call->status == NGX_HTTP_TOO_MANY_REQUESTS) {
-        call->owner.market->stripe_limited = ngx_current_msec;
+        *call->owner.market->limited = ngx_current_msec;
     }
 
     if (call->status >= 200 && call->status < 300 && call->json) {

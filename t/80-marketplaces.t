@@ -37,7 +37,7 @@ for my $name (qw(alpha beta)) {
 }
 my ($A, $B) = @m{qw(alpha beta)};
 
-my $P = 6;      # seconds per metering period
+my $P = 10;     # seconds per metering period
 
 my $CONF = <<'EOF';
     billing_redis 127.0.0.1:%%REDIS_PORT%% timeout=1s;
@@ -275,6 +275,25 @@ $t->monitor_lines($mon);
         qr/"HMGET" "billing:mp:beta:sub:sub-1"/);
     is scalar @looked, 0,
         '... served from the cache: alpha\'s change dropped no beta entry';
+
+    # another node's change comes on the marketplace's own channel: a
+    # message on beta's drops beta's sub-1 only
+    is gate($A->{port}, 'sub-1')->{status}, 200, 'alpha: cached';
+    $t->monitor_lines($mon);
+    $t->redis('PUBLISH', 'billing:mp:beta:events', '999 sub-1');
+    ok wait_until(sub {
+        gate($B->{port}, 'sub-1');
+        scalar $t->monitor_lines($mon,
+            qr/"HMGET" "billing:mp:beta:sub:sub-1"/) }, 5),
+        'a change published on beta\'s channel: beta asks Redis again';
+    gate($A->{port}, 'sub-1');
+    is scalar $t->monitor_lines($mon, qr/"HMGET" "billing:mp:alpha:sub:/),
+        0, '... alpha\'s entry of the same id stays cached';
+    $t->redis('PUBLISH', 'billing:events', '999 sub-1');
+    sleep 0.5;
+    gate($_->{port}, 'sub-1') for $A, $B;
+    is scalar $t->monitor_lines($mon, qr/"HMGET" "billing:mp:/), 0,
+        '... and one on the default\'s channel drops neither';
 }
 
 {
@@ -562,6 +581,46 @@ EOF
 EOF
     is $rc, 0, 'nginx -t: one marketplace in two servers, the http key '
         . 'inherited: accepted' or diag $out;
+    like $out, qr/\[warn\].*the marketplaces "default" and "alpha" have the same Stripe key/,
+        '... with a warning: alpha and the default are one account';
+    like $out, qr/\[warn\].*has no server without "billing_marketplace"/,
+        '... and one: the default marketplace has no server for its timers';
+}
+
+{
+    # the same secrets in another order are the same; one in common
+    # between two marketplaces is warned of
+    my ($x, $y) = map { 'whsec_' . random_id('', 32) } 1 .. 2;
+    $t->write_file('xy.whsec', "$x\n$y\n");
+    $t->write_file('yx.whsec', "$y\n$x\n");
+    $t->write_file('y.whsec', "$y\n");
+    my ($rc, $out) = conf_t(<<'EOF');
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        billing_marketplace alpha;
+        billing_stripe_webhook_secret_file %%DIR%%/xy.whsec;
+        location = /hook { billing_webhook; }
+    }
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        server_name two;
+        billing_marketplace alpha;
+        billing_stripe_webhook_secret_file %%DIR%%/yx.whsec;
+        location = /hook { billing_webhook; }
+    }
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        server_name three;
+        billing_marketplace beta;
+        billing_stripe_webhook_secret_file %%DIR%%/y.whsec;
+        location = /hook { billing_webhook; }
+    }
+EOF
+    is $rc, 0, 'nginx -t: the same secrets in another order: accepted'
+        or diag $out;
+    like $out, qr/\[warn\].*"alpha" and "beta" share a webhook secret/,
+        '... a secret shared by two marketplaces: a warning';
+    unlike $out, qr/\Q$y\E|\Q$x\E/, '... that names no secret';
 }
 
 $_->{stripe}->stop for $A, $B;
