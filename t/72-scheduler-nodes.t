@@ -163,7 +163,7 @@ is $dupkeys, 0, 'no Stripe object made twice (each key executed once)';
     my $finals = sub {
         [ grep { ($_->{metadata}{billing_kind} // '') eq 'final' }
             @{ $s->invoices_of('sub-m7') } ] };
-    ok wait_until(sub { @{ $finals->() } >= 2 }, 20),
+    ok wait_until(sub { @{ $finals->() } >= 2 }, 90),
         'units after the final invoice: one more final invoice';
     sleep 2;
     is scalar @{ $finals->() }, 2, '... one';
