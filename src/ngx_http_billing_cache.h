@@ -47,17 +47,29 @@ struct ngx_http_billing_cache_s {
 };
 
 
+/*
+ * The hash of a marketplace's subscription, the cache's key; the meter
+ * keys its counts by it too (with the period), so that a gated request
+ * hashes its id once.
+ */
+#define ngx_http_billing_key_hash(market, id)                                \
+    (ngx_murmur_hash2((id)->data, (id)->len)                                 \
+     ^ ((market)->len ? ngx_murmur_hash2((market)->data, (market)->len) : 0))
+
+
 /* billing_cache */
 char *ngx_http_billing_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 /*
- * Entries are of a marketplace (its name) and a subscription id.
- * NGX_OK and the entry (strings in pool), or NGX_DECLINED.
+ * Entries are of a marketplace (its name) and a subscription id, hash
+ * their ngx_http_billing_key_hash().
+ * NGX_OK and the entry, or NGX_DECLINED.  The strings, in pool, are
+ * there unless the subscription is active: no answer to it shows them.
  */
 ngx_int_t ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
-    ngx_str_t *market, ngx_str_t *id, ngx_http_billing_entry_t *entry,
-    ngx_pool_t *pool);
+    ngx_str_t *market, ngx_str_t *id, uint32_t hash,
+    ngx_http_billing_entry_t *entry, ngx_pool_t *pool);
 
 /*
  * Stores what Redis said, entry->fetched being when it was asked, unless
@@ -65,8 +77,8 @@ ngx_int_t ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
  * when the zone is full.
  */
 void ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
-    ngx_str_t *market, ngx_str_t *id, ngx_http_billing_entry_t *entry,
-    ngx_log_t *log);
+    ngx_str_t *market, ngx_str_t *id, uint32_t hash,
+    ngx_http_billing_entry_t *entry, ngx_log_t *log);
 
 /*
  * The metering period that time now falls in, into cur_start and

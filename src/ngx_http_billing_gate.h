@@ -26,10 +26,12 @@ ngx_int_t ngx_http_billing_gate_init(ngx_conf_t *cf);
  * main request through as active; then the subscription id, the start
  * of the metering period that now falls in (0 when the subscription's
  * data has no period) and the configuration whose billing_meter counts
- * (the final location's, or the auth_request target's that decided).
+ * (the final location's, or the auth_request target's that decided),
+ * the marketplace and ngx_http_billing_key_hash() of the two.
  */
 ngx_int_t ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
-    time_t *period_start, ngx_http_billing_loc_conf_t **meter_conf);
+    time_t *period_start, ngx_http_billing_loc_conf_t **meter_conf,
+    ngx_http_billing_srv_conf_t **market, uint32_t *hash);
 
 /* a subrequest's header, for a denial in an auth_request target */
 void ngx_http_billing_gate_auth_header(ngx_http_request_t *r);
