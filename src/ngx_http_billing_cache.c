@@ -285,23 +285,21 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
 
     zone = cache->shm_zone->data;
 
-    /* held briefly, and mostly free: the cheap try first */
+    /* held briefly, writing only what must change: mostly free */
 
-    if (!ngx_shmtx_trylock(&zone->shpool->mutex)) {
-        ngx_shmtx_lock(&zone->shpool->mutex);
-    }
+    ngx_http_billing_shmtx_lock(&zone->shpool->mutex);
 
     node = ngx_http_billing_cache_lookup(zone, market, id, hash);
 
     if (node == NULL) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
+        ngx_http_billing_shmtx_unlock(&zone->shpool->mutex);
         return NGX_DECLINED;
     }
 
     cn = (ngx_http_billing_cache_node_t *) &node->color;
 
     if (cn->state == NGX_HTTP_BILLING_CACHE_MARKER) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
+        ngx_http_billing_shmtx_unlock(&zone->shpool->mutex);
         return NGX_DECLINED;
     }
 
@@ -340,7 +338,7 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
     if (cn->state == NGX_BILLING_SUB_ACTIVE
         || (cn->invoice_len == 0 && cn->url_len == 0))
     {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
+        ngx_http_billing_shmtx_unlock(&zone->shpool->mutex);
 
         ngx_str_null(&entry->invoice);
         ngx_str_null(&entry->pay_url);
@@ -350,7 +348,7 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
 
     p = ngx_pnalloc(pool, cn->invoice_len + cn->url_len);
     if (p == NULL) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
+        ngx_http_billing_shmtx_unlock(&zone->shpool->mutex);
         return NGX_DECLINED;
     }
 
@@ -364,7 +362,7 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
     ngx_memcpy(p, cn->data + cn->market_len + cn->id_len + cn->invoice_len,
                cn->url_len);
 
-    ngx_shmtx_unlock(&zone->shpool->mutex);
+    ngx_http_billing_shmtx_unlock(&zone->shpool->mutex);
 
     return NGX_OK;
 }

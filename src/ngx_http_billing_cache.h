@@ -57,6 +57,67 @@ struct ngx_http_billing_cache_s {
      ^ ((market)->len ? ngx_murmur_hash2((market)->data, (market)->len) : 0))
 
 
+/*
+ * The zones' mutex on every gated request (the cache's, the meter's):
+ * ngx_shmtx_trylock() and ngx_shmtx_unlock() inline, without their
+ * debug line and calls; the same atomics, the same wakeup of a waiter
+ * (ngx_shmtx_wakeup(), which nginx does not export).
+ */
+
+static ngx_inline void
+ngx_http_billing_shmtx_lock(ngx_shmtx_t *mtx)
+{
+#if (NGX_HAVE_ATOMIC_OPS)
+    if (*mtx->lock == 0 && ngx_atomic_cmp_set(mtx->lock, 0, ngx_pid)) {
+        return;
+    }
+#endif
+
+    ngx_shmtx_lock(mtx);
+}
+
+
+static ngx_inline void
+ngx_http_billing_shmtx_unlock(ngx_shmtx_t *mtx)
+{
+#if (NGX_HAVE_ATOMIC_OPS)
+#if (NGX_HAVE_POSIX_SEM)
+    ngx_atomic_uint_t  wait;
+#endif
+
+    if (!ngx_atomic_cmp_set(mtx->lock, ngx_pid, 0)) {
+        return;
+    }
+
+#if (NGX_HAVE_POSIX_SEM)
+    if (!mtx->semaphore) {
+        return;
+    }
+
+    for ( ;; ) {
+        wait = *mtx->wait;
+
+        if ((ngx_atomic_int_t) wait <= 0) {
+            return;
+        }
+
+        if (ngx_atomic_cmp_set(mtx->wait, wait, wait - 1)) {
+            break;
+        }
+    }
+
+    if (sem_post(&mtx->sem) == -1) {
+        ngx_log_error(NGX_LOG_ALERT, ngx_cycle->log, ngx_errno,
+                      "sem_post() failed while wake shmtx");
+    }
+#endif
+
+#else
+    ngx_shmtx_unlock(mtx);
+#endif
+}
+
+
 /* billing_cache */
 char *ngx_http_billing_cache_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);

@@ -519,8 +519,14 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
             return ngx_http_billing_gate_verdict(r, ctx);
         }
 
-        ctx->stale = ctx->entry;
-        ctx->has_stale = 1;
+        /* rare: kept out of the context, which every request zeroes */
+
+        ctx->stale = ngx_palloc(r->pool, sizeof(ngx_http_billing_entry_t));
+
+        if (ctx->stale) {
+            *ctx->stale = ctx->entry;
+            ctx->has_stale = 1;
+        }
 
     } else if (!ngx_billing_sub_id_valid((char *) ctx->id.data,
                                          ctx->id.len))
@@ -892,7 +898,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
     if (ctx->status == NGX_HTTP_BILLING_GATE_UNAVAILABLE) {
         bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
 
-        age = ngx_current_msec - ctx->stale.fetched;
+        age = ctx->has_stale ? ngx_current_msec - ctx->stale->fetched : 0;
 
         if (!ctx->has_stale
             || age >= bmcf->cache->ttl + bmcf->cache->stale)
@@ -921,7 +927,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
                                       NGX_HTTP_BILLING_CACHE_STALE, 0);
         }
 
-        ctx->entry = ctx->stale;
+        ctx->entry = *ctx->stale;
     }
 
     switch (ctx->entry.state) {

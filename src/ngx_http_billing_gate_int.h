@@ -55,7 +55,7 @@ typedef struct {
     ngx_http_billing_entry_t    entry;
 
     /* what was cached but is too old, for when Redis cannot answer */
-    ngx_http_billing_entry_t    stale;
+    ngx_http_billing_entry_t   *stale;
     unsigned                    has_stale:1;
     unsigned                    waiting:1;
 

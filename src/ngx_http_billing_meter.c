@@ -566,11 +566,9 @@ ngx_http_billing_meter_zone_add(ngx_http_billing_meter_t *meter,
 
     sh = meter->sh;
 
-    /* held briefly, and mostly free: the cheap try first */
+    /* held briefly: mostly free */
 
-    if (!ngx_shmtx_trylock(&meter->shpool->mutex)) {
-        ngx_shmtx_lock(&meter->shpool->mutex);
-    }
+    ngx_http_billing_shmtx_lock(&meter->shpool->mutex);
 
     c = ngx_http_billing_counts_find(sh, key, start, hash);
 
@@ -579,7 +577,7 @@ ngx_http_billing_meter_zone_add(ngx_http_billing_meter_t *meter,
                                   offsetof(ngx_http_billing_count_t, id)
                                   + key->market.len + 1 + key->id.len);
         if (c == NULL) {
-            ngx_shmtx_unlock(&meter->shpool->mutex);
+            ngx_http_billing_shmtx_unlock(&meter->shpool->mutex);
             return NGX_DECLINED;
         }
 
@@ -593,7 +591,7 @@ ngx_http_billing_meter_zone_add(ngx_http_billing_meter_t *meter,
     c->units += units;
     sh->units += units;
 
-    ngx_shmtx_unlock(&meter->shpool->mutex);
+    ngx_http_billing_shmtx_unlock(&meter->shpool->mutex);
 
     return NGX_OK;
 }
