@@ -631,7 +631,7 @@ done:
 }
 
 
-/* an order, not ngx_memn2cmp()'s: lengths first, a memcmp() if equal */
+/* an order, not ngx_memn2cmp()'s: lengths first, then the bytes */
 
 static ngx_inline ngx_int_t
 ngx_http_billing_cache_cmp(ngx_str_t *market, ngx_str_t *id,
@@ -647,15 +647,14 @@ ngx_http_billing_cache_cmp(ngx_str_t *market, ngx_str_t *id,
         return (id->len < cn->id_len) ? -1 : 1;
     }
 
-    if (market->len) {
-        rc = ngx_memcmp(market->data, cn->data, market->len);
+    rc = ngx_http_billing_key_cmp(market->data, cn->data, market->len);
 
-        if (rc) {
-            return rc;
-        }
+    if (rc) {
+        return rc;
     }
 
-    return ngx_memcmp(id->data, cn->data + cn->market_len, id->len);
+    return ngx_http_billing_key_cmp(id->data, cn->data + cn->market_len,
+                                    id->len);
 }
 
 

@@ -58,6 +58,44 @@ struct ngx_http_billing_cache_s {
 
 
 /*
+ * An order of two strings of the same length, for the trees, which
+ * need one, not memcmp()'s: eight bytes at a time as numbers, the last
+ * eight overlapping, inline; cheaper than a call for ids.
+ */
+
+static ngx_inline ngx_int_t
+ngx_http_billing_key_cmp(const u_char *a, const u_char *b, size_t n)
+{
+    size_t    i;
+    uint64_t  x, y;
+
+    if (n < 8) {
+        for (i = 0; i < n; i++) {
+            if (a[i] != b[i]) {
+                return (a[i] < b[i]) ? -1 : 1;
+            }
+        }
+
+        return 0;
+    }
+
+    for (i = 0; i + 8 < n; i += 8) {
+        ngx_memcpy(&x, a + i, 8);
+        ngx_memcpy(&y, b + i, 8);
+
+        if (x != y) {
+            return (x < y) ? -1 : 1;
+        }
+    }
+
+    ngx_memcpy(&x, a + n - 8, 8);
+    ngx_memcpy(&y, b + n - 8, 8);
+
+    return (x == y) ? 0 : ((x < y) ? -1 : 1);
+}
+
+
+/*
  * The zones' mutex on every gated request (the cache's, the meter's):
  * ngx_shmtx_trylock() and ngx_shmtx_unlock() inline, without their
  * debug line and calls; the same atomics, the same wakeup of a waiter

@@ -474,10 +474,14 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
         ngx_memzero(ctx, sizeof(ngx_http_billing_gate_ctx_t));
 
     } else {
-        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_billing_gate_ctx_t));
+        /* a zeroing of known size, which the compiler does inline */
+
+        ctx = ngx_palloc(r->pool, sizeof(ngx_http_billing_gate_ctx_t));
         if (ctx == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+
+        ngx_memzero(ctx, sizeof(ngx_http_billing_gate_ctx_t));
 
         ngx_http_set_ctx(r, ctx, ngx_http_billing_module);
     }
@@ -623,7 +627,8 @@ ngx_http_billing_gate_id(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
          */
 
         if (found || h[i].lowcase_key == NULL
-            || ngx_memcmp(h[i].lowcase_key, gv->header.data, gv->header.len)
+            || ngx_http_billing_key_cmp(h[i].lowcase_key, gv->header.data,
+                                        gv->header.len)
                != 0)
         {
             return ngx_http_billing_gate_variable(r, gv->index, id);
@@ -1009,9 +1014,8 @@ ngx_http_billing_gate_let_through(ngx_http_request_t *r,
 
 
 ngx_int_t
-ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
-    time_t *period_start, ngx_http_billing_loc_conf_t **meter_conf,
-    ngx_http_billing_srv_conf_t **market, uint32_t *hash)
+ngx_http_billing_gate_metered(ngx_http_request_t *r,
+    ngx_http_billing_metered_t *mt)
 {
     time_t                        now;
     ngx_http_billing_loc_conf_t  *blcf;
@@ -1053,11 +1057,12 @@ ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
         ctx->hashed = 1;
     }
 
-    *id = ctx->id;
-    *period_start = ctx->entry.cur_start;
-    *meter_conf = blcf;
-    *market = ctx->market;
-    *hash = ctx->hash;
+    mt->id = ctx->id;
+    mt->period_start = ctx->entry.cur_start;
+    mt->meter_conf = blcf;
+    mt->market = ctx->market;
+    mt->hash = ctx->hash;
+    mt->units = &ctx->units;
 
     return NGX_OK;
 }

@@ -259,7 +259,8 @@ ngx_http_billing_counts_init(ngx_http_billing_counts_t *counts)
 
 /*
  * A count's key is "<marketplace>/<id>", compared in its two parts as
- * given, never built for a count that exists: by length, then bytes.
+ * given, never built for a count that exists: by length, then bytes
+ * (ngx_http_billing_key_cmp()'s order).
  */
 
 static ngx_inline ngx_int_t
@@ -279,20 +280,18 @@ ngx_http_billing_count_cmp(ngx_http_billing_count_t *c,
         return (n < c->len) ? -1 : 1;
     }
 
-    if (key->market.len) {
-        rc = ngx_memcmp(key->market.data, c->id, key->market.len);
+    rc = ngx_http_billing_key_cmp(key->market.data, c->id, key->market.len);
 
-        if (rc) {
-            return rc;
-        }
+    if (rc) {
+        return rc;
     }
 
     if (c->id[key->market.len] != '/') {
         return ('/' < c->id[key->market.len]) ? -1 : 1;
     }
 
-    return ngx_memcmp(key->id.data, c->id + key->market.len + 1,
-                      key->id.len);
+    return ngx_http_billing_key_cmp(key->id.data, c->id + key->market.len + 1,
+                                    key->id.len);
 }
 
 
@@ -412,13 +411,13 @@ static ngx_int_t
 ngx_http_billing_meter_handler(ngx_http_request_t *r)
 {
     u_char                        *p;
-    time_t                         start;
     int64_t                        units;
     uint32_t                       hash;
     ngx_str_t                      value;
     ngx_uint_t                     status;
-    ngx_http_billing_srv_conf_t   *m, *gm;
+    ngx_http_billing_srv_conf_t   *m;
     ngx_http_billing_loc_conf_t   *blcf;
+    ngx_http_billing_metered_t     mt;
     ngx_http_billing_main_conf_t  *bmcf;
     ngx_http_billing_meter_key_t   key;
 
@@ -432,12 +431,13 @@ ngx_http_billing_meter_handler(ngx_http_request_t *r)
         return NGX_OK;
     }
 
-    if (ngx_http_billing_gate_metered(r, &key.id, &start, &blcf, &gm, &hash)
-        != NGX_OK
-        || blcf->meter == NGX_HTTP_BILLING_METER_OFF)
+    if (ngx_http_billing_gate_metered(r, &mt) != NGX_OK
+        || mt.meter_conf->meter == NGX_HTTP_BILLING_METER_OFF)
     {
         return NGX_OK;
     }
+
+    blcf = mt.meter_conf;
 
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
 
@@ -482,19 +482,21 @@ ngx_http_billing_meter_handler(ngx_http_request_t *r)
 
     m = ngx_http_billing_market(r);
 
-    if (m->name.len + 1 + key.id.len > NGX_HTTP_BILLING_METER_KEY_MAX) {
+    if (m->name.len + 1 + mt.id.len > NGX_HTTP_BILLING_METER_KEY_MAX) {
         return NGX_OK;
     }
 
     key.market = m->name;
+    key.id = mt.id;
 
-    hash = (m == gm) ? hash ^ (uint32_t) start
-                     : ngx_http_billing_meter_hash(&key, start);
+    hash = (m == mt.market) ? mt.hash ^ (uint32_t) mt.period_start
+                            : ngx_http_billing_meter_hash(&key,
+                                                          mt.period_start);
 
-    ngx_http_billing_meter_add(bmcf->meter, m->index, &key, start, units,
-                               hash, r->connection->log);
+    ngx_http_billing_meter_add(bmcf->meter, m->index, &key, mt.period_start,
+                               units, hash, r->connection->log);
 
-    ngx_http_billing_gate_counted(r, units);
+    *mt.units += units;
 
     return NGX_OK;
 
@@ -502,7 +504,7 @@ invalid:
 
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "billing meter: \"%V\" is not a number of units, "
-                  "nothing counted for subscription \"%V\"", &value, &key.id);
+                  "nothing counted for subscription \"%V\"", &value, &mt.id);
 
     return NGX_OK;
 }
