@@ -84,7 +84,7 @@ static ngx_int_t ngx_http_billing_cache_init_zone(ngx_shm_zone_t *shm_zone,
 static void ngx_http_billing_cache_rbtree_insert_value(
     ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
     ngx_rbtree_node_t *sentinel);
-static ngx_rbtree_node_t *ngx_http_billing_cache_lookup(
+static ngx_inline ngx_rbtree_node_t *ngx_http_billing_cache_lookup(
     ngx_http_billing_cache_zone_t *zone, ngx_str_t *market, ngx_str_t *id,
     uint32_t hash);
 static void ngx_http_billing_cache_remove(ngx_http_billing_cache_zone_t *zone,
@@ -658,7 +658,9 @@ ngx_http_billing_cache_cmp(ngx_str_t *market, ngx_str_t *id,
 }
 
 
-static ngx_rbtree_node_t *
+/* inline: under the lock of every hit */
+
+static ngx_inline ngx_rbtree_node_t *
 ngx_http_billing_cache_lookup(ngx_http_billing_cache_zone_t *zone,
     ngx_str_t *market, ngx_str_t *id, uint32_t hash)
 {

@@ -166,7 +166,9 @@ ngx_http_billing_gate_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
         }
 
-        if (i == name.len) {
+        /* "$1" is a capture, not a variable */
+
+        if (i == name.len && !(name.data[0] >= '0' && name.data[0] <= '9')) {
             gv->index = ngx_http_get_variable_index(cf, &name);
 
             if (gv->index == NGX_ERROR) {
@@ -538,7 +540,6 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
         /* an id we could never have issued: no need to ask */
 
         ctx->status = NGX_HTTP_BILLING_GATE_KNOWN;
-        ngx_memzero(&ctx->entry, sizeof(ngx_http_billing_entry_t));
         ctx->entry.state = NGX_BILLING_SUB_NONE;
         return ngx_http_billing_gate_verdict(r, ctx);
     }

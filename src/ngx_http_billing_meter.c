@@ -39,7 +39,7 @@ static ngx_int_t ngx_http_billing_meter_init_zone(ngx_shm_zone_t *shm_zone,
 static void ngx_http_billing_counts_init(ngx_http_billing_counts_t *counts);
 static void ngx_http_billing_counts_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
-static ngx_http_billing_count_t *ngx_http_billing_counts_find(
+static ngx_inline ngx_http_billing_count_t *ngx_http_billing_counts_find(
     ngx_http_billing_counts_t *counts, ngx_http_billing_meter_key_t *key,
     time_t start, uint32_t hash);
 static ngx_int_t ngx_http_billing_meter_handler(ngx_http_request_t *r);
@@ -371,7 +371,9 @@ ngx_http_billing_meter_hash(ngx_http_billing_meter_key_t *key, time_t start)
 }
 
 
-static ngx_http_billing_count_t *
+/* inline: under the lock of every count */
+
+static ngx_inline ngx_http_billing_count_t *
 ngx_http_billing_counts_find(ngx_http_billing_counts_t *counts,
     ngx_http_billing_meter_key_t *key, time_t start, uint32_t hash)
 {
