@@ -2,13 +2,17 @@
 /*
  * billing_cache: a red-black tree of subscriptions keyed by a hash of
  * their id, and a queue in order of use, in a shared zone, after
- * ngx_http_limit_req_module.  A hit writes nothing unless it must: the
- * entry moves in the queue at most once a second, and its strings are
- * copied only for an answer that shows them.  Entries carry the time Redis was asked;
+ * ngx_http_limit_req_module.  Entries carry the time Redis was asked;
  * whether that is still fresh enough is the gate's call.  They also
  * carry the subscription's current metering period, so that the meter
  * finds it with the decision and the calendar is worked out once a
  * period, not once a request.
+ *
+ * A hit, on every gated request, reads under the zone's lock and writes
+ * nothing unless it must: the entry moves in the queue at most once a
+ * second (the eviction order is by the second of last use), the period
+ * only when it ended, and the strings are copied out only for an answer
+ * that shows them (not an active subscription's).
  *
  * Every change of a subscription in Redis increments its version, and
  * the notification carries it.  The cache keeps the highest version seen

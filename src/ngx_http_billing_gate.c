@@ -597,7 +597,11 @@ ngx_http_billing_gate_id(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
         gv->direct = ngx_http_billing_gate_direct(r, gv);
     }
 
-    if (!gv->direct) {
+    /* known already, or "set" (satisfy any runs after the rewrite phase) */
+
+    if (!gv->direct || r->variables[gv->index].valid
+        || r->variables[gv->index].not_found)
+    {
         return ngx_http_billing_gate_variable(r, gv->index, id);
     }
 
