@@ -1,12 +1,18 @@
 
 /*
- * billing_cache: a red-black tree of subscriptions keyed by the crc32
- * of their id, and a queue in order of use, in a shared zone, after
+ * billing_cache: a red-black tree of subscriptions keyed by a hash of
+ * their id, and a queue in order of use, in a shared zone, after
  * ngx_http_limit_req_module.  Entries carry the time Redis was asked;
  * whether that is still fresh enough is the gate's call.  They also
  * carry the subscription's current metering period, so that the meter
  * finds it with the decision and the calendar is worked out once a
  * period, not once a request.
+ *
+ * A hit, on every gated request, reads under the zone's lock and writes
+ * nothing unless it must: the entry moves in the queue at most once a
+ * second (the eviction order is by the second of last use), the period
+ * only when it ended, and the strings are copied out only for an answer
+ * that shows them (not an active subscription's).
  *
  * Every change of a subscription in Redis increments its version, and
  * the notification carries it.  The cache keeps the highest version seen
@@ -26,6 +32,7 @@
 
 #include "ngx_http_billing_module.h"
 #include "ngx_http_billing_cache.h"
+#include "ngx_billing_state.h"
 
 
 /* a version known, its data not: looked up as a miss */
@@ -36,9 +43,6 @@
  * name is part of the key (not its index, which a reload may change
  * while the zone stays).
  */
-#define ngx_http_billing_cache_hash(market, id)                              \
-    (ngx_crc32_short((id)->data, (id)->len)                                  \
-     ^ ((market)->len ? ngx_crc32_short((market)->data, (market)->len) : 0))
 
 
 typedef struct {
@@ -50,6 +54,9 @@ typedef struct {
     ngx_queue_t                 queue;
     ngx_msec_t                  fetched;
     uint64_t                    version;
+
+    /* the second it last moved to the head of the queue */
+    time_t                      used;
 
     /* the meter's: see ngx_http_billing_entry_t */
     time_t                      anchor;
@@ -81,7 +88,7 @@ static ngx_int_t ngx_http_billing_cache_init_zone(ngx_shm_zone_t *shm_zone,
 static void ngx_http_billing_cache_rbtree_insert_value(
     ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
     ngx_rbtree_node_t *sentinel);
-static ngx_rbtree_node_t *ngx_http_billing_cache_lookup(
+static ngx_inline ngx_rbtree_node_t *ngx_http_billing_cache_lookup(
     ngx_http_billing_cache_zone_t *zone, ngx_str_t *market, ngx_str_t *id,
     uint32_t hash);
 static void ngx_http_billing_cache_remove(ngx_http_billing_cache_zone_t *zone,
@@ -271,50 +278,43 @@ ngx_http_billing_cache_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
 ngx_int_t
 ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
-    ngx_str_t *market, ngx_str_t *id, ngx_http_billing_entry_t *entry,
-    ngx_pool_t *pool)
+    ngx_str_t *market, ngx_str_t *id, uint32_t hash,
+    ngx_http_billing_entry_t *entry, ngx_pool_t *pool)
 {
     u_char                         *p;
-    uint32_t                        hash;
+    time_t                          now;
     ngx_rbtree_node_t              *node;
     ngx_http_billing_cache_node_t  *cn;
     ngx_http_billing_cache_zone_t  *zone;
 
     zone = cache->shm_zone->data;
-    hash = ngx_http_billing_cache_hash(market, id);
 
-    ngx_shmtx_lock(&zone->shpool->mutex);
+    /* held briefly, writing only what must change: mostly free */
+
+    ngx_http_billing_shmtx_lock(&zone->shpool->mutex);
 
     node = ngx_http_billing_cache_lookup(zone, market, id, hash);
 
     if (node == NULL) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
+        ngx_http_billing_shmtx_unlock(&zone->shpool->mutex);
         return NGX_DECLINED;
     }
 
     cn = (ngx_http_billing_cache_node_t *) &node->color;
 
     if (cn->state == NGX_HTTP_BILLING_CACHE_MARKER) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
+        ngx_http_billing_shmtx_unlock(&zone->shpool->mutex);
         return NGX_DECLINED;
     }
 
+    now = ngx_time();
+
     /* used: to the head of the queue, the last to be evicted */
 
-    ngx_queue_remove(&cn->queue);
-    ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
-
-    /* the metering period moved on: computed once for every worker */
-
-    if (ngx_time() >= cn->cur_end) {
-        entry->anchor = cn->anchor;
-        entry->period.kind = cn->period_kind;
-        entry->period.seconds = cn->period_seconds;
-
-        ngx_http_billing_entry_period(entry, ngx_time());
-
-        cn->cur_start = entry->cur_start;
-        cn->cur_end = entry->cur_end;
+    if (cn->used != now) {
+        cn->used = now;
+        ngx_queue_remove(&cn->queue);
+        ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
     }
 
     entry->state = cn->state;
@@ -323,12 +323,36 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
     entry->anchor = cn->anchor;
     entry->period.kind = cn->period_kind;
     entry->period.seconds = cn->period_seconds;
-    entry->cur_start = cn->cur_start;
-    entry->cur_end = cn->cur_end;
 
-    p = ngx_pnalloc(pool, cn->invoice_len + cn->url_len + 1);
+    /* the metering period moved on: computed once for every worker */
+
+    if (now >= cn->cur_end) {
+        ngx_http_billing_entry_period(entry, now);
+
+        cn->cur_start = entry->cur_start;
+        cn->cur_end = entry->cur_end;
+
+    } else {
+        entry->cur_start = cn->cur_start;
+        entry->cur_end = cn->cur_end;
+    }
+
+    /* an active subscription's answer shows neither invoice nor page */
+
+    if (cn->state == NGX_BILLING_SUB_ACTIVE
+        || (cn->invoice_len == 0 && cn->url_len == 0))
+    {
+        ngx_http_billing_shmtx_unlock(&zone->shpool->mutex);
+
+        ngx_str_null(&entry->invoice);
+        ngx_str_null(&entry->pay_url);
+
+        return NGX_OK;
+    }
+
+    p = ngx_pnalloc(pool, cn->invoice_len + cn->url_len);
     if (p == NULL) {
-        ngx_shmtx_unlock(&zone->shpool->mutex);
+        ngx_http_billing_shmtx_unlock(&zone->shpool->mutex);
         return NGX_DECLINED;
     }
 
@@ -342,7 +366,7 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
     ngx_memcpy(p, cn->data + cn->market_len + cn->id_len + cn->invoice_len,
                cn->url_len);
 
-    ngx_shmtx_unlock(&zone->shpool->mutex);
+    ngx_http_billing_shmtx_unlock(&zone->shpool->mutex);
 
     return NGX_OK;
 }
@@ -350,12 +374,11 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
 
 void
 ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
-    ngx_str_t *market, ngx_str_t *id, ngx_http_billing_entry_t *entry,
-    ngx_log_t *log)
+    ngx_str_t *market, ngx_str_t *id, uint32_t hash,
+    ngx_http_billing_entry_t *entry, ngx_log_t *log)
 {
     u_char                         *p;
     size_t                          size;
-    uint32_t                        hash;
     ngx_rbtree_node_t              *node;
     ngx_http_billing_cache_node_t  *cn;
     ngx_http_billing_cache_zone_t  *zone;
@@ -367,7 +390,6 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
     }
 
     zone = cache->shm_zone->data;
-    hash = ngx_http_billing_cache_hash(market, id);
 
     size = offsetof(ngx_rbtree_node_t, color)
            + offsetof(ngx_http_billing_cache_node_t, data)
@@ -410,6 +432,7 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
     cn->state = (u_char) entry->state;
     cn->fetched = entry->fetched;
     cn->version = entry->version;
+    cn->used = ngx_time();
     cn->market_len = (u_char) market->len;
     cn->id_len = (u_short) id->len;
     cn->invoice_len = (u_short) entry->invoice.len;
@@ -455,7 +478,7 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
     }
 
     zone = cache->shm_zone->data;
-    hash = ngx_http_billing_cache_hash(market, id);
+    hash = ngx_http_billing_key_hash(market, id);
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -612,7 +635,36 @@ done:
 }
 
 
-static ngx_rbtree_node_t *
+/* an order, not ngx_memn2cmp()'s: lengths first, then the bytes */
+
+static ngx_inline ngx_int_t
+ngx_http_billing_cache_cmp(ngx_str_t *market, ngx_str_t *id,
+    ngx_http_billing_cache_node_t *cn)
+{
+    ngx_int_t  rc;
+
+    if (market->len != cn->market_len) {
+        return (market->len < cn->market_len) ? -1 : 1;
+    }
+
+    if (id->len != cn->id_len) {
+        return (id->len < cn->id_len) ? -1 : 1;
+    }
+
+    rc = ngx_http_billing_key_cmp(market->data, cn->data, market->len);
+
+    if (rc) {
+        return rc;
+    }
+
+    return ngx_http_billing_key_cmp(id->data, cn->data + cn->market_len,
+                                    id->len);
+}
+
+
+/* inline: under the lock of every hit */
+
+static ngx_inline ngx_rbtree_node_t *
 ngx_http_billing_cache_lookup(ngx_http_billing_cache_zone_t *zone,
     ngx_str_t *market, ngx_str_t *id, uint32_t hash)
 {
@@ -639,13 +691,7 @@ ngx_http_billing_cache_lookup(ngx_http_billing_cache_zone_t *zone,
 
         cn = (ngx_http_billing_cache_node_t *) &node->color;
 
-        rc = ngx_memn2cmp(market->data, cn->data, market->len,
-                          (size_t) cn->market_len);
-
-        if (rc == 0) {
-            rc = ngx_memn2cmp(id->data, cn->data + cn->market_len, id->len,
-                              (size_t) cn->id_len);
-        }
+        rc = ngx_http_billing_cache_cmp(market, id, cn);
 
         if (rc == 0) {
             return node;
@@ -676,8 +722,9 @@ static void
 ngx_http_billing_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_rbtree_node_t              **p;
+    ngx_str_t                        market, id;
     ngx_int_t                        rc;
+    ngx_rbtree_node_t              **p;
     ngx_http_billing_cache_node_t   *cn, *cnt;
 
     for ( ;; ) {
@@ -695,14 +742,12 @@ ngx_http_billing_cache_rbtree_insert_value(ngx_rbtree_node_t *temp,
             cn = (ngx_http_billing_cache_node_t *) &node->color;
             cnt = (ngx_http_billing_cache_node_t *) &temp->color;
 
-            rc = ngx_memn2cmp(cn->data, cnt->data, cn->market_len,
-                              cnt->market_len);
+            market.data = cn->data;
+            market.len = cn->market_len;
+            id.data = cn->data + cn->market_len;
+            id.len = cn->id_len;
 
-            if (rc == 0) {
-                rc = ngx_memn2cmp(cn->data + cn->market_len,
-                                  cnt->data + cnt->market_len, cn->id_len,
-                                  cnt->id_len);
-            }
+            rc = ngx_http_billing_cache_cmp(&market, &id, cnt);
 
             p = (rc < 0) ? &temp->left : &temp->right;
         }

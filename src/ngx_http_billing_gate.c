@@ -60,6 +60,12 @@ static ngx_int_t ngx_http_billing_gate_rewrite(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_access(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_access_last(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_billing_gate_id(ngx_http_request_t *r,
+    ngx_http_complex_value_t *cv, ngx_str_t *id);
+static ngx_uint_t ngx_http_billing_gate_direct(ngx_http_request_t *r,
+    ngx_http_billing_gate_value_t *gv);
+static ngx_int_t ngx_http_billing_gate_variable(ngx_http_request_t *r,
+    ngx_int_t index, ngx_str_t *id);
 static ngx_int_t ngx_http_billing_gate_fresh(ngx_http_request_t *r,
     ngx_http_billing_entry_t *entry);
 static void ngx_http_billing_gate_looked_up(void *data, redisReply *reply);
@@ -86,8 +92,11 @@ ngx_http_billing_gate_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_billing_loc_conf_t  *blcf = conf;
 
-    ngx_str_t                         *value;
+    u_char                             ch;
+    ngx_str_t                         *value, name;
+    ngx_uint_t                         i;
     ngx_http_billing_main_conf_t      *bmcf;
+    ngx_http_billing_gate_value_t     *gv;
     ngx_http_compile_complex_value_t   ccv;
 
     if (blcf->gate != NGX_CONF_UNSET_PTR) {
@@ -113,19 +122,74 @@ ngx_http_billing_gate_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         bmcf->gate_line = cf->conf_file->line;
     }
 
-    blcf->gate = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
-    if (blcf->gate == NULL) {
+    gv = ngx_pcalloc(cf->pool, sizeof(ngx_http_billing_gate_value_t));
+    if (gv == NULL) {
         return NGX_CONF_ERROR;
     }
+
+    blcf->gate = &gv->cv;
+    gv->index = NGX_ERROR;
+    gv->direct = NGX_CONF_UNSET_UINT;
 
     ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
 
     ccv.cf = cf;
     ccv.value = &value[1];
-    ccv.complex_value = blcf->gate;
+    ccv.complex_value = &gv->cv;
 
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
         return NGX_CONF_ERROR;
+    }
+
+    /* a variable alone, the usual case, is read without the script */
+
+    name = value[1];
+
+    if (name.len > 1 && name.data[0] == '$') {
+        name.data++;
+        name.len--;
+
+        if (name.len > 2 && name.data[0] == '{'
+            && name.data[name.len - 1] == '}')
+        {
+            name.data++;
+            name.len -= 2;
+        }
+
+        for (i = 0; i < name.len; i++) {
+            ch = name.data[i];
+
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')
+                  || (ch >= '0' && ch <= '9') || ch == '_'))
+            {
+                break;
+            }
+        }
+
+        /* "$1" is a capture, not a variable */
+
+        if (i == name.len && !(name.data[0] >= '0' && name.data[0] <= '9')) {
+            gv->index = ngx_http_get_variable_index(cf, &name);
+
+            if (gv->index == NGX_ERROR) {
+                return NGX_CONF_ERROR;
+            }
+
+            /* $http_NAME: the header's name as the parser lowercases it */
+
+            if (name.len > 5 && ngx_strncmp(name.data, "http_", 5) == 0) {
+                gv->header.len = name.len - 5;
+                gv->header.data = ngx_pnalloc(cf->pool, gv->header.len);
+                if (gv->header.data == NULL) {
+                    return NGX_CONF_ERROR;
+                }
+
+                for (i = 0; i < gv->header.len; i++) {
+                    ch = ngx_tolower(name.data[5 + i]);
+                    gv->header.data[i] = (ch == '_') ? '-' : ch;
+                }
+            }
+        }
     }
 
     return NGX_CONF_OK;
@@ -412,10 +476,14 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
         ngx_memzero(ctx, sizeof(ngx_http_billing_gate_ctx_t));
 
     } else {
-        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_billing_gate_ctx_t));
+        /* a zeroing of known size, which the compiler does inline */
+
+        ctx = ngx_palloc(r->pool, sizeof(ngx_http_billing_gate_ctx_t));
         if (ctx == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+
+        ngx_memzero(ctx, sizeof(ngx_http_billing_gate_ctx_t));
 
         ngx_http_set_ctx(r, ctx, ngx_http_billing_module);
     }
@@ -424,7 +492,7 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
     ctx->gate = blcf->gate;
     ctx->market = ngx_http_billing_market(r);
 
-    if (ngx_http_complex_value(r, blcf->gate, &ctx->id) != NGX_OK) {
+    if (ngx_http_billing_gate_id(r, blcf->gate, &ctx->id) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -433,19 +501,19 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
         return ngx_http_billing_gate_verdict(r, ctx);
     }
 
-    /* an id we could never have issued: no need to ask */
-
-    if (!ngx_billing_sub_id_valid((char *) ctx->id.data, ctx->id.len)) {
-        ctx->status = NGX_HTTP_BILLING_GATE_KNOWN;
-        ctx->entry.state = NGX_BILLING_SUB_NONE;
-        return ngx_http_billing_gate_verdict(r, ctx);
-    }
-
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
+
+    /* only valid ids are ever stored: validated on a miss alone */
+
+    if (bmcf->cache) {
+        ctx->hash = ngx_http_billing_key_hash(&ctx->market->name, &ctx->id);
+        ctx->hashed = 1;
+    }
 
     if (bmcf->cache
         && ngx_http_billing_cache_get(bmcf->cache, &ctx->market->name,
-                                      &ctx->id, &ctx->entry, r->pool)
+                                      &ctx->id, ctx->hash, &ctx->entry,
+                                      r->pool)
            == NGX_OK)
     {
         if (ngx_http_billing_gate_fresh(r, &ctx->entry) == NGX_OK) {
@@ -457,8 +525,23 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
             return ngx_http_billing_gate_verdict(r, ctx);
         }
 
-        ctx->stale = ctx->entry;
-        ctx->has_stale = 1;
+        /* rare: kept out of the context, which every request zeroes */
+
+        ctx->stale = ngx_palloc(r->pool, sizeof(ngx_http_billing_entry_t));
+
+        if (ctx->stale) {
+            *ctx->stale = ctx->entry;
+            ctx->has_stale = 1;
+        }
+
+    } else if (!ngx_billing_sub_id_valid((char *) ctx->id.data,
+                                         ctx->id.len))
+    {
+        /* an id we could never have issued: no need to ask */
+
+        ctx->status = NGX_HTTP_BILLING_GATE_KNOWN;
+        ctx->entry.state = NGX_BILLING_SUB_NONE;
+        return ngx_http_billing_gate_verdict(r, ctx);
     }
 
     if (bmcf->cache) {
@@ -485,6 +568,148 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
     r->read_event_handler = ngx_http_test_reading;
 
     return NGX_AGAIN;
+}
+
+
+/*
+ * The subscription id.  A variable alone is read as the script would
+ * read it, without the script; $http_NAME, when nginx's own header
+ * lookup stands behind it, straight from the request's headers, the
+ * header's lowercased name compared whole rather than byte by byte.
+ */
+
+static ngx_int_t
+ngx_http_billing_gate_id(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
+    ngx_str_t *id)
+{
+    ngx_uint_t                      i;
+    ngx_list_part_t                *part;
+    ngx_table_elt_t                *h, *found;
+    ngx_http_billing_gate_value_t  *gv;
+
+    gv = (ngx_http_billing_gate_value_t *) cv;
+
+    if (gv->index == NGX_ERROR) {
+        return ngx_http_complex_value(r, cv, id);
+    }
+
+    if (gv->direct == NGX_CONF_UNSET_UINT) {
+        gv->direct = ngx_http_billing_gate_direct(r, gv);
+    }
+
+    /* known already, or "set" (satisfy any runs after the rewrite phase) */
+
+    if (!gv->direct || r->variables[gv->index].valid
+        || r->variables[gv->index].not_found)
+    {
+        return ngx_http_billing_gate_variable(r, gv->index, id);
+    }
+
+    found = NULL;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash == 0 || h[i].key.len != gv->header.len) {
+            continue;
+        }
+
+        /*
+         * "_" for "-" in the name, a header added without its lowercase
+         * key, or (nginx 1.23 joins them) a second one: nginx decides.
+         */
+
+        if (found || h[i].lowcase_key == NULL
+            || ngx_http_billing_key_cmp(h[i].lowcase_key, gv->header.data,
+                                        gv->header.len)
+               != 0)
+        {
+            return ngx_http_billing_gate_variable(r, gv->index, id);
+        }
+
+        found = &h[i];
+
+#if (nginx_version < 1023000)
+        /* before 1.23, the first one */
+        break;
+#endif
+    }
+
+    if (found == NULL) {
+        ngx_str_null(id);
+        return NGX_OK;
+    }
+
+    *id = found->value;
+
+    return NGX_OK;
+}
+
+
+/* whether $http_NAME is nginx's header lookup (not a "set" variable) */
+
+static ngx_uint_t
+ngx_http_billing_gate_direct(ngx_http_request_t *r,
+    ngx_http_billing_gate_value_t *gv)
+{
+    ngx_uint_t                  i;
+    ngx_http_variable_t        *v, *pv;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    if (gv->header.len == 0) {
+        return 0;
+    }
+
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_core_module);
+
+    v = cmcf->variables.elts;
+    pv = cmcf->prefix_variables.elts;
+
+    for (i = 0; i < cmcf->prefix_variables.nelts; i++) {
+        if (pv[i].name.len == 5
+            && ngx_strncmp(pv[i].name.data, "http_", 5) == 0)
+        {
+            return v[gv->index].get_handler == pv[i].get_handler;
+        }
+    }
+
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_variable(ngx_http_request_t *r, ngx_int_t index,
+    ngx_str_t *id)
+{
+    ngx_http_variable_value_t  *vv;
+
+    vv = ngx_http_get_flushed_variable(r, index);
+
+    if (vv == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (vv->not_found) {
+        ngx_str_null(id);
+        return NGX_OK;
+    }
+
+    id->data = vv->data;
+    id->len = vv->len;
+
+    return NGX_OK;
 }
 
 
@@ -595,7 +820,7 @@ ngx_http_billing_gate_looked_up(void *data, redisReply *reply)
 
     if (ctx->status == NGX_HTTP_BILLING_GATE_KNOWN && bmcf->cache) {
         ngx_http_billing_cache_put(bmcf->cache, &ctx->market->name, &ctx->id,
-                                   entry, c->log);
+                                   ctx->hash, entry, c->log);
     }
 
     /* the reply goes when this returns: keep what the answer needs */
@@ -683,7 +908,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
     if (ctx->status == NGX_HTTP_BILLING_GATE_UNAVAILABLE) {
         bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
 
-        age = ngx_current_msec - ctx->stale.fetched;
+        age = ctx->has_stale ? ngx_current_msec - ctx->stale->fetched : 0;
 
         if (!ctx->has_stale
             || age >= bmcf->cache->ttl + bmcf->cache->stale)
@@ -712,7 +937,7 @@ ngx_http_billing_gate_verdict(ngx_http_request_t *r,
                                       NGX_HTTP_BILLING_CACHE_STALE, 0);
         }
 
-        ctx->entry = ctx->stale;
+        ctx->entry = *ctx->stale;
     }
 
     switch (ctx->entry.state) {
@@ -794,8 +1019,8 @@ ngx_http_billing_gate_let_through(ngx_http_request_t *r,
 
 
 ngx_int_t
-ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
-    time_t *period_start, ngx_http_billing_loc_conf_t **meter_conf)
+ngx_http_billing_gate_metered(ngx_http_request_t *r,
+    ngx_http_billing_metered_t *mt)
 {
     time_t                        now;
     ngx_http_billing_loc_conf_t  *blcf;
@@ -832,9 +1057,17 @@ ngx_http_billing_gate_metered(ngx_http_request_t *r, ngx_str_t *id,
         ngx_http_billing_entry_period(&ctx->entry, now);
     }
 
-    *id = ctx->id;
-    *period_start = ctx->entry.cur_start;
-    *meter_conf = blcf;
+    if (!ctx->hashed) {
+        ctx->hash = ngx_http_billing_key_hash(&ctx->market->name, &ctx->id);
+        ctx->hashed = 1;
+    }
+
+    mt->id = ctx->id;
+    mt->period_start = ctx->entry.cur_start;
+    mt->meter_conf = blcf;
+    mt->market = ctx->market;
+    mt->hash = ctx->hash;
+    mt->units = &ctx->units;
 
     return NGX_OK;
 }

@@ -27,6 +27,19 @@ typedef enum {
 } ngx_http_billing_gate_status_e;
 
 
+/* billing_gate's value: the location's "gate" points to cv */
+typedef struct {
+    ngx_http_complex_value_t    cv;
+
+    /* a variable alone: its index, NGX_ERROR otherwise */
+    ngx_int_t                   index;
+
+    /* $http_NAME: NAME lowercased, "-" for "_"; read directly or not */
+    ngx_str_t                   header;
+    ngx_uint_t                  direct;     /* NGX_CONF_UNSET_UINT: unknown */
+} ngx_http_billing_gate_value_t;
+
+
 typedef struct {
     ngx_http_billing_ctx_t      base;
 
@@ -36,11 +49,13 @@ typedef struct {
     /* the subscription: of the server's marketplace, and its id */
     ngx_http_billing_srv_conf_t *market;
     ngx_str_t                   id;
+    uint32_t                    hash;       /* ngx_http_billing_key_hash() */
+    unsigned                    hashed:1;
     ngx_uint_t                  status;
     ngx_http_billing_entry_t    entry;
 
     /* what was cached but is too old, for when Redis cannot answer */
-    ngx_http_billing_entry_t    stale;
+    ngx_http_billing_entry_t   *stale;
     unsigned                    has_stale:1;
     unsigned                    waiting:1;
 

@@ -21,6 +21,7 @@
 #include "ngx_http_billing_status.h"
 #include "ngx_http_billing_meter_int.h"
 #include "ngx_http_billing_gate.h"
+#include "ngx_http_billing_cache.h"
 #include "ngx_billing_event.h"
 
 
@@ -38,19 +39,26 @@ static ngx_int_t ngx_http_billing_meter_init_zone(ngx_shm_zone_t *shm_zone,
 static void ngx_http_billing_counts_init(ngx_http_billing_counts_t *counts);
 static void ngx_http_billing_counts_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
-static ngx_http_billing_count_t *ngx_http_billing_counts_find(
-    ngx_http_billing_counts_t *counts, ngx_str_t *id, time_t start,
-    uint32_t hash);
+static ngx_inline ngx_http_billing_count_t *ngx_http_billing_counts_find(
+    ngx_http_billing_counts_t *counts, ngx_http_billing_meter_key_t *key,
+    time_t start, uint32_t hash);
 static ngx_int_t ngx_http_billing_meter_handler(ngx_http_request_t *r);
 static void ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter,
-    ngx_uint_t market, ngx_str_t *id, time_t start, int64_t units,
-    ngx_log_t *log);
-static ngx_int_t ngx_http_billing_meter_zone_add(
-    ngx_http_billing_meter_t *meter, ngx_str_t *id, time_t start,
-    int64_t units, uint32_t hash);
-static void ngx_http_billing_meter_overflow_add(
-    ngx_http_billing_meter_t *meter, ngx_str_t *id, time_t start,
+    ngx_uint_t market, ngx_http_billing_meter_key_t *key, time_t start,
     int64_t units, uint32_t hash, ngx_log_t *log);
+static ngx_http_billing_count_t *ngx_http_billing_count_init(
+    ngx_http_billing_count_t *c, ngx_http_billing_meter_key_t *key,
+    time_t start, uint32_t hash);
+static ngx_int_t ngx_http_billing_meter_zone_add(
+    ngx_http_billing_meter_t *meter, ngx_http_billing_meter_key_t *key,
+    time_t start, int64_t units, uint32_t hash);
+static void ngx_http_billing_meter_overflow_add(
+    ngx_http_billing_meter_t *meter, ngx_http_billing_meter_key_t *key,
+    time_t start, int64_t units, uint32_t hash, ngx_log_t *log);
+static void ngx_http_billing_meter_key_split(u_char *p, size_t len,
+    ngx_http_billing_meter_key_t *key);
+static uint32_t ngx_http_billing_meter_hash(ngx_http_billing_meter_key_t *key,
+    time_t start);
 
 
 char *
@@ -249,15 +257,41 @@ ngx_http_billing_counts_init(ngx_http_billing_counts_t *counts)
 }
 
 
+/*
+ * A count's key is "<marketplace>/<id>", compared in its two parts as
+ * given, never built for a count that exists: by length, then bytes
+ * (ngx_http_billing_key_cmp()'s order).
+ */
+
 static ngx_inline ngx_int_t
-ngx_http_billing_count_cmp(ngx_http_billing_count_t *c, ngx_str_t *id,
-    time_t start)
+ngx_http_billing_count_cmp(ngx_http_billing_count_t *c,
+    ngx_http_billing_meter_key_t *key, time_t start)
 {
+    size_t     n;
+    ngx_int_t  rc;
+
     if (start != c->start) {
         return (start < c->start) ? -1 : 1;
     }
 
-    return ngx_memn2cmp(id->data, c->id, id->len, c->len);
+    n = key->market.len + 1 + key->id.len;
+
+    if (n != c->len) {
+        return (n < c->len) ? -1 : 1;
+    }
+
+    rc = ngx_http_billing_key_cmp(key->market.data, c->id, key->market.len);
+
+    if (rc) {
+        return rc;
+    }
+
+    if (c->id[key->market.len] != '/') {
+        return ('/' < c->id[key->market.len]) ? -1 : 1;
+    }
+
+    return ngx_http_billing_key_cmp(key->id.data, c->id + key->market.len + 1,
+                                    key->id.len);
 }
 
 
@@ -265,14 +299,13 @@ static void
 ngx_http_billing_counts_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_str_t                  id;
-    ngx_rbtree_node_t        **p;
-    ngx_http_billing_count_t  *c, *ct;
+    ngx_rbtree_node_t              **p;
+    ngx_http_billing_count_t        *c, *ct;
+    ngx_http_billing_meter_key_t     key;
 
     c = (ngx_http_billing_count_t *) node;
 
-    id.data = c->id;
-    id.len = c->len;
+    ngx_http_billing_meter_key_split(c->id, c->len, &key);
 
     for ( ;; ) {
 
@@ -285,7 +318,7 @@ ngx_http_billing_counts_insert_value(ngx_rbtree_node_t *temp,
         } else {
             ct = (ngx_http_billing_count_t *) temp;
 
-            p = (ngx_http_billing_count_cmp(ct, &id, c->start) < 0)
+            p = (ngx_http_billing_count_cmp(ct, &key, c->start) < 0)
                 ? &temp->left : &temp->right;
         }
 
@@ -304,9 +337,45 @@ ngx_http_billing_counts_insert_value(ngx_rbtree_node_t *temp,
 }
 
 
-static ngx_http_billing_count_t *
-ngx_http_billing_counts_find(ngx_http_billing_counts_t *counts, ngx_str_t *id,
-    time_t start, uint32_t hash)
+/* "<marketplace>/<id>": ids have no "/", the last one separates */
+
+static void
+ngx_http_billing_meter_key_split(u_char *p, size_t len,
+    ngx_http_billing_meter_key_t *key)
+{
+    size_t  i;
+
+    for (i = len; i > 0 && p[i - 1] != '/'; i--) { /* void */ }
+
+    if (i == 0) {
+        /* not a key of this version: all id, under the default's "" */
+        key->market.data = p;
+        key->market.len = 0;
+        key->id.data = p;
+        key->id.len = len;
+        return;
+    }
+
+    key->market.data = p;
+    key->market.len = i - 1;
+    key->id.data = p + i;
+    key->id.len = len - i;
+}
+
+
+static uint32_t
+ngx_http_billing_meter_hash(ngx_http_billing_meter_key_t *key, time_t start)
+{
+    return ngx_http_billing_key_hash(&key->market, &key->id)
+           ^ (uint32_t) start;
+}
+
+
+/* inline: under the lock of every count */
+
+static ngx_inline ngx_http_billing_count_t *
+ngx_http_billing_counts_find(ngx_http_billing_counts_t *counts,
+    ngx_http_billing_meter_key_t *key, time_t start, uint32_t hash)
 {
     ngx_int_t           rc;
     ngx_rbtree_node_t  *node, *sentinel;
@@ -327,7 +396,7 @@ ngx_http_billing_counts_find(ngx_http_billing_counts_t *counts, ngx_str_t *id,
         }
 
         rc = ngx_http_billing_count_cmp((ngx_http_billing_count_t *) node,
-                                        id, start);
+                                        key, start);
 
         if (rc == 0) {
             return (ngx_http_billing_count_t *) node;
@@ -343,14 +412,16 @@ ngx_http_billing_counts_find(ngx_http_billing_counts_t *counts, ngx_str_t *id,
 static ngx_int_t
 ngx_http_billing_meter_handler(ngx_http_request_t *r)
 {
-    u_char                        *p, buf[NGX_HTTP_BILLING_METER_KEY_MAX];
-    time_t                         start;
+    u_char                        *p;
     int64_t                        units;
-    ngx_str_t                      id, key, value;
+    uint32_t                       hash;
+    ngx_str_t                      value;
     ngx_uint_t                     status;
     ngx_http_billing_srv_conf_t   *m;
     ngx_http_billing_loc_conf_t   *blcf;
+    ngx_http_billing_metered_t     mt;
     ngx_http_billing_main_conf_t  *bmcf;
+    ngx_http_billing_meter_key_t   key;
 
     if (r != r->main) {
         return NGX_OK;
@@ -362,11 +433,13 @@ ngx_http_billing_meter_handler(ngx_http_request_t *r)
         return NGX_OK;
     }
 
-    if (ngx_http_billing_gate_metered(r, &id, &start, &blcf) != NGX_OK
-        || blcf->meter == NGX_HTTP_BILLING_METER_OFF)
+    if (ngx_http_billing_gate_metered(r, &mt) != NGX_OK
+        || mt.meter_conf->meter == NGX_HTTP_BILLING_METER_OFF)
     {
         return NGX_OK;
     }
+
+    blcf = mt.meter_conf;
 
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
 
@@ -406,21 +479,26 @@ ngx_http_billing_meter_handler(ngx_http_request_t *r)
     /*
      * Counted as "<marketplace>/<id>": the name, not an index a reload
      * may change while the zone keeps its counts; "" is the default's.
+     * The gate's hash of the two serves when it is of this marketplace.
      */
 
     m = ngx_http_billing_market(r);
 
-    if (m->name.len + 1 + id.len > NGX_HTTP_BILLING_METER_KEY_MAX) {
+    if (m->name.len + 1 + mt.id.len > NGX_HTTP_BILLING_METER_KEY_MAX) {
         return NGX_OK;
     }
 
-    key.data = buf;
-    key.len = ngx_sprintf(buf, "%V/%V", &m->name, &id) - buf;
+    key.market = m->name;
+    key.id = mt.id;
 
-    ngx_http_billing_meter_add(bmcf->meter, m->index, &key, start, units,
-                               r->connection->log);
+    hash = (m == mt.market) ? mt.hash ^ (uint32_t) mt.period_start
+                            : ngx_http_billing_meter_hash(&key,
+                                                          mt.period_start);
 
-    ngx_http_billing_gate_counted(r, units);
+    ngx_http_billing_meter_add(bmcf->meter, m->index, &key, mt.period_start,
+                               units, hash, r->connection->log);
+
+    *mt.units += units;
 
     return NGX_OK;
 
@@ -428,7 +506,7 @@ invalid:
 
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                   "billing meter: \"%V\" is not a number of units, "
-                  "nothing counted for subscription \"%V\"", &value, &id);
+                  "nothing counted for subscription \"%V\"", &value, &mt.id);
 
     return NGX_OK;
 }
@@ -436,25 +514,18 @@ invalid:
 
 static void
 ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_uint_t market,
-    ngx_str_t *id, time_t start, int64_t units, ngx_log_t *log)
+    ngx_http_billing_meter_key_t *key, time_t start, int64_t units,
+    uint32_t hash, ngx_log_t *log)
 {
-    uint32_t  hash;
-
-    if (id->len > NGX_HTTP_BILLING_METER_KEY_MAX) {
-        return;
-    }
-
     ngx_http_billing_stat_add(NGX_HTTP_BILLING_M_METER_COUNTED, market, 0, 0,
                               units);
 
-    hash = ngx_murmur_hash2(id->data, id->len) ^ (uint32_t) start;
-
-    if (ngx_http_billing_meter_zone_add(meter, id, start, units, hash)
+    if (ngx_http_billing_meter_zone_add(meter, key, start, units, hash)
         != NGX_OK)
     {
         /* the zone is full: this worker keeps the count, sends it itself */
 
-        ngx_http_billing_meter_overflow_add(meter, id, start, units, hash,
+        ngx_http_billing_meter_overflow_add(meter, key, start, units, hash,
                                             log);
     }
 
@@ -468,33 +539,53 @@ ngx_http_billing_meter_add(ngx_http_billing_meter_t *meter, ngx_uint_t market,
 }
 
 
+/* a new count: its key written out, "<marketplace>/<id>" */
+
+static ngx_http_billing_count_t *
+ngx_http_billing_count_init(ngx_http_billing_count_t *c,
+    ngx_http_billing_meter_key_t *key, time_t start, uint32_t hash)
+{
+    u_char  *p;
+
+    c->node.key = hash;
+    c->start = start;
+    c->units = 0;
+    c->len = (u_char) (key->market.len + 1 + key->id.len);
+
+    p = ngx_cpymem(c->id, key->market.data, key->market.len);
+    *p++ = '/';
+    ngx_memcpy(p, key->id.data, key->id.len);
+
+    return c;
+}
+
+
 static ngx_int_t
 ngx_http_billing_meter_zone_add(ngx_http_billing_meter_t *meter,
-    ngx_str_t *id, time_t start, int64_t units, uint32_t hash)
+    ngx_http_billing_meter_key_t *key, time_t start, int64_t units,
+    uint32_t hash)
 {
     ngx_http_billing_count_t   *c;
     ngx_http_billing_counts_t  *sh;
 
     sh = meter->sh;
 
-    ngx_shmtx_lock(&meter->shpool->mutex);
+    /* held briefly: mostly free */
 
-    c = ngx_http_billing_counts_find(sh, id, start, hash);
+    ngx_http_billing_shmtx_lock(&meter->shpool->mutex);
+
+    c = ngx_http_billing_counts_find(sh, key, start, hash);
 
     if (c == NULL) {
         c = ngx_slab_alloc_locked(meter->shpool,
                                   offsetof(ngx_http_billing_count_t, id)
-                                  + id->len);
+                                  + key->market.len + 1 + key->id.len);
         if (c == NULL) {
-            ngx_shmtx_unlock(&meter->shpool->mutex);
+            ngx_http_billing_shmtx_unlock(&meter->shpool->mutex);
             return NGX_DECLINED;
         }
 
-        c->node.key = hash;
-        c->start = start;
-        c->units = 0;
-        c->len = (u_char) id->len;
-        ngx_memcpy(c->id, id->data, id->len);
+        ngx_http_billing_count_init(c, key, start, hash);
 
         ngx_rbtree_insert(&sh->rbtree, &c->node);
         ngx_queue_insert_tail(&sh->queue, &c->queue);
@@ -504,7 +595,7 @@ ngx_http_billing_meter_zone_add(ngx_http_billing_meter_t *meter,
     c->units += units;
     sh->units += units;
 
-    ngx_shmtx_unlock(&meter->shpool->mutex);
+    ngx_http_billing_shmtx_unlock(&meter->shpool->mutex);
 
     return NGX_OK;
 }
@@ -512,28 +603,26 @@ ngx_http_billing_meter_zone_add(ngx_http_billing_meter_t *meter,
 
 static void
 ngx_http_billing_meter_overflow_add(ngx_http_billing_meter_t *meter,
-    ngx_str_t *id, time_t start, int64_t units, uint32_t hash,
-    ngx_log_t *log)
+    ngx_http_billing_meter_key_t *key, time_t start, int64_t units,
+    uint32_t hash, ngx_log_t *log)
 {
     ngx_http_billing_count_t  *c;
 
-    c = ngx_http_billing_counts_find(&meter->overflow, id, start, hash);
+    c = ngx_http_billing_counts_find(&meter->overflow, key, start, hash);
 
     if (c == NULL) {
-        c = ngx_alloc(offsetof(ngx_http_billing_count_t, id) + id->len, log);
+        c = ngx_alloc(offsetof(ngx_http_billing_count_t, id)
+                      + key->market.len + 1 + key->id.len, log);
 
         if (c == NULL) {
             ngx_log_error(NGX_LOG_CRIT, log, 0,
                           "billing meter: no memory, %L units of "
-                          "subscription \"%V\" lost", units, id);
+                          "subscription \"%V/%V\" lost", units,
+                          &key->market, &key->id);
             return;
         }
 
-        c->node.key = hash;
-        c->start = start;
-        c->units = 0;
-        c->len = (u_char) id->len;
-        ngx_memcpy(c->id, id->data, id->len);
+        ngx_http_billing_count_init(c, key, start, hash);
 
         ngx_rbtree_insert(&meter->overflow.rbtree, &c->node);
         ngx_queue_insert_tail(&meter->overflow.queue, &c->queue);
@@ -566,10 +655,10 @@ ngx_http_billing_meter_give_back(ngx_http_billing_meter_t *meter)
     u_char                    *p, *last, *sp, *sp2, *nl;
     time_t                     start;
     off_t                      units;
-    uint32_t                   hash;
-    ngx_str_t                  id;
-    ngx_queue_t               *q, *next;
-    ngx_http_billing_count_t  *c;
+    uint32_t                       hash;
+    ngx_queue_t                   *q, *next;
+    ngx_http_billing_count_t      *c;
+    ngx_http_billing_meter_key_t   key;
 
     if (meter->pending && !meter->queued) {
         p = meter->buf;
@@ -584,20 +673,21 @@ ngx_http_billing_meter_give_back(ngx_http_billing_meter_t *meter)
                 break;
             }
 
-            id.data = p;
-            id.len = sp - p;
             start = ngx_atotm(sp + 1, sp2 - sp - 1);
             units = ngx_atoof(sp2 + 1, nl - sp2 - 1);
 
-            if (start != NGX_ERROR && units > 0) {
-                hash = ngx_murmur_hash2(id.data, id.len) ^ (uint32_t) start;
+            if (start != NGX_ERROR && units > 0
+                && (size_t) (sp - p) <= NGX_HTTP_BILLING_METER_KEY_MAX)
+            {
+                ngx_http_billing_meter_key_split(p, sp - p, &key);
+                hash = ngx_http_billing_meter_hash(&key, start);
 
-                if (ngx_http_billing_meter_zone_add(meter, &id, start,
+                if (ngx_http_billing_meter_zone_add(meter, &key, start,
                                                     units, hash)
                     != NGX_OK)
                 {
                     /* still this worker's, reported lost */
-                    ngx_http_billing_meter_overflow_add(meter, &id, start,
+                    ngx_http_billing_meter_overflow_add(meter, &key, start,
                                                         units, hash,
                                                         meter->log);
                 }
@@ -616,10 +706,9 @@ ngx_http_billing_meter_give_back(ngx_http_billing_meter_t *meter)
         next = ngx_queue_next(q);
         c = ngx_queue_data(q, ngx_http_billing_count_t, queue);
 
-        id.data = c->id;
-        id.len = c->len;
+        ngx_http_billing_meter_key_split(c->id, c->len, &key);
 
-        if (ngx_http_billing_meter_zone_add(meter, &id, c->start, c->units,
+        if (ngx_http_billing_meter_zone_add(meter, &key, c->start, c->units,
                                             c->node.key)
             != NGX_OK)
         {

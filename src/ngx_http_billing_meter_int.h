@@ -35,6 +35,13 @@ typedef struct {
 } ngx_http_billing_count_t;
 
 
+/* a count's key, "<marketplace>/<id>", in its two parts */
+typedef struct {
+    ngx_str_t                           market;
+    ngx_str_t                           id;
+} ngx_http_billing_meter_key_t;
+
+
 /* counts, in the shared zone or in a worker's overflow */
 typedef struct {
     ngx_rbtree_t                        rbtree;

@@ -62,6 +62,9 @@ typedef struct {
  */
 typedef struct {
     ngx_uint_t                      offsets[NGX_HTTP_BILLING_M_N];
+
+    /* from one marketplace's counters to the next; 0: the node's */
+    ngx_uint_t                      strides[NGX_HTTP_BILLING_M_N];
     ngx_uint_t                      nstats;
     uint32_t                        signature;
 
@@ -276,6 +279,12 @@ static ngx_http_billing_metric_t  ngx_http_billing_metrics[] = {
 static volatile ngx_cycle_t        *ngx_http_billing_status_cycle;
 static ngx_http_billing_status_t   *ngx_http_billing_status_cur;
 
+/* the same, for ngx_http_billing_stat_add() inline: where each counts */
+volatile ngx_cycle_t               *ngx_http_billing_stat_cycle;
+ngx_http_billing_stat_slot_t        ngx_http_billing_stat_slots[
+                                        NGX_HTTP_BILLING_M_N];
+ngx_uint_t                          ngx_http_billing_stat_nmarkets;
+
 
 static ngx_uint_t
 ngx_http_billing_metric_size(ngx_http_billing_metric_t *m)
@@ -320,6 +329,7 @@ ngx_http_billing_status_init(ngx_conf_t *cf)
         m = &ngx_http_billing_metrics[i];
 
         st->offsets[i] = n;
+        st->strides[i] = m->market ? ngx_http_billing_metric_size(m) : 0;
         n += ngx_http_billing_metric_size(m)
              * (m->market ? st->nmarkets : 1);
     }
@@ -426,6 +436,33 @@ ngx_http_billing_status_current(void)
 }
 
 
+void
+ngx_http_billing_stat_refresh(void)
+{
+    ngx_uint_t                     i;
+    ngx_http_billing_metric_t     *m;
+    ngx_http_billing_status_t     *st;
+    ngx_http_billing_stat_slot_t  *slot;
+
+    st = ngx_http_billing_status_current();
+
+    for (i = 0; i < NGX_HTTP_BILLING_M_N; i++) {
+        m = &ngx_http_billing_metrics[i];
+        slot = &ngx_http_billing_stat_slots[i];
+
+        /* a zone not there yet: its init_zone asks again */
+
+        slot->base = (st && st->sh) ? &st->sh->stats[st->offsets[i]] : NULL;
+        slot->stride = st ? st->strides[i] : 0;
+        slot->n1 = m->n1;
+        slot->n2 = m->n2;
+    }
+
+    ngx_http_billing_stat_nmarkets = st ? st->nmarkets : 0;
+    ngx_http_billing_stat_cycle = ngx_cycle;
+}
+
+
 static ngx_int_t
 ngx_http_billing_status_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
@@ -438,6 +475,7 @@ ngx_http_billing_status_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     /* a new cycle, maybe at a freed one's address: found again */
 
     ngx_http_billing_status_cycle = NULL;
+    ngx_http_billing_stat_cycle = NULL;
 
     shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
     sh = shpool->data;
@@ -497,29 +535,6 @@ ngx_http_billing_stat_block(ngx_uint_t metric, ngx_uint_t market)
 
     return &st->sh->stats[st->offsets[metric]
                           + market * ngx_http_billing_metric_size(m)];
-}
-
-
-void
-ngx_http_billing_stat_add(ngx_uint_t metric, ngx_uint_t market,
-    ngx_uint_t l1, ngx_uint_t l2, ngx_atomic_int_t n)
-{
-    ngx_atomic_t               *v;
-    ngx_http_billing_metric_t  *m;
-
-    m = &ngx_http_billing_metrics[metric];
-
-    if (l1 >= m->n1 || l2 >= m->n2) {
-        return;
-    }
-
-    v = ngx_http_billing_stat_block(metric, market);
-
-    if (v == NULL) {
-        return;
-    }
-
-    (void) ngx_atomic_fetch_add(&v[l1 * m->n2 + l2], n);
 }
 
 

@@ -169,8 +169,6 @@ char *ngx_http_billing_status_conf(ngx_conf_t *cf, ngx_command_t *cmd,
  * (ignored by the node's own, the redis_* ones), its labels' values (0
  * when it has none).
  */
-void ngx_http_billing_stat_add(ngx_uint_t metric, ngx_uint_t market,
-    ngx_uint_t l1, ngx_uint_t l2, ngx_atomic_int_t n);
 void ngx_http_billing_stat_set(ngx_uint_t metric, ngx_uint_t market,
     ngx_atomic_int_t n);
 
@@ -190,6 +188,47 @@ ngx_uint_t ngx_http_billing_stat_endpoint(ngx_uint_t method, ngx_str_t *path);
 ngx_uint_t ngx_http_billing_stat_event(ngx_str_t *type);
 ngx_uint_t ngx_http_billing_stat_decision(const char *code);
 ngx_uint_t ngx_http_billing_stat_kind(ngx_str_t *kind);
+
+
+/* where a metric's counters are in this process's cycle */
+typedef struct {
+    ngx_atomic_t               *base;    /* the first marketplace's; NULL */
+    ngx_uint_t                  stride;  /* to the next one's; 0: node's */
+    ngx_uint_t                  n1;
+    ngx_uint_t                  n2;
+} ngx_http_billing_stat_slot_t;
+
+extern volatile ngx_cycle_t          *ngx_http_billing_stat_cycle;
+extern ngx_http_billing_stat_slot_t   ngx_http_billing_stat_slots[];
+extern ngx_uint_t                     ngx_http_billing_stat_nmarkets;
+
+/* the slots, for ngx_cycle */
+void ngx_http_billing_stat_refresh(void);
+
+
+/* inline: a gated request counts three times */
+
+static ngx_inline void
+ngx_http_billing_stat_add(ngx_uint_t metric, ngx_uint_t market,
+    ngx_uint_t l1, ngx_uint_t l2, ngx_atomic_int_t n)
+{
+    ngx_http_billing_stat_slot_t  *s;
+
+    if (ngx_http_billing_stat_cycle != ngx_cycle) {
+        ngx_http_billing_stat_refresh();
+    }
+
+    s = &ngx_http_billing_stat_slots[metric];
+
+    if (s->base == NULL || l1 >= s->n1 || l2 >= s->n2
+        || (s->stride && market >= ngx_http_billing_stat_nmarkets))
+    {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&s->base[market * s->stride + l1 * s->n2 + l2],
+                                n);
+}
 
 
 #define ngx_http_billing_stat_inc(metric, market, l1, l2)                   \

@@ -74,19 +74,6 @@ ngx_http_billing_variables_add(ngx_conf_t *cf)
 }
 
 
-void
-ngx_http_billing_gate_counted(ngx_http_request_t *r, int64_t units)
-{
-    ngx_http_billing_gate_ctx_t  *ctx;
-
-    ctx = ngx_http_billing_variable_ctx(r);
-
-    if (ctx) {
-        ctx->units += units;
-    }
-}
-
-
 static ngx_int_t
 ngx_http_billing_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
