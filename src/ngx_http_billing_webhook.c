@@ -191,12 +191,6 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
     }
 
     /*
-     * The document in the request's pool, every value of it a bump of
-     * the pool's pointer rather than a malloc() and a free(); it is freed
-     * with the request, never with ngx_billing_event_free().
-     */
-
-    /*
      * jansson's lexer costs tens of instructions a byte, and a third of
      * the bytes Stripe sends are its pretty-printing ("{\n  \"id\": ..."):
      * they go first, in a copy (the signed body stays as it came).  A
@@ -214,6 +208,12 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
         compact.len = ngx_billing_json_compact(compact.data, body.data,
                                                body.len);
     }
+
+    /*
+     * The document in the request's pool, every value of it a bump of
+     * the pool's pointer rather than a malloc() and a free(); it is freed
+     * with the request, never with ngx_billing_event_free().
+     */
 
     ngx_http_billing_json_pool(r->pool, &saved);
     rc = ngx_billing_event_parse(&ev, compact.data, compact.len, &err);
