@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "ngx_billing_event.h"
 #include "ngx_billing_state.h"
 
@@ -135,7 +137,8 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     int                   rc, rc2;
-    uint8_t              *buf;
+    size_t                n, n2;
+    uint8_t              *buf, *compact, *again;
     const char           *err, *err2;
     ngx_billing_event_t   ev, ev2;
 
@@ -191,6 +194,49 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     ngx_billing_event_free(&ev2);
+
+    /*
+     * Compacted as the module compacts a body before parsing it: the
+     * same answer, the same document, and compacting again changes
+     * nothing.
+     */
+
+    compact = malloc(size ? size : 1);
+    again = malloc(size ? size : 1);
+    if (compact == NULL || again == NULL) {
+        abort();
+    }
+
+    n = ngx_billing_json_compact(compact, buf, size);
+    fuzz_assert(n <= size);
+
+    n2 = ngx_billing_json_compact(again, compact, n);
+    fuzz_assert(n2 == n && (n == 0 || memcmp(again, compact, n) == 0));
+
+    err2 = NULL;
+    rc2 = ngx_billing_event_parse(&ev2, compact, n, &err2);
+
+    fuzz_assert(rc2 == rc && err2 == err);
+    fuzz_assert((ev2.json == NULL) == (ev.json == NULL));
+    fuzz_assert(ev.json == NULL || json_equal(ev.json, ev2.json));
+
+    if (rc == 0) {
+        fuzz_assert(ev2.status == ev.status && ev2.created == ev.created
+                    && ev2.amount_due == ev.amount_due
+                    && ev2.due_date == ev.due_date
+                    && ev2.bad_metadata == ev.bad_metadata
+                    && ev2.subscription.len == ev.subscription.len
+                    && ev2.kind.len == ev.kind.len
+                    && ev2.marketplace.len == ev.marketplace.len
+                    && ev2.customer.len == ev.customer.len
+                    && ev2.currency.len == ev.currency.len
+                    && ev2.hosted_invoice_url.len
+                       == ev.hosted_invoice_url.len);
+    }
+
+    ngx_billing_event_free(&ev2);
+    free(again);
+    free(compact);
 
     ngx_billing_event_free(&ev);
     fuzz_assert(ev.json == NULL);

@@ -317,6 +317,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const uint8_t         *end, *head_end, *p, *nl;
     ngx_billing_sig_t      sig;
     ngx_billing_secret_t   secrets[FUZZ_MAX_SECRETS];
+    ngx_billing_secret_t   keyed[FUZZ_MAX_SECRETS];
 
     static const unsigned char  default_secret[] = "whsec_fuzz";
     static const unsigned char  default_t[] = "1700000000";
@@ -355,6 +356,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         copies[nsecrets] = fuzz_copy(p, nl - p);
         secrets[nsecrets].data = copies[nsecrets];
         secrets[nsecrets].len = nl - p;
+        secrets[nsecrets].mac = NULL;
         nsecrets++;
 
         p = nl + 1;
@@ -364,7 +366,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         copies[0] = fuzz_copy(default_secret, sizeof(default_secret) - 1);
         secrets[0].data = copies[0];
         secrets[0].len = sizeof(default_secret) - 1;
+        secrets[0].mac = NULL;
         nsecrets = 1;
+    }
+
+    /* the same secrets keyed once, as the module has them */
+
+    for (i = 0; i < nsecrets; i++) {
+        keyed[i] = secrets[i];
+        fuzz_assert(ngx_billing_sig_key(&keyed[i]) == NGX_BILLING_SIG_OK);
     }
 
     /* the header as it came */
@@ -378,6 +388,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     crc = ngx_billing_sig_check(header, header_len, body, body_len, secrets,
                                 nsecrets, 1700000000, 300);
+
+    /* twice: a keyed context is re-initialized for every check */
+
+    fuzz_assert(ngx_billing_sig_check(header, header_len, body, body_len,
+                                      keyed, nsecrets, 1700000000, 300)
+                == crc);
+    fuzz_assert(ngx_billing_sig_check(header, header_len, body, body_len,
+                                      keyed, nsecrets, 1700000000, 300)
+                == crc);
 
     if (rc != NGX_BILLING_SIG_OK) {
         fuzz_assert(crc == rc);
@@ -412,6 +431,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (rc != NGX_BILLING_SIG_MALFORMED) {
             fuzz_sign(sig.t, sig.t_len, sig.timestamp, &secrets[i], secrets,
                       nsecrets, header, header_len, body, body_len);
+            fuzz_sign(sig.t, sig.t_len, sig.timestamp, &keyed[i], keyed,
+                      nsecrets, header, header_len, body, body_len);
 
         } else {
             fuzz_sign(default_t, sizeof(default_t) - 1, 1700000000,
@@ -423,6 +444,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     (void) ngx_billing_sig_strerror(rc);
 
     for (i = 0; i < nsecrets; i++) {
+        ngx_billing_sig_key_free(keyed[i].mac);
         free(copies[i]);
     }
 

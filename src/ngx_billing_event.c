@@ -21,6 +21,14 @@ static int ngx_billing_currency_valid(const char *s, size_t len);
 static const ngx_billing_str_t  ngx_billing_empty = { "", 0 };
 
 
+/* 1: JSON's whitespace, as jansson's lexer skips it; 2: "{}[]:,"; 4: "\"\\" */
+static const unsigned char  ngx_billing_json_class[256] = {
+    ['\t'] = 1, ['\n'] = 1, ['\r'] = 1, [' '] = 1,
+    ['{'] = 2, ['}'] = 2, ['['] = 2, [']'] = 2, [':'] = 2, [','] = 2,
+    ['"'] = 4, ['\\'] = 4
+};
+
+
 int
 ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
     size_t len, const char **err)
@@ -169,6 +177,72 @@ ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
     }
 
     return 0;
+}
+
+
+size_t
+ngx_billing_json_compact(unsigned char *dst, const unsigned char *src,
+    size_t len)
+{
+    unsigned char         c, *d;
+    const unsigned char  *p, *end;
+
+    d = dst;
+    p = src;
+    end = src + len;
+
+    while (p < end) {
+        c = *p++;
+
+        if (c == '"') {
+
+            /* a string, byte for byte, to its closing quote or the end */
+
+            *d++ = c;
+
+            while (p < end) {
+                c = *p++;
+                *d++ = c;
+
+                if (ngx_billing_json_class[c] != 4) {
+                    continue;
+                }
+
+                if (c == '"') {
+                    break;
+                }
+
+                if (p < end) {
+                    *d++ = *p++;
+                }
+            }
+
+            continue;
+        }
+
+        if (ngx_billing_json_class[c] != 1) {
+            *d++ = c;
+            continue;
+        }
+
+        while (p < end && ngx_billing_json_class[*p] == 1) {
+            p++;
+        }
+
+        /*
+         * Next to "{}[]:," or an end, whitespace separates nothing.
+         * Between two other tokens it is an error, which a space keeps:
+         * "1 2" must not become "12".
+         */
+
+        if (d > dst && ngx_billing_json_class[d[-1]] != 2
+            && p < end && ngx_billing_json_class[*p] != 2)
+        {
+            *d++ = ' ';
+        }
+    }
+
+    return d - dst;
 }
 
 

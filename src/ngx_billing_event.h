@@ -59,6 +59,17 @@ int ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
     size_t len, const char **err);
 void ngx_billing_event_free(ngx_billing_event_t *ev);
 
+/*
+ * Copies the len bytes of src to dst (len bytes at least) less the
+ * whitespace that jansson skips next to "{}[]:," and at either end, and
+ * returns the length copied: the same document, the same errors, fewer
+ * bytes for jansson's lexer (Stripe pretty-prints its events).  Strings
+ * are copied as they are; whitespace between two other tokens (an
+ * error) stays, as one space.
+ */
+size_t ngx_billing_json_compact(unsigned char *dst, const unsigned char *src,
+    size_t len);
+
 /* Stripe ids: [A-Za-z0-9_], 1 to NGX_BILLING_STRIPE_ID_MAX */
 int ngx_billing_stripe_id_valid(const char *s, size_t len);
 

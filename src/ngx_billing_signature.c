@@ -21,6 +21,14 @@
 
 
 static int ngx_billing_sig_hex(unsigned char c);
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+static EVP_MAC_CTX *ngx_billing_sig_ctx(void);
+#endif
+static int ngx_billing_sig_init(void *ctx, const unsigned char *key,
+    size_t key_len);
+static int ngx_billing_sig_run(void *ctx, const unsigned char *t,
+    size_t t_len, const unsigned char *body, size_t len,
+    unsigned char out[NGX_BILLING_SIG_LEN]);
 
 
 int
@@ -176,70 +184,161 @@ ngx_billing_sig_hex(unsigned char c)
 }
 
 
-int
-ngx_billing_sig_hmac(const unsigned char *key, size_t key_len,
-    const unsigned char *t, size_t t_len,
-    const unsigned char *body, size_t len,
-    unsigned char out[NGX_BILLING_SIG_LEN])
-{
-    int  ok;
-
 #if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
 
-    size_t        out_len;
-    EVP_MAC_CTX  *ctx;
-    OSSL_PARAM    params[2];
-
+static EVP_MAC_CTX *
+ngx_billing_sig_ctx(void)
+{
     /* fetched once per process; a worker is single threaded */
     static EVP_MAC  *mac;
 
     if (mac == NULL) {
         mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
         if (mac == NULL) {
-            return NGX_BILLING_SIG_INTERNAL;
+            return NULL;
         }
     }
 
-    ctx = EVP_MAC_CTX_new(mac);
-    if (ctx == NULL) {
-        return NGX_BILLING_SIG_INTERNAL;
+    return EVP_MAC_CTX_new(mac);
+}
+
+#endif
+
+
+/*
+ * Keys ctx, or with a NULL key re-initializes it with the key it has:
+ * its inner and outer pads were hashed when it was keyed, so that a
+ * keyed secret's check hashes only the payload.
+ */
+
+static int
+ngx_billing_sig_init(void *ctx, const unsigned char *key, size_t key_len)
+{
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+
+    OSSL_PARAM  params[2];
+
+    if (key == NULL) {
+        return EVP_MAC_init(ctx, NULL, 0, NULL);
     }
 
     params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
                                                  (char *) "SHA256", 0);
     params[1] = OSSL_PARAM_construct_end();
 
-    ok = EVP_MAC_init(ctx, key, key_len, params)
-         && EVP_MAC_update(ctx, t, t_len)
-         && EVP_MAC_update(ctx, (const unsigned char *) ".", 1)
-         && EVP_MAC_update(ctx, body, len)
-         && EVP_MAC_final(ctx, out, &out_len, NGX_BILLING_SIG_LEN)
-         && out_len == NGX_BILLING_SIG_LEN;
-
-    EVP_MAC_CTX_free(ctx);
+    return EVP_MAC_init(ctx, key, key_len, params);
 
 #else
 
-    unsigned int   out_len;
-    HMAC_CTX      *ctx;
+    if (key == NULL) {
+        return HMAC_Init_ex(ctx, NULL, 0, NULL, NULL);
+    }
 
+    return HMAC_Init_ex(ctx, key, (int) key_len, EVP_sha256(), NULL);
+
+#endif
+}
+
+
+/* the HMAC of "<t>.<body>" with an initialized ctx */
+
+static int
+ngx_billing_sig_run(void *ctx, const unsigned char *t, size_t t_len,
+    const unsigned char *body, size_t len,
+    unsigned char out[NGX_BILLING_SIG_LEN])
+{
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+
+    size_t  out_len;
+
+    return EVP_MAC_update(ctx, t, t_len)
+           && EVP_MAC_update(ctx, (const unsigned char *) ".", 1)
+           && EVP_MAC_update(ctx, body, len)
+           && EVP_MAC_final(ctx, out, &out_len, NGX_BILLING_SIG_LEN)
+           && out_len == NGX_BILLING_SIG_LEN;
+
+#else
+
+    unsigned int  out_len;
+
+    return HMAC_Update(ctx, t, t_len)
+           && HMAC_Update(ctx, (const unsigned char *) ".", 1)
+           && HMAC_Update(ctx, body, len)
+           && HMAC_Final(ctx, out, &out_len)
+           && out_len == NGX_BILLING_SIG_LEN;
+
+#endif
+}
+
+
+int
+ngx_billing_sig_hmac(const unsigned char *key, size_t key_len,
+    const unsigned char *t, size_t t_len,
+    const unsigned char *body, size_t len,
+    unsigned char out[NGX_BILLING_SIG_LEN])
+{
+    int    ok;
+    void  *ctx;
+
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+    ctx = ngx_billing_sig_ctx();
+#else
     ctx = HMAC_CTX_new();
+#endif
+
     if (ctx == NULL) {
         return NGX_BILLING_SIG_INTERNAL;
     }
 
-    ok = HMAC_Init_ex(ctx, key, (int) key_len, EVP_sha256(), NULL)
-         && HMAC_Update(ctx, t, t_len)
-         && HMAC_Update(ctx, (const unsigned char *) ".", 1)
-         && HMAC_Update(ctx, body, len)
-         && HMAC_Final(ctx, out, &out_len)
-         && out_len == NGX_BILLING_SIG_LEN;
+    /* a NULL key fails here, as it did: a fresh ctx has none to reuse */
 
-    HMAC_CTX_free(ctx);
+    ok = ngx_billing_sig_init(ctx, key, key_len)
+         && ngx_billing_sig_run(ctx, t, t_len, body, len, out);
 
-#endif
+    ngx_billing_sig_key_free(ctx);
 
     return ok ? NGX_BILLING_SIG_OK : NGX_BILLING_SIG_INTERNAL;
+}
+
+
+int
+ngx_billing_sig_key(ngx_billing_secret_t *secret)
+{
+    void  *ctx;
+
+    secret->mac = NULL;
+
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+    ctx = ngx_billing_sig_ctx();
+#else
+    ctx = HMAC_CTX_new();
+#endif
+
+    if (ctx == NULL) {
+        return NGX_BILLING_SIG_INTERNAL;
+    }
+
+    if (!ngx_billing_sig_init(ctx, secret->data, secret->len)) {
+        ngx_billing_sig_key_free(ctx);
+        return NGX_BILLING_SIG_INTERNAL;
+    }
+
+    secret->mac = ctx;
+
+    return NGX_BILLING_SIG_OK;
+}
+
+
+void
+ngx_billing_sig_key_free(void *mac)
+{
+    /* both take NULL, and wipe the pads as they free them */
+
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+    EVP_MAC_CTX_free(mac);
+#else
+    HMAC_CTX_free(mac);
+#endif
 }
 
 
@@ -248,7 +347,7 @@ ngx_billing_sig_verify(const ngx_billing_sig_t *sig,
     const unsigned char *body, size_t len,
     const ngx_billing_secret_t *secrets, size_t nsecrets)
 {
-    int            match;
+    int            rc, match;
     size_t         s, i;
     unsigned char  expected[NGX_BILLING_SIG_LEN];
 
@@ -256,10 +355,19 @@ ngx_billing_sig_verify(const ngx_billing_sig_t *sig,
 
     for (s = 0; s < nsecrets; s++) {
 
-        if (ngx_billing_sig_hmac(secrets[s].data, secrets[s].len,
-                                 sig->t, sig->t_len, body, len, expected)
-            != NGX_BILLING_SIG_OK)
-        {
+        if (secrets[s].mac) {
+            rc = (ngx_billing_sig_init(secrets[s].mac, NULL, 0)
+                  && ngx_billing_sig_run(secrets[s].mac, sig->t, sig->t_len,
+                                         body, len, expected))
+                 ? NGX_BILLING_SIG_OK : NGX_BILLING_SIG_INTERNAL;
+
+        } else {
+            rc = ngx_billing_sig_hmac(secrets[s].data, secrets[s].len,
+                                      sig->t, sig->t_len, body, len,
+                                      expected);
+        }
+
+        if (rc != NGX_BILLING_SIG_OK) {
             OPENSSL_cleanse(expected, sizeof(expected));
             return NGX_BILLING_SIG_INTERNAL;
         }

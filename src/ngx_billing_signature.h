@@ -33,6 +33,9 @@ typedef enum {
 typedef struct {
     const unsigned char  *data;
     size_t                len;
+
+    /* keyed once by ngx_billing_sig_key(); NULL: keyed on every check */
+    void                 *mac;
 } ngx_billing_secret_t;
 
 
@@ -74,6 +77,15 @@ int ngx_billing_sig_check(const unsigned char *header, size_t header_len,
     const unsigned char *body, size_t len,
     const ngx_billing_secret_t *secrets, size_t nsecrets,
     int64_t now, int64_t tolerance);
+
+/*
+ * Keys secret->mac with the secret, once, so that a check only hashes
+ * the payload: NGX_BILLING_SIG_OK or NGX_BILLING_SIG_INTERNAL.  A keyed
+ * secret is for one thread at a time; ngx_billing_sig_key_free() wipes
+ * and frees the key (NULL is allowed).
+ */
+int ngx_billing_sig_key(ngx_billing_secret_t *secret);
+void ngx_billing_sig_key_free(void *mac);
 
 /* HMAC-SHA256 of "<t>.<body>", for tests and tools */
 int ngx_billing_sig_hmac(const unsigned char *key, size_t key_len,

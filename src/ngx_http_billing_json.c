@@ -11,6 +11,57 @@
 #include "ngx_http_billing_json.h"
 
 
+static void *ngx_http_billing_json_palloc(size_t size);
+static void ngx_http_billing_json_pfree(void *p);
+static ngx_int_t ngx_http_billing_send_buf(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_buf_t *b);
+
+
+/* the pool of the parse under way: a worker has one thread */
+static ngx_pool_t  *ngx_http_billing_json_current;
+
+
+void
+ngx_http_billing_json_pool(ngx_pool_t *pool,
+    ngx_http_billing_json_alloc_t *saved)
+{
+    /*
+     * Set for one parse, not once for the process: the API's, Stripe's
+     * and the plans' documents (and another module's, libjansson being
+     * shared) keep malloc() and free(), whatever they were made with.
+     */
+
+    json_get_alloc_funcs(&saved->malloc, &saved->free);
+
+    ngx_http_billing_json_current = pool;
+    json_set_alloc_funcs(ngx_http_billing_json_palloc,
+                         ngx_http_billing_json_pfree);
+}
+
+
+void
+ngx_http_billing_json_unpool(ngx_http_billing_json_alloc_t *saved)
+{
+    json_set_alloc_funcs(saved->malloc, saved->free);
+    ngx_http_billing_json_current = NULL;
+}
+
+
+static void *
+ngx_http_billing_json_palloc(size_t size)
+{
+    /* aligned as nginx aligns: enough for jansson's values */
+    return ngx_palloc(ngx_http_billing_json_current, size);
+}
+
+
+static void
+ngx_http_billing_json_pfree(void *p)
+{
+    /* the pool frees it: a parse's own buffers, or a failed document */
+}
+
+
 json_t *
 ngx_http_billing_json_error(const char *code, const char *message,
     size_t len)
@@ -51,14 +102,42 @@ ngx_int_t
 ngx_http_billing_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *json)
 {
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    ngx_buf_t  *b;
 
     b = ngx_http_billing_json_buf(r->pool, json);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    return ngx_http_billing_send_buf(r, status, b);
+}
+
+
+ngx_int_t
+ngx_http_billing_send_static(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *body)
+{
+    ngx_buf_t  *b;
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = body->data;
+    b->last = body->data + body->len;
+    b->memory = 1;
+
+    return ngx_http_billing_send_buf(r, status, b);
+}
+
+
+static ngx_int_t
+ngx_http_billing_send_buf(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_buf_t *b)
+{
+    ngx_int_t     rc;
+    ngx_chain_t   out;
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = b->last - b->pos;

@@ -27,6 +27,7 @@ static char *ngx_http_billing_stripe_key(ngx_conf_t *cf, void *data,
 static char *ngx_http_billing_api_token(ngx_conf_t *cf, void *data,
     ngx_str_t *line);
 static void ngx_http_billing_zero(void *data);
+static void ngx_http_billing_unkey(void *data);
 
 
 ngx_int_t
@@ -111,6 +112,7 @@ ngx_http_billing_webhook_secret(ngx_conf_t *cf, void *data, ngx_str_t *line)
     ngx_array_t  *secrets = data;
 
     u_char                *p;
+    ngx_pool_cleanup_t    *cln;
     ngx_billing_secret_t  *secret;
 
     if (line->len <= 6 || ngx_strncmp(line->data, "whsec_", 6) != 0) {
@@ -135,6 +137,25 @@ ngx_http_billing_webhook_secret(ngx_conf_t *cf, void *data, ngx_str_t *line)
 
     secret->data = line->data;
     secret->len = line->len;
+
+    /*
+     * Keyed once, here: a webhook then hashes only "<t>.<body>".  The
+     * workers inherit the keyed context; it goes with the configuration.
+     */
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return "out of memory";
+    }
+
+    if (ngx_billing_sig_key(secret) != NGX_BILLING_SIG_OK) {
+        return "the HMAC of a webhook signing secret could not be keyed";
+    }
+
+    /* the context's address: the array may move as it grows */
+
+    cln->handler = ngx_http_billing_unkey;
+    cln->data = secret->mac;
 
     return NULL;
 }
@@ -416,4 +437,11 @@ ngx_http_billing_zero(void *data)
     ngx_str_t  *s = data;
 
     ngx_explicit_memzero(s->data, s->len);
+}
+
+
+static void
+ngx_http_billing_unkey(void *data)
+{
+    ngx_billing_sig_key_free(data);
 }

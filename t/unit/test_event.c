@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "ngx_billing_event.h"
 #include "ngx_billing_state.h"
 #include "tap.h"
@@ -23,6 +25,8 @@
 #define ERR_DATA      "event has no \"data.object\""
 #define ERR_INVOICE   "invoice event whose data.object is not an invoice"
 #define ERR_INV_ID    "invoice has no valid \"id\""
+
+#define CS(s)         (s), sizeof(s) - 1
 
 #define is_evstr(s, expected, ...)                                           \
     is_mem((s).data, (s).len, (expected), strlen(expected), __VA_ARGS__)
@@ -1441,6 +1445,109 @@ test_validators(void)
 }
 
 
+/* ngx_billing_json_compact(): what it leaves, and that jansson agrees */
+
+static void
+compacts(const char *in, size_t len, const char *out, size_t out_len,
+    const char *name)
+{
+    size_t          n;
+    unsigned char  *buf;
+
+    buf = malloc(len ? len : 1);
+    if (buf == NULL) {
+        abort();
+    }
+
+    n = ngx_billing_json_compact(buf, (const unsigned char *) in, len);
+    is_mem(buf, n, out, out_len, "compact: %s", name);
+
+    free(buf);
+}
+
+
+/* the same answer from the body and from its compacted copy */
+
+static int
+same_parse(const char *in, size_t len)
+{
+    int                   rc, rc2, same;
+    size_t                n;
+    const char           *err, *err2;
+    unsigned char        *buf;
+    ngx_billing_event_t   ev, ev2;
+
+    buf = malloc(len ? len : 1);
+    if (buf == NULL) {
+        abort();
+    }
+
+    n = ngx_billing_json_compact(buf, (const unsigned char *) in, len);
+
+    err = NULL;
+    err2 = NULL;
+    rc = ngx_billing_event_parse(&ev, (const unsigned char *) in, len, &err);
+    rc2 = ngx_billing_event_parse(&ev2, buf, n, &err2);
+
+    same = rc == rc2 && err == err2
+           && (ev.json == NULL) == (ev2.json == NULL)
+           && (ev.json == NULL || json_equal(ev.json, ev2.json))
+           && ev.status == ev2.status && ev.created == ev2.created
+           && ev.subscription.len == ev2.subscription.len
+           && ev.hosted_invoice_url.len == ev2.hosted_invoice_url.len;
+
+    ngx_billing_event_free(&ev);
+    ngx_billing_event_free(&ev2);
+    free(buf);
+
+    return same;
+}
+
+
+static void
+test_compact(void)
+{
+    size_t   i;
+
+    static const char  *cases[] = {
+        "", " ", "not json", "{", "}", "{\"id\":", "[1 2]", "[1\n\t 2]",
+        "[- 1]", "[1. ]", "[tru e]", "[\"a\" \"b\"]", "{\"a\" 1}",
+        "{\"a\":1} x", " {} ", "\f{}", "{\"a\":\"\t\"}", "{\"a\":\"x\\\" \"}",
+        "{\"a\":\"\\", "{\"a\":\"\\u00 1\"}", "{\"a\": \xc3 \xa9}",
+        "{\"a\":\"\xc3\xa9 \"}", "{\"a\" : 1 , \"a\" : 2}",
+        "[ 1 , 2 , { \"b\" : [ ] } ]\r\n",
+        "{ \"id\" : \"evt_1\" , \"type\" : \"invoice.paid\" , "
+            "\"created\" : 1 , \"data\" : { \"object\" : { \"object\" : "
+            "\"invoice\" , \"id\" : \"in_1\" } } }",
+    };
+
+    compacts(CS("{ \"a\" : 1 , \"b\" : [ 1 , 2 ] }"),
+             CS("{\"a\":1,\"b\":[1,2]}"), "around every structural character");
+    compacts(CS(" \n\t\r{}\n "), CS("{}"), "at both ends");
+    compacts(CS("[1 \n\t 2]"), CS("[1 2]"), "between two numbers: one space");
+    compacts(CS("[\"a\"  \"b\"]"), CS("[\"a\" \"b\"]"),
+             "between two strings: one space");
+    compacts(CS("{\"a b\" : \" x \\\" y \"}"), CS("{\"a b\":\" x \\\" y \"}"),
+             "strings as they are, escaped quote included");
+    compacts(CS("{\"a\":\"\\\\\" }"), CS("{\"a\":\"\\\\\"}"),
+             "an escaped backslash ends before the quote");
+    compacts(CS("[\"abc  "), CS("[\"abc  "), "an unterminated string");
+    compacts(CS("{} x"), CS("{}x"), "after the document");
+    compacts(CS("\f {} \f"), CS("\f{}\f"), "a form feed is not whitespace");
+    compacts(CS("[1, \0 2]"), CS("[1,\0 2]"), "a NUL byte");
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ok(same_parse(cases[i], strlen(cases[i])),
+           "compact: the same parse, case %zu", i);
+    }
+
+    ok(same_parse(invoice_paid, sizeof(invoice_paid) - 1),
+       "compact: the same parse, the fixture");
+    ok(same_parse(invoice_paid, sizeof(invoice_paid)),
+       "compact: the same parse, the fixture and a NUL");
+}
+
+
 int
 main(void)
 {
@@ -1456,6 +1563,7 @@ main(void)
     test_url();
     test_currency_amount_customer();
     test_validators();
+    test_compact();
 
     return done_testing();
 }

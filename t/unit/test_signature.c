@@ -40,25 +40,25 @@
 
 
 static const ngx_billing_secret_t  secret_a[] = {
-    { (const unsigned char *) SECRET_A, sizeof(SECRET_A) - 1 }
+    { (const unsigned char *) SECRET_A, sizeof(SECRET_A) - 1, NULL }
 };
 
 static const ngx_billing_secret_t  secret_b[] = {
-    { (const unsigned char *) SECRET_B, sizeof(SECRET_B) - 1 }
+    { (const unsigned char *) SECRET_B, sizeof(SECRET_B) - 1, NULL }
 };
 
 static const ngx_billing_secret_t  secret_c[] = {
-    { (const unsigned char *) SECRET_C, sizeof(SECRET_C) - 1 }
+    { (const unsigned char *) SECRET_C, sizeof(SECRET_C) - 1, NULL }
 };
 
 static const ngx_billing_secret_t  secrets_ab[] = {
-    { (const unsigned char *) SECRET_A, sizeof(SECRET_A) - 1 },
-    { (const unsigned char *) SECRET_B, sizeof(SECRET_B) - 1 }
+    { (const unsigned char *) SECRET_A, sizeof(SECRET_A) - 1, NULL },
+    { (const unsigned char *) SECRET_B, sizeof(SECRET_B) - 1, NULL }
 };
 
 static const ngx_billing_secret_t  secrets_cb[] = {
-    { (const unsigned char *) SECRET_C, sizeof(SECRET_C) - 1 },
-    { (const unsigned char *) SECRET_B, sizeof(SECRET_B) - 1 }
+    { (const unsigned char *) SECRET_C, sizeof(SECRET_C) - 1, NULL },
+    { (const unsigned char *) SECRET_B, sizeof(SECRET_B) - 1, NULL }
 };
 
 
@@ -147,7 +147,7 @@ test_known_vector(void)
     char               hex[2 * NGX_BILLING_SIG_LEN + 1];
     unsigned char      md[NGX_BILLING_SIG_LEN];
     ngx_billing_sig_t  sig;
-    ngx_billing_secret_t  secret = { S("whsec_test") };
+    ngx_billing_secret_t  secret = { S("whsec_test"), NULL };
 
     sign_hex("whsec_test", "1700000000", "{\"a\":1}", 7, hex);
     is_str(hex, KNOWN_HEX, "HMAC() agrees with openssl dgst -hmac");
@@ -396,7 +396,7 @@ test_mismatch(void)
 
     {
         ngx_billing_secret_t  prefix = {
-            (const unsigned char *) SECRET_A, sizeof(SECRET_A) - 2
+            (const unsigned char *) SECRET_A, sizeof(SECRET_A) - 2, NULL
         };
 
         is_int(ngx_billing_sig_verify(&sig, S(BODY), &prefix, 1),
@@ -1218,6 +1218,121 @@ test_secure_equal(void)
 }
 
 
+/*
+ * Secrets keyed once (ngx_billing_sig_key(), as the module does when it
+ * loads them): every check re-initializes the same context, so the
+ * results must stay HMAC()'s one check after another, whatever the
+ * checks before them (other bodies, mismatches, other secrets).
+ */
+
+static void
+test_keyed(void)
+{
+    int                    same;
+    char                   hex_a[65], hex_b[65], header[512], long_key[200];
+    size_t                 i;
+    unsigned char          body[300];
+    unsigned char          md[NGX_BILLING_SIG_LEN];
+    ngx_billing_sig_t      sig;
+    ngx_billing_secret_t   keyed[2], mixed[2], lk;
+
+    keyed[0] = secrets_ab[0];
+    keyed[1] = secrets_ab[1];
+
+    is_int(ngx_billing_sig_key(&keyed[0]), NGX_BILLING_SIG_OK,
+           "keyed: secret a keyed");
+    is_int(ngx_billing_sig_key(&keyed[1]), NGX_BILLING_SIG_OK,
+           "keyed: secret b keyed");
+    ok(keyed[0].mac != NULL && keyed[1].mac != NULL, "keyed: contexts set");
+
+    for (i = 0; i < sizeof(body); i++) {
+        body[i] = (unsigned char) (i * 37 + 11);
+    }
+
+    /* bodies of 0..300 bytes in turn, each signed by a, then by b */
+
+    same = 1;
+
+    for (i = 0; i <= sizeof(body); i++) {
+        sign_raw(SECRET_A, T, body, i, md);
+        to_hex(md, sizeof(md), hex_a);
+        snprintf(header, sizeof(header), "t=" T ",v1=%s", hex_a);
+
+        if (parse_str(&sig, header) != NGX_BILLING_SIG_OK
+            || ngx_billing_sig_verify(&sig, body, i, &keyed[0], 1)
+               != NGX_BILLING_SIG_OK
+            || ngx_billing_sig_verify(&sig, body, i, &keyed[1], 1)
+               != NGX_BILLING_SIG_MISMATCH
+            || ngx_billing_sig_verify(&sig, body, i, keyed, 2)
+               != NGX_BILLING_SIG_OK)
+        {
+            same = 0;
+            diag("signed by a, body length %zu", i);
+            break;
+        }
+
+        sign_hex(SECRET_B, T, body, i, hex_b);
+        snprintf(header, sizeof(header), "t=" T ",v1=%s", hex_b);
+
+        if (parse_str(&sig, header) != NGX_BILLING_SIG_OK
+            || ngx_billing_sig_verify(&sig, body, i, &keyed[0], 1)
+               != NGX_BILLING_SIG_MISMATCH
+            || ngx_billing_sig_verify(&sig, body, i, keyed, 2)
+               != NGX_BILLING_SIG_OK
+            || (i && ngx_billing_sig_verify(&sig, body, i - 1, keyed, 2)
+                     != NGX_BILLING_SIG_MISMATCH))
+        {
+            same = 0;
+            diag("signed by b, body length %zu", i);
+            break;
+        }
+    }
+
+    ok(same, "keyed: as HMAC() for bodies of 0..300 bytes, check after "
+       "check");
+
+    /* a keyed and an unkeyed secret together; the whole check */
+
+    mixed[0] = secret_c[0];
+    mixed[1] = keyed[0];
+
+    sign_hex(SECRET_A, T, BODY, sizeof(BODY) - 1, hex_a);
+    snprintf(header, sizeof(header), "t=" T ",v1=%s", hex_a);
+
+    is_int(check_str(header, BODY, mixed, 2, T_VAL, 300), NGX_BILLING_SIG_OK,
+           "keyed: beside an unkeyed secret, whole check");
+    is_int(check_str(header, BODY "x", mixed, 2, T_VAL, 300),
+           NGX_BILLING_SIG_MISMATCH, "keyed: tampered body");
+    is_int(check_str(header, BODY, mixed, 2, T_VAL + 301, 300),
+           NGX_BILLING_SIG_TOLERANCE, "keyed: out of tolerance");
+    is_int(check_str(header, BODY, keyed, 2, T_VAL, 300), NGX_BILLING_SIG_OK,
+           "keyed: again after those");
+
+    /* a key longer than the SHA-256 block is hashed once, when keyed */
+
+    memset(long_key, 'k', sizeof(long_key) - 1);
+    long_key[sizeof(long_key) - 1] = '\0';
+
+    lk.data = (const unsigned char *) long_key;
+    lk.len = strlen(long_key);
+
+    is_int(ngx_billing_sig_key(&lk), NGX_BILLING_SIG_OK, "keyed: long key");
+
+    sign_hex(long_key, T, BODY, sizeof(BODY) - 1, hex_a);
+    snprintf(header, sizeof(header), "t=" T ",v1=%s", hex_a);
+
+    is_int(check_str(header, BODY, &lk, 1, T_VAL, 300), NGX_BILLING_SIG_OK,
+           "keyed: long key, whole check");
+    is_int(check_str(header, BODY, &lk, 1, T_VAL, 300), NGX_BILLING_SIG_OK,
+           "keyed: long key, again");
+
+    ngx_billing_sig_key_free(lk.mac);
+    ngx_billing_sig_key_free(keyed[0].mac);
+    ngx_billing_sig_key_free(keyed[1].mac);
+    ngx_billing_sig_key_free(NULL);
+}
+
+
 int
 main(void)
 {
@@ -1226,6 +1341,7 @@ main(void)
     test_valid();
     test_binary_body();
     test_rotation();
+    test_keyed();
     test_mismatch();
     test_malformed_t();
     test_malformed_v1();
