@@ -59,3 +59,25 @@ cpu_ns() {
             "/proc/$1/stat"
     fi
 }
+
+# CPU time of process $1 so far, all its threads, in ns: the sum of its
+# tasks' time on a CPU (/proc/PID/task/*/schedstat), or utime + stime
+# (/proc/PID/stat, clock ticks) where the kernel has no schedstat.  For
+# Node (its V8 and libuv threads) and Redis (its bio threads) as well
+# as nginx.
+proc_cpu_ns() {
+    if [ -r "/proc/$1/schedstat" ]; then
+        cat /proc/"$1"/task/*/schedstat 2>/dev/null \
+        | awk '{ t += $1 } END { printf "%.0f\n", t }'
+    else
+        awk -v hz="$(getconf CLK_TCK)" '{ printf "%.0f\n", ($14 + $15) * 1e9 / hz }' \
+            "/proc/$1/stat"
+    fi
+}
+
+# the pids of process $1's children (an nginx master's workers), without
+# procps
+children() {
+    grep -l "^PPid:[[:space:]]*$1\$" /proc/[0-9]*/status 2>/dev/null \
+    | sed 's|^/proc/\([0-9]*\)/status$|\1|' | tr '\n' ' '
+}
