@@ -281,6 +281,7 @@ $t->monitor_lines($mon);
     is gate($A->{port}, 'sub-1')->{status}, 200, 'alpha: cached';
     $t->monitor_lines($mon);
     $t->redis('PUBLISH', 'billing:mp:beta:events', '999 sub-1');
+    sleep 0.5;      # each worker drops it when its subscriber hears it
     ok wait_until(sub {
         gate($B->{port}, 'sub-1');
         scalar $t->monitor_lines($mon,
