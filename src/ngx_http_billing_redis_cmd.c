@@ -451,7 +451,11 @@ ngx_http_billing_redis_resp(u_char *p, ngx_uint_t argc, ngx_str_t *argv)
         *p++ = '$';
         p = ngx_http_billing_redis_number(p, argv[i].len);
         *p++ = CR; *p++ = LF;
-        p = ngx_cpymem(p, argv[i].data, argv[i].len);
+
+        if (argv[i].len) {
+            p = ngx_cpymem(p, argv[i].data, argv[i].len);
+        }
+
         *p++ = CR; *p++ = LF;
     }
 
