@@ -35,9 +35,11 @@
  * (ngx_billing_state.c) are written into the script's text at start-up
  * (the *_MOVES and *_TO parts below).
  *
- * One HMGET reads what the invoice has, one HSET writes what changes or
- * was missing; one HMGET reads the subscription.  A repeated event or
- * one of an invoice already known in full writes nothing.
+ * The event that last set the invoice's status, sent again, is answered
+ * at once: it changed all it could change then (the reply's state is
+ * then "").  Otherwise one HSET writes the new status and the fields
+ * that came with it, or, the status unchanged, the fields still missing
+ * (a second HMGET tells which); one HMGET reads the subscription.
  *
  * A period invoice open past its due date by billing_overdue is in the
  * overdue set (a timer makes its subscription past_due); one marked
@@ -68,12 +70,15 @@ static const char  ngx_http_billing_invoice_lua_head[] =
     "local P, id, st, ev, evc, sid, kind, cust, url, amt, ccy, now, rat,"
     " due, od = cmsgpack.unpack(ARGV[1])\n"
     "local ik = P .. 'invoice:' .. id\n"
-    "local h = redis.call('HMGET', ik, 'status', 'subscription', 'kind',"
-    " 'customer', 'hosted_invoice_url', 'amount_due', 'currency',"
-    " 'due_date')\n"
+    "local h = redis.call('HMGET', ik, 'status', 'event')\n"
     "local cur = h[1] or 'none'\n"
+    "if cur == st and h[2] == ev and ev ~= '' and ev ~= 'reconciliation'"
+    " then\n"
+    "  return { cur, 0, '', 0 }\n"
+    "end\n"
     "local changed = 0\n"
     "local w = false\n"
+    "local g = false\n"
     "if cur ~= st and (";
 
 /* NGX_HTTP_BILLING_INVOICE_MOVES: whether cur may move to st */
@@ -84,23 +89,23 @@ static const char  ngx_http_billing_invoice_lua_fields[] =
     " 'updated_at', now }\n"
     "  cur = st\n"
     "  changed = 1\n"
+    "else\n"
+    "  g = redis.call('HMGET', ik, 'subscription', 'kind', 'customer',"
+    " 'hosted_invoice_url', 'amount_due', 'currency', 'due_date')\n"
     "end\n"
     "local v = { sid, kind, cust, url, amt, ccy }\n"
+    "local f = { 'subscription', 'kind', 'customer', 'hosted_invoice_url',"
+    " 'amount_due', 'currency' }\n"
     "local urlnew = false\n"
-    "if changed == 1 or not (h[2] and h[3] and h[4] and h[5] and h[6]"
-    " and h[7]) then\n"
-    "  local f = { 'subscription', 'kind', 'customer',"
-    " 'hosted_invoice_url', 'amount_due', 'currency' }\n"
-    "  for i = 1, 6 do\n"
-    "    if v[i] ~= '' and (changed == 1 or not h[i + 1]) then\n"
-    "      w = w or {}\n"
-    "      w[#w + 1] = f[i]\n"
-    "      w[#w + 1] = v[i]\n"
-    "      if i == 4 and changed == 0 then urlnew = true end\n"
-    "    end\n"
+    "for i = 1, 6 do\n"
+    "  if v[i] ~= '' and (changed == 1 or not g[i]) then\n"
+    "    w = w or {}\n"
+    "    w[#w + 1] = f[i]\n"
+    "    w[#w + 1] = v[i]\n"
+    "    if i == 4 and changed == 0 then urlnew = true end\n"
     "  end\n"
     "end\n"
-    "if sid ~= '' and due ~= '' and h[8] ~= due then\n"
+    "if sid ~= '' and due ~= '' and (changed == 1 or g[7] ~= due) then\n"
     "  w = w or {}\n"
     "  w[#w + 1] = 'due_date'\n"
     "  w[#w + 1] = due\n"
@@ -111,8 +116,7 @@ static const char  ngx_http_billing_invoice_lua_fields[] =
     "local first = false\n"
     "local sk = P .. 'sub:' .. sid\n"
     "if sid ~= '' then\n"
-    "  local s = redis.call('HMGET', sk, 'state', 'initial_invoice',"
-    " 'overdue_invoice', 'period')\n"
+    "  local s = redis.call('HMGET', sk, 'state', 'initial_invoice')\n"
     "  if cur == st and s[1] then\n"
     "    state = s[1]\n"
     "    first = (s[2] == id) or (not s[2] and kind == 'initial')\n"
@@ -130,7 +134,7 @@ static const char  ngx_http_billing_invoice_lua_tail[] =
     ") then\n"
     "      redis.call('HSET', sk, 'state', to, 'updated_at', now)\n"
     "      if to == 'active' then\n"
-    "        if not s[4] then\n"
+    "        if redis.call('HEXISTS', sk, 'period') == 0 then\n"
     "          local ok, plan = pcall(cjson.decode,"
     " redis.call('HGET', sk, 'plan') or '')\n"
     "          if ok and type(plan) == 'table' and plan.metering_period"
@@ -160,13 +164,16 @@ static const char  ngx_http_billing_invoice_lua_tail[] =
     "    end\n"
     "  end\n"
     "  local k = kind\n"
-    "  if k == '' then k = h[3] or '' end\n"
+    "  if k == '' then\n"
+    "    k = (g and g[2]) or redis.call('HGET', ik, 'kind') or ''\n"
+    "  end\n"
     "  if k == 'period' then\n"
     "    if cur == 'paid' or cur == 'void' then\n"
     "      if changed == 1 then\n"
     "        redis.call('ZREM', P .. 'overdue', id)\n"
     "      end\n"
-    "      if s[1] == 'past_due' and s[3] == id then\n"
+    "      if s[1] == 'past_due'"
+    " and redis.call('HGET', sk, 'overdue_invoice') == id then\n"
     "        local other = false\n"
     "        for _, i in ipairs(redis.call('ZREVRANGE', sk .. ':invoices',"
     " 0, 63)) do\n"
@@ -200,7 +207,11 @@ static const char  ngx_http_billing_invoice_lua_tail[] =
     "        moved = 1\n"
     "      end\n"
     "    elseif od ~= '' and cur == 'open' then\n"
-    "      local d = tonumber(due ~= '' and due or h[8] or '')\n"
+    "      local d = due\n"
+    "      if d == '' then\n"
+    "        d = redis.call('HGET', ik, 'due_date') or ''\n"
+    "      end\n"
+    "      d = tonumber(d)\n"
     "      if d then\n"
     "        redis.call('ZADD', P .. 'overdue', 'NX', d + tonumber(od), id)\n"
     "      end\n"
