@@ -30,7 +30,8 @@
  * now, when reconciliation first asks Stripe about it ("": off), its due
  * date (""), billing_overdue in seconds ("": off).  One argument, not
  * fifteen: Redis makes a string of each argument on every call, used
- * or not, and most are used only when something changes.  The keys are
+ * or not, and most are used only when something changes (the first four
+ * are unpacked first, the others only then).  The keys are
  * made here from the prefix (no Redis Cluster), and the ordering rules
  * (ngx_billing_state.c) are written into the script's text at start-up
  * (the *_MOVES and *_TO parts below).
@@ -67,8 +68,7 @@
  */
 
 static const char  ngx_http_billing_invoice_lua_head[] =
-    "local P, id, st, ev, evc, sid, kind, cust, url, amt, ccy, now, rat,"
-    " due, od = cmsgpack.unpack(ARGV[1])\n"
+    "local o, P, id, st, ev = cmsgpack.unpack_limit(ARGV[1], 4)\n"
     "local ik = P .. 'invoice:' .. id\n"
     "local h = redis.call('HMGET', ik, 'status', 'event')\n"
     "local cur = h[1] or 'none'\n"
@@ -76,6 +76,8 @@ static const char  ngx_http_billing_invoice_lua_head[] =
     " then\n"
     "  return { cur, 0, '', 0 }\n"
     "end\n"
+    "local _, evc, sid, kind, cust, url, amt, ccy, now, rat, due, od ="
+    " cmsgpack.unpack_limit(ARGV[1], 11, o)\n"
     "local changed = 0\n"
     "local w = false\n"
     "local g = false\n"
