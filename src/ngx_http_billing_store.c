@@ -31,10 +31,10 @@
  * date (""), billing_overdue in seconds ("": off).  One argument, not
  * fifteen: Redis makes a string of each argument on every call, used
  * or not, and most are used only when something changes (the first four
- * are unpacked first, the others only then).  The keys are
- * made here from the prefix (no Redis Cluster), and the ordering rules
- * (ngx_billing_state.c) are written into the script's text at start-up
- * (the *_MOVES and *_TO parts below).
+ * are unpacked first, the others only then).  The keys are made here
+ * from the prefix (no Redis Cluster), and the ordering rules
+ * (ngx_billing_state.c) are written into the script's text at start-up,
+ * between its parts below.
  *
  * The event that last set the invoice's status, sent again, is answered
  * at once: it changed all it could change then (the reply's state is
@@ -83,7 +83,7 @@ static const char  ngx_http_billing_invoice_lua_head[] =
     "local g = false\n"
     "if cur ~= st and (";
 
-/* NGX_HTTP_BILLING_INVOICE_MOVES: whether cur may move to st */
+/* here: whether cur may move to st (ngx_http_billing_store_lua_moves) */
 
 static const char  ngx_http_billing_invoice_lua_fields[] =
     ") then\n"
@@ -124,13 +124,13 @@ static const char  ngx_http_billing_invoice_lua_fields[] =
     "    first = (s[2] == id) or (not s[2] and kind == 'initial')\n"
     "    local to = ";
 
-/* NGX_HTTP_BILLING_SUB_TO: the state a first invoice in st gives */
+/* here: the state a first invoice in st gives (..._store_lua_to) */
 
 static const char  ngx_http_billing_invoice_lua_sub[] =
     "\n"
     "    if first and to ~= '' and state ~= to and (";
 
-/* NGX_HTTP_BILLING_SUB_MOVES: whether state may move to to */
+/* here: whether state may move to to (..._store_lua_moves) */
 
 static const char  ngx_http_billing_invoice_lua_tail[] =
     ") then\n"
