@@ -3,9 +3,9 @@
  * The Redis client's commands: queueing one (with EVALSHA and its
  * fallback to EVAL on NOSCRIPT, and with replicas= the WAIT after a write
  * and the fast failures while the replicas lag), cancelling it or binding
- * it to a pool, formatting it with hiredis and freeing it, and the
- * handshake of a new connection.  The connection
- * that writes them and reads their replies is in ngx_http_billing_redis.c.
+ * it to a pool, writing it in RESP and freeing it, and the handshake of
+ * a new connection.  The connection that writes them and reads their
+ * replies is in ngx_http_billing_redis.c.
  */
 
 
@@ -31,6 +31,12 @@ static void ngx_http_billing_redis_cleanup(void *data);
 static void ngx_http_billing_redis_pong(void *data, redisReply *reply);
 static void ngx_http_billing_redis_free_buf(
     ngx_http_billing_redis_cmd_t *cmd);
+static size_t ngx_http_billing_redis_resp_len(ngx_uint_t argc,
+    ngx_str_t *argv);
+static u_char *ngx_http_billing_redis_resp(u_char *p, ngx_uint_t argc,
+    ngx_str_t *argv);
+static ngx_uint_t ngx_http_billing_redis_digits(size_t n);
+static u_char *ngx_http_billing_redis_number(u_char *p, size_t n);
 
 
 void
@@ -301,7 +307,7 @@ ngx_http_billing_redis_to_eval(ngx_http_billing_redis_cmd_t *cmd,
     size_t   head, tail;
 
     /*
-     * hiredis formats "*N\r\n$7\r\nEVALSHA\r\n$40\r\n<sha1>\r\n<rest>";
+     * The command is "*N\r\n$7\r\nEVALSHA\r\n$40\r\n<sha1>\r\n<rest>";
      * the EVAL differs only in its name and the script in place of sha1.
      */
 
@@ -322,16 +328,19 @@ ngx_http_billing_redis_to_eval(ngx_http_billing_redis_cmd_t *cmd,
     tail = end - rest;
 
     buf = ngx_alloc(head + sizeof("$4\r\nEVAL\r\n$\r\n\r\n") - 1
-                    + NGX_SIZE_T_LEN + script->source.len + tail,
+                    + ngx_http_billing_redis_digits(script->source.len)
+                    + script->source.len + tail,
                     cmd->rd->log);
     if (buf == NULL) {
         return NGX_ERROR;
     }
 
     p = ngx_cpymem(buf, cmd->buf, head);
-    p = ngx_cpymem(p, "$4\r\nEVAL\r\n", sizeof("$4\r\nEVAL\r\n") - 1);
-    p = ngx_sprintf(p, "$%uz\r\n%V\r\n", script->source.len,
-                    &script->source);
+    p = ngx_cpymem(p, "$4\r\nEVAL\r\n$", sizeof("$4\r\nEVAL\r\n$") - 1);
+    p = ngx_http_billing_redis_number(p, script->source.len);
+    *p++ = CR; *p++ = LF;
+    p = ngx_cpymem(p, script->source.data, script->source.len);
+    *p++ = CR; *p++ = LF;
     p = ngx_cpymem(p, rest, tail);
 
     ngx_http_billing_redis_free_buf(cmd);
@@ -345,85 +354,142 @@ ngx_http_billing_redis_to_eval(ngx_http_billing_redis_cmd_t *cmd,
 }
 
 
+/*
+ * The command in RESP, written here into one buffer sized exactly (and
+ * allocated with the command): "*N\r\n", then "$LEN\r\nDATA\r\n" for
+ * each argument.  hiredis' formatter spends a sprintf() on each length,
+ * a measurable part of a webhook event with its script's arguments.
+ */
+
 ngx_http_billing_redis_cmd_t *
 ngx_http_billing_redis_format(ngx_http_billing_redis_t *rd, ngx_uint_t argc,
     ngx_str_t *argv, ngx_uint_t wait)
 {
-    int                            len, wlen;
-    char                          *buf, *wbuf;
     u_char                        *p;
+    size_t                         len, wlen;
+    ngx_str_t                      w[3];
     u_char                         n[NGX_INT_T_LEN], t[NGX_INT_T_LEN];
-    size_t                         lens[NGX_HTTP_BILLING_REDIS_MAX_ARGS];
-    ngx_uint_t                     i;
-    const char                    *args[NGX_HTTP_BILLING_REDIS_MAX_ARGS];
     ngx_http_billing_redis_cmd_t  *cmd;
 
     if (argc == 0 || argc > NGX_HTTP_BILLING_REDIS_MAX_ARGS) {
         return NULL;
     }
 
-    for (i = 0; i < argc; i++) {
-        args[i] = (const char *) argv[i].data;
-        lens[i] = argv[i].len;
+    len = ngx_http_billing_redis_resp_len(argc, argv);
+    wlen = 0;
+
+    if (wait) {
+
+        /*
+         * WAIT in the same buffer, so that nothing comes between the two;
+         * it gives up before the reply timeout would close the connection.
+         */
+
+        ngx_str_set(&w[0], "WAIT");
+        w[1].data = n;
+        w[1].len = ngx_sprintf(n, "%ui", rd->conf->replicas) - n;
+        w[2].data = t;
+        w[2].len = ngx_sprintf(t, "%M", ngx_max(rd->conf->timeout / 2, 1))
+                   - t;
+
+        wlen = ngx_http_billing_redis_resp_len(3, w);
     }
 
-    len = redisFormatCommandArgv(&buf, (int) argc, args, lens);
-    if (len < 0) {
-        return NULL;
-    }
-
-    cmd = ngx_calloc(sizeof(ngx_http_billing_redis_cmd_t), rd->log);
+    cmd = ngx_alloc(sizeof(ngx_http_billing_redis_cmd_t) + len + wlen,
+                    rd->log);
     if (cmd == NULL) {
-        redisFreeCommand(buf);
         return NULL;
+    }
+
+    ngx_memzero(cmd, sizeof(ngx_http_billing_redis_cmd_t));
+
+    p = (u_char *) (cmd + 1);
+    p = ngx_http_billing_redis_resp(p, argc, argv);
+
+    if (wait) {
+        p = ngx_http_billing_redis_resp(p, 3, w);
+        cmd->wait_len = wlen;
+        cmd->wait = 1;
     }
 
     cmd->rd = rd;
-    cmd->buf = buf;
-    cmd->len = len;
+    cmd->buf = (char *) (cmd + 1);
+    cmd->len = p - (u_char *) cmd->buf;
     cmd->queued = ngx_current_msec;
 
-    if (!wait) {
-        return cmd;
-    }
-
-    /*
-     * WAIT in the same buffer, so that nothing comes between the two;
-     * it gives up before the reply timeout would close the connection.
-     */
-
-    args[0] = "WAIT";
-    lens[0] = sizeof("WAIT") - 1;
-    args[1] = (const char *) n;
-    lens[1] = ngx_sprintf(n, "%ui", rd->conf->replicas) - n;
-    args[2] = (const char *) t;
-    lens[2] = ngx_sprintf(t, "%M", ngx_max(rd->conf->timeout / 2, 1)) - t;
-
-    wlen = redisFormatCommandArgv(&wbuf, 3, args, lens);
-    if (wlen < 0) {
-        ngx_http_billing_redis_free(cmd);
-        return NULL;
-    }
-
-    p = ngx_alloc(len + wlen, rd->log);
-    if (p == NULL) {
-        redisFreeCommand(wbuf);
-        ngx_http_billing_redis_free(cmd);
-        return NULL;
-    }
-
-    ngx_memcpy(p, buf, len);
-    ngx_memcpy(p + len, wbuf, wlen);
-    redisFreeCommand(wbuf);
-    redisFreeCommand(buf);
-
-    cmd->buf = (char *) p;
-    cmd->len = len + wlen;
-    cmd->wait_len = wlen;
-    cmd->own_buf = 1;
-    cmd->wait = 1;
-
     return cmd;
+}
+
+
+static size_t
+ngx_http_billing_redis_resp_len(ngx_uint_t argc, ngx_str_t *argv)
+{
+    size_t      len;
+    ngx_uint_t  i;
+
+    len = sizeof("*\r\n") - 1 + ngx_http_billing_redis_digits(argc);
+
+    for (i = 0; i < argc; i++) {
+        len += sizeof("$\r\n\r\n") - 1
+               + ngx_http_billing_redis_digits(argv[i].len) + argv[i].len;
+    }
+
+    return len;
+}
+
+
+static u_char *
+ngx_http_billing_redis_resp(u_char *p, ngx_uint_t argc, ngx_str_t *argv)
+{
+    ngx_uint_t  i;
+
+    *p++ = '*';
+    p = ngx_http_billing_redis_number(p, argc);
+    *p++ = CR; *p++ = LF;
+
+    for (i = 0; i < argc; i++) {
+        *p++ = '$';
+        p = ngx_http_billing_redis_number(p, argv[i].len);
+        *p++ = CR; *p++ = LF;
+
+        if (argv[i].len) {
+            p = ngx_cpymem(p, argv[i].data, argv[i].len);
+        }
+
+        *p++ = CR; *p++ = LF;
+    }
+
+    return p;
+}
+
+
+static ngx_uint_t
+ngx_http_billing_redis_digits(size_t n)
+{
+    ngx_uint_t  d;
+
+    for (d = 1; n >= 10; d++) {
+        n /= 10;
+    }
+
+    return d;
+}
+
+
+static u_char *
+ngx_http_billing_redis_number(u_char *p, size_t n)
+{
+    u_char  *end;
+
+    end = p + ngx_http_billing_redis_digits(n);
+    p = end;
+
+    do {
+        *--p = (u_char) ('0' + n % 10);
+        n /= 10;
+    } while (n);
+
+    return end;
 }
 
 
@@ -450,11 +516,10 @@ ngx_http_billing_redis_free_buf(ngx_http_billing_redis_cmd_t *cmd)
         return;
     }
 
+    /* the formatted one is part of the command's own allocation */
+
     if (cmd->own_buf) {
         ngx_free(cmd->buf);
-
-    } else {
-        redisFreeCommand(cmd->buf);
     }
 
     cmd->buf = NULL;

@@ -37,6 +37,7 @@ struct ngx_http_billing_redis_cmd_s {
     void                               *data;
     ngx_pool_cleanup_t                 *cleanup;
 
+    /* RESP; part of the command's allocation unless own_buf */
     char                               *buf;
     size_t                              len;
     size_t                              sent;
@@ -54,6 +55,8 @@ struct ngx_http_billing_redis_cmd_s {
     redisReply                         *reply;
 
     unsigned                            handshake:1;
+
+    /* buf allocated apart (the EVAL after NOSCRIPT), freed with it */
     unsigned                            own_buf:1;
 
     /* ROLE (a handshake's or the heartbeat's): it must be a primary */

@@ -20,22 +20,27 @@
 #include "ngx_billing_state.h"
 
 
-#define NGX_HTTP_BILLING_ALLOWED_LEN  64
+#define NGX_HTTP_BILLING_INVOICE_ARGS  15
 
 
 /*
- * KEYS[1] the invoice, KEYS[2] its subscription (when it names one)
+ * ARGV[1] the event, packed (MessagePack, each a string): the key prefix,
+ * the invoice id, its status, event id, event created, subscription id
+ * (""), kind (""), customer, hosted_invoice_url, amount_due, currency,
+ * now, when reconciliation first asks Stripe about it ("": off), its due
+ * date (""), billing_overdue in seconds ("": off).  One argument, not
+ * fifteen: Redis makes a string of each argument on every call, used
+ * or not, and most are used only when something changes (the first four
+ * are unpacked first, the others only then).  The keys are made here
+ * from the prefix (no Redis Cluster), and the ordering rules
+ * (ngx_billing_state.c) are written into the script's text at start-up,
+ * between its parts below.
  *
- * ARGV[1] status, ARGV[2] the statuses allowed to move to it,
- * ARGV[3] event id, ARGV[4] event created, ARGV[5] subscription id,
- * ARGV[6] kind, ARGV[7] customer, ARGV[8] hosted_invoice_url,
- * ARGV[9] amount_due, ARGV[10] currency, ARGV[11] the state a first
- * invoice in this status gives its subscription, ARGV[12] the states
- * allowed to move to it, ARGV[13] the notification channel,
- * ARGV[14] invoice id, ARGV[15] now, ARGV[16] the scheduler's set,
- * ARGV[17] reconciliation's set, ARGV[18] when reconciliation first asks
- * Stripe about it ("": off), ARGV[19] its due date (""), ARGV[20] the
- * overdue set, ARGV[21] billing_overdue in seconds ("": off)
+ * The event that last set the invoice's status, sent again, is answered
+ * at once: it changed all it could change then (the reply's state is
+ * then "").  Otherwise one HSET writes the new status and the fields
+ * that came with it, or, the status unchanged, the fields still missing
+ * (a second HMGET tells which); one HMGET reads the subscription.
  *
  * A period invoice open past its due date by billing_overdue is in the
  * overdue set (a timer makes its subscription past_due); one marked
@@ -45,7 +50,11 @@
  * past_due for that one.
  *
  * An open (or uncollectible) invoice of a subscription is watched by
- * reconciliation until it is paid or void.
+ * reconciliation until it is paid or void.  It leaves the reconciliation
+ * and overdue sets when its status becomes paid or void: as nothing adds
+ * a paid or void one (reconciliation's rounds only move members, and drop
+ * those no longer open), a repeated event has nothing to remove, but one
+ * from reconciliation still removes it.
  *
  * A subscription that becomes active starts its first metering period
  * now, and the scheduler is told to look at it.  One claimed before 0.4
@@ -58,132 +67,173 @@
  * the subscription's new version, 0 when nothing was published.
  */
 
-static const char  ngx_http_billing_invoice_lua[] =
-    "local cur = redis.call('HGET', KEYS[1], 'status') or 'none'\n"
-    "local changed = 0\n"
-    "if cur ~= ARGV[1]"
-    " and string.find(ARGV[2], ' ' .. cur .. ' ', 1, true) then\n"
-    "  redis.call('HSET', KEYS[1], 'status', ARGV[1], 'event', ARGV[3],"
-    " 'event_created', ARGV[4], 'updated_at', ARGV[15])\n"
-    "  cur = ARGV[1]\n"
-    "  changed = 1\n"
+static const char  ngx_http_billing_invoice_lua_head[] =
+    "local o, P, id, st, ev = cmsgpack.unpack_limit(ARGV[1], 4)\n"
+    "local ik = P .. 'invoice:' .. id\n"
+    "local h = redis.call('HMGET', ik, 'status', 'event')\n"
+    "local cur = h[1] or 'none'\n"
+    "if cur == st and h[2] == ev and ev ~= '' and ev ~= 'reconciliation'"
+    " then\n"
+    "  return { cur, 0, '', 0 }\n"
     "end\n"
-    "local f = { 'subscription', ARGV[5], 'kind', ARGV[6],"
-    " 'customer', ARGV[7], 'hosted_invoice_url', ARGV[8],"
-    " 'amount_due', ARGV[9], 'currency', ARGV[10] }\n"
-    "local url = false\n"
-    "for i = 1, #f, 2 do\n"
-    "  if f[i + 1] ~= '' then\n"
-    "    if changed == 1 then redis.call('HSET', KEYS[1], f[i], f[i + 1])\n"
-    "    elseif redis.call('HSETNX', KEYS[1], f[i], f[i + 1]) == 1"
-    " and i == 7 then url = true end\n"
+    "local _, evc, sid, kind, cust, url, amt, ccy, now, rat, due, od ="
+    " cmsgpack.unpack_limit(ARGV[1], 11, o)\n"
+    "local changed = 0\n"
+    "local w = false\n"
+    "local g = false\n"
+    "if cur ~= st and (";
+
+/* here: whether cur may move to st (ngx_http_billing_store_lua_moves) */
+
+static const char  ngx_http_billing_invoice_lua_fields[] =
+    ") then\n"
+    "  w = { 'status', st, 'event', ev, 'event_created', evc,"
+    " 'updated_at', now }\n"
+    "  cur = st\n"
+    "  changed = 1\n"
+    "else\n"
+    "  g = redis.call('HMGET', ik, 'subscription', 'kind', 'customer',"
+    " 'hosted_invoice_url', 'amount_due', 'currency', 'due_date')\n"
+    "end\n"
+    "local v = { sid, kind, cust, url, amt, ccy }\n"
+    "local f = { 'subscription', 'kind', 'customer', 'hosted_invoice_url',"
+    " 'amount_due', 'currency' }\n"
+    "local urlnew = false\n"
+    "for i = 1, 6 do\n"
+    "  if v[i] ~= '' and (changed == 1 or not g[i]) then\n"
+    "    w = w or {}\n"
+    "    w[#w + 1] = f[i]\n"
+    "    w[#w + 1] = v[i]\n"
+    "    if i == 4 and changed == 0 then urlnew = true end\n"
     "  end\n"
     "end\n"
+    "if sid ~= '' and due ~= '' and (changed == 1 or g[7] ~= due) then\n"
+    "  w = w or {}\n"
+    "  w[#w + 1] = 'due_date'\n"
+    "  w[#w + 1] = due\n"
+    "end\n"
+    "if w then redis.call('HSET', ik, unpack(w)) end\n"
     "local state = ''\n"
     "local moved = 0\n"
     "local first = false\n"
-    "if #KEYS == 2 and cur == ARGV[1] then\n"
-    "  local s = redis.call('HMGET', KEYS[2], 'state', 'initial_invoice')\n"
-    "  if s[1] then\n"
+    "local sk = P .. 'sub:' .. sid\n"
+    "if sid ~= '' then\n"
+    "  local s = redis.call('HMGET', sk, 'state', 'initial_invoice')\n"
+    "  if cur == st and s[1] then\n"
     "    state = s[1]\n"
-    "    first = (s[2] == ARGV[14])"
-    " or (not s[2] and ARGV[6] == 'initial')\n"
-    "    if first and ARGV[11] ~= '' and state ~= ARGV[11]"
-    " and string.find(ARGV[12], ' ' .. state .. ' ', 1, true) then\n"
-    "      redis.call('HSET', KEYS[2], 'state', ARGV[11],"
-    " 'updated_at', ARGV[15])\n"
-    "      if ARGV[11] == 'active' then\n"
-    "        if redis.call('HEXISTS', KEYS[2], 'period') == 0 then\n"
+    "    first = (s[2] == id) or (not s[2] and kind == 'initial')\n"
+    "    local to = ";
+
+/* here: the state a first invoice in st gives (..._store_lua_to) */
+
+static const char  ngx_http_billing_invoice_lua_sub[] =
+    "\n"
+    "    if first and to ~= '' and state ~= to and (";
+
+/* here: whether state may move to to (..._store_lua_moves) */
+
+static const char  ngx_http_billing_invoice_lua_tail[] =
+    ") then\n"
+    "      redis.call('HSET', sk, 'state', to, 'updated_at', now)\n"
+    "      if to == 'active' then\n"
+    "        if redis.call('HEXISTS', sk, 'period') == 0 then\n"
     "          local ok, plan = pcall(cjson.decode,"
-    " redis.call('HGET', KEYS[2], 'plan') or '')\n"
+    " redis.call('HGET', sk, 'plan') or '')\n"
     "          if ok and type(plan) == 'table' and plan.metering_period"
     " then\n"
-    "            redis.call('HSET', KEYS[2], 'period_start', ARGV[15],"
+    "            redis.call('HSET', sk, 'period_start', now,"
     " 'period', tostring(plan.metering_period))\n"
     "          end\n"
     "        else\n"
-    "          redis.call('HSETNX', KEYS[2], 'period_start', ARGV[15])\n"
+    "          redis.call('HSETNX', sk, 'period_start', now)\n"
     "        end\n"
-    "        redis.call('ZADD', ARGV[16], 'NX', ARGV[15], ARGV[5])\n"
+    "        redis.call('ZADD', P .. 'due', 'NX', now, sid)\n"
     "      end\n"
-    "      state = ARGV[11]\n"
+    "      state = to\n"
+    "      s[1] = to\n"
     "      moved = 1\n"
     "    end\n"
     "  end\n"
-    "end\n"
-    "if #KEYS == 2 and ARGV[18] ~= '' then\n"
-    "  if (cur == 'open' or cur == 'uncollectible')"
-    " and redis.call('EXISTS', KEYS[2]) == 1 then\n"
-    "    redis.call('ZADD', ARGV[17], 'NX', ARGV[18], ARGV[14])\n"
-    "  else\n"
-    "    redis.call('ZREM', ARGV[17], ARGV[14])\n"
+    "  if rat ~= '' then\n"
+    "    local watch = cur == 'open' or cur == 'uncollectible'\n"
+    "    if watch and (s[1] or redis.call('EXISTS', sk) == 1) then\n"
+    "      redis.call('ZADD', P .. 'reconcile', 'NX', rat, id)\n"
+    "    elseif watch or changed == 1 or ev == 'reconciliation' then\n"
+    "      redis.call('ZREM', P .. 'reconcile', id)\n"
+    "    end\n"
+    "    if ev == 'reconciliation' then\n"
+    "      redis.call('HDEL', ik, 'reconcile_failures')\n"
+    "    end\n"
     "  end\n"
-    "  if ARGV[3] == 'reconciliation' then\n"
-    "    redis.call('HDEL', KEYS[1], 'reconcile_failures')\n"
+    "  local k = kind\n"
+    "  if k == '' then\n"
+    "    k = (g and g[2]) or redis.call('HGET', ik, 'kind') or ''\n"
     "  end\n"
-    "end\n"
-    "if #KEYS == 2 then\n"
-    "  if ARGV[19] ~= '' then\n"
-    "    redis.call('HSET', KEYS[1], 'due_date', ARGV[19])\n"
-    "  end\n"
-    "  local kind = ARGV[6]\n"
-    "  if kind == '' then kind = redis.call('HGET', KEYS[1], 'kind') or ''"
-    " end\n"
-    "  if kind == 'period' then\n"
-    "    local o = redis.call('HMGET', KEYS[2], 'state', 'overdue_invoice')\n"
+    "  if k == 'period' then\n"
     "    if cur == 'paid' or cur == 'void' then\n"
-    "      redis.call('ZREM', ARGV[20], ARGV[14])\n"
-    "      if o[1] == 'past_due' and o[2] == ARGV[14] then\n"
+    "      if changed == 1 then\n"
+    "        redis.call('ZREM', P .. 'overdue', id)\n"
+    "      end\n"
+    "      if s[1] == 'past_due'"
+    " and redis.call('HGET', sk, 'overdue_invoice') == id then\n"
     "        local other = false\n"
-    "        local pre = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[14])\n"
-    "        for _, id in ipairs(redis.call('ZREVRANGE',"
-    " KEYS[2] .. ':invoices', 0, 63)) do\n"
-    "          local h = redis.call('HMGET', pre .. id, 'status', 'kind',"
-    " 'due_date')\n"
-    "          if id ~= ARGV[14] and h[2] == 'period'"
-    " and (h[1] == 'uncollectible' or (h[1] == 'open' and ARGV[21] ~= ''"
-    " and tonumber(h[3] or '') and tonumber(h[3]) + tonumber(ARGV[21])"
-    " <= tonumber(ARGV[15]))) then\n"
-    "            other = id\n"
+    "        for _, i in ipairs(redis.call('ZREVRANGE', sk .. ':invoices',"
+    " 0, 63)) do\n"
+    "          local o = redis.call('HMGET', P .. 'invoice:' .. i, 'status',"
+    " 'kind', 'due_date')\n"
+    "          if i ~= id and o[2] == 'period'"
+    " and (o[1] == 'uncollectible' or (o[1] == 'open' and od ~= ''"
+    " and tonumber(o[3] or '') and tonumber(o[3]) + tonumber(od)"
+    " <= tonumber(now))) then\n"
+    "            other = i\n"
     "            break\n"
     "          end\n"
     "        end\n"
     "        if other then\n"
-    "          redis.call('HSET', KEYS[2], 'overdue_invoice', other,"
-    " 'updated_at', ARGV[15])\n"
+    "          redis.call('HSET', sk, 'overdue_invoice', other,"
+    " 'updated_at', now)\n"
     "          state = 'past_due'\n"
     "        else\n"
-    "          redis.call('HSET', KEYS[2], 'state', 'active',"
-    " 'updated_at', ARGV[15])\n"
-    "          redis.call('HDEL', KEYS[2], 'overdue_invoice')\n"
+    "          redis.call('HSET', sk, 'state', 'active', 'updated_at', now)\n"
+    "          redis.call('HDEL', sk, 'overdue_invoice')\n"
     "          state = 'active'\n"
     "        end\n"
     "        moved = 1\n"
     "      end\n"
-    "    elseif ARGV[21] ~= '' and cur == 'uncollectible' then\n"
-    "      redis.call('ZREM', ARGV[20], ARGV[14])\n"
-    "      if o[1] == 'active' then\n"
-    "        redis.call('HSET', KEYS[2], 'state', 'past_due',"
-    " 'overdue_invoice', ARGV[14], 'updated_at', ARGV[15])\n"
+    "    elseif od ~= '' and cur == 'uncollectible' then\n"
+    "      redis.call('ZREM', P .. 'overdue', id)\n"
+    "      if s[1] == 'active' then\n"
+    "        redis.call('HSET', sk, 'state', 'past_due',"
+    " 'overdue_invoice', id, 'updated_at', now)\n"
     "        state = 'past_due'\n"
     "        moved = 1\n"
     "      end\n"
-    "    elseif ARGV[21] ~= '' and cur == 'open' then\n"
-    "      local due = tonumber(redis.call('HGET', KEYS[1], 'due_date')"
-    " or '')\n"
-    "      if due then\n"
-    "        redis.call('ZADD', ARGV[20], 'NX', due + tonumber(ARGV[21]),"
-    " ARGV[14])\n"
+    "    elseif od ~= '' and cur == 'open' then\n"
+    "      local d = due\n"
+    "      if d == '' then\n"
+    "        d = redis.call('HGET', ik, 'due_date') or ''\n"
+    "      end\n"
+    "      d = tonumber(d)\n"
+    "      if d then\n"
+    "        redis.call('ZADD', P .. 'overdue', 'NX', d + tonumber(od), id)\n"
     "      end\n"
     "    end\n"
     "  end\n"
     "end\n"
     "local ver = 0\n"
-    "if moved == 1 or ((changed == 1 or url) and first) then\n"
-    "  ver = redis.call('HINCRBY', KEYS[2], 'version', 1)\n"
-    "  redis.call('PUBLISH', ARGV[13], ver .. ' ' .. ARGV[5])\n"
+    "if moved == 1 or ((changed == 1 or urlnew) and first) then\n"
+    "  ver = redis.call('HINCRBY', sk, 'version', 1)\n"
+    "  redis.call('PUBLISH', P .. 'events', ver .. ' ' .. sid)\n"
     "end\n"
     "return { cur, changed, state, ver }\n";
+
+
+/* the invoice script: its parts, and the ordering rules in Lua */
+static u_char  ngx_http_billing_invoice_lua[
+    sizeof(ngx_http_billing_invoice_lua_head)
+    + sizeof(ngx_http_billing_invoice_lua_fields)
+    + sizeof(ngx_http_billing_invoice_lua_sub)
+    + sizeof(ngx_http_billing_invoice_lua_tail) + 4096];
 
 
 /*
@@ -385,11 +435,40 @@ static ngx_http_billing_redis_script_t  ngx_http_billing_attach_script;
 static ngx_http_billing_redis_script_t  ngx_http_billing_get_script;
 
 
+static u_char *ngx_http_billing_store_lua_moves(u_char *p, u_char *last,
+    const char *to, const char *from, int n, int (*ok)(int from, int to),
+    const char *(*name)(int state));
+static u_char *ngx_http_billing_store_lua_to(u_char *p, u_char *last);
+static size_t ngx_http_billing_store_pack_len(ngx_str_t *v, ngx_uint_t n);
+static u_char *ngx_http_billing_store_pack(u_char *p, ngx_str_t *v,
+    ngx_uint_t n);
+
+
 void
 ngx_http_billing_store_init(void)
 {
+    u_char  *p, *last;
+
+    p = ngx_http_billing_invoice_lua;
+    last = p + sizeof(ngx_http_billing_invoice_lua) - 1;
+
+    p = ngx_slprintf(p, last, "%s", ngx_http_billing_invoice_lua_head);
+    p = ngx_http_billing_store_lua_moves(p, last, "st", "cur",
+                                         NGX_BILLING_INVOICE_NSTATES,
+                                         ngx_billing_invoice_transition_ok,
+                                         ngx_billing_invoice_status_name);
+    p = ngx_slprintf(p, last, "%s", ngx_http_billing_invoice_lua_fields);
+    p = ngx_http_billing_store_lua_to(p, last);
+    p = ngx_slprintf(p, last, "%s", ngx_http_billing_invoice_lua_sub);
+    p = ngx_http_billing_store_lua_moves(p, last, "to", "state",
+                                         NGX_BILLING_SUB_NSTATES,
+                                         ngx_billing_sub_transition_ok,
+                                         ngx_billing_sub_state_name);
+    p = ngx_slprintf(p, last, "%s", ngx_http_billing_invoice_lua_tail);
+    *p = '\0';
+
     ngx_http_billing_redis_script_init(&ngx_http_billing_invoice_script,
-                                       ngx_http_billing_invoice_lua);
+                                       (char *) ngx_http_billing_invoice_lua);
     ngx_http_billing_redis_script_init(&ngx_http_billing_claim_script,
                                        ngx_http_billing_claim_lua);
     ngx_http_billing_redis_script_init(&ngx_http_billing_customer_script,
@@ -409,6 +488,76 @@ ngx_http_billing_store_init(void)
     ngx_http_billing_get_script.readonly = 1;
     ngx_http_billing_gate_script.readonly = 1;
     ngx_http_billing_resume_script.readonly = 1;
+}
+
+
+/*
+ * A Lua expression of whether the state named by the variable "from"
+ * may move to the one named by "to": the table of ngx_billing_state.c,
+ * as comparisons of constants, which make no string when the script
+ * runs.
+ */
+
+static u_char *
+ngx_http_billing_store_lua_moves(u_char *p, u_char *last, const char *to,
+    const char *from, int n, int (*ok)(int from, int to),
+    const char *(*name)(int state))
+{
+    int         t, f;
+    ngx_uint_t  any, k;
+
+    any = 0;
+
+    for (t = 1; t < n; t++) {
+        k = 0;
+
+        for (f = 0; f < n; f++) {
+            if (!ok(f, t)) {
+                continue;
+            }
+
+            if (k++ == 0) {
+                p = ngx_slprintf(p, last, "%s(%s == '%s' and (%s == '%s'",
+                                 any ? " or " : "", to, name(t), from,
+                                 name(f));
+                any = 1;
+
+            } else {
+                p = ngx_slprintf(p, last, " or %s == '%s'", from, name(f));
+            }
+        }
+
+        if (k) {
+            p = ngx_slprintf(p, last, "))");
+        }
+    }
+
+    if (!any) {
+        p = ngx_slprintf(p, last, "false");
+    }
+
+    return p;
+}
+
+
+/* a Lua expression of the state a first invoice in status st gives */
+
+static u_char *
+ngx_http_billing_store_lua_to(u_char *p, u_char *last)
+{
+    int  st, to;
+
+    for (st = 1; st < NGX_BILLING_INVOICE_NSTATES; st++) {
+        to = ngx_billing_sub_state_after_first_invoice(st);
+
+        if (to != NGX_BILLING_SUB_NONE) {
+            p = ngx_slprintf(p, last, "(st == '%s' and '%s') or ",
+                             ngx_billing_invoice_status_name(st),
+                             ngx_billing_sub_state_name(to));
+        }
+    }
+
+    return ngx_slprintf(p, last, "''");
 }
 
 
@@ -454,130 +603,125 @@ ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
     ngx_http_billing_invoice_t *inv, ngx_http_billing_redis_handler_pt handler,
     void *data)
 {
-    int         sub_state;
-    char       *allowed, *sub_allowed;
-    ngx_str_t   argv[23], *a;
-    ngx_uint_t  nkeys;
+    u_char     *p;
+    time_t      now;
+    ngx_str_t   v[NGX_HTTP_BILLING_INVOICE_ARGS], arg;
 
-    allowed = ngx_pnalloc(o->pool, 2 * NGX_HTTP_BILLING_ALLOWED_LEN);
-    if (allowed == NULL) {
-        return NGX_ERROR;
-    }
+    now = ngx_time();
 
-    sub_allowed = allowed + NGX_HTTP_BILLING_ALLOWED_LEN;
+    /* in the order the script unpacks them */
 
-    sub_state = ngx_billing_sub_state_after_first_invoice(inv->status);
+    v[0] = o->market->prefix;
+    v[1] = inv->id;
+    v[2].data = (u_char *) ngx_billing_invoice_status_name(inv->status);
+    v[2].len = ngx_strlen(v[2].data);
+    v[3] = inv->event;
+    v[5] = inv->subscription;
+    v[6] = inv->kind;
+    v[7] = inv->customer;
+    v[8] = inv->hosted_invoice_url;
+    v[10] = inv->currency;
 
-    if (ngx_billing_invoice_allowed_from(inv->status, allowed,
-                                         NGX_HTTP_BILLING_ALLOWED_LEN)
-        == 0
-        || ngx_billing_sub_allowed_from(sub_state, sub_allowed,
-                                        NGX_HTTP_BILLING_ALLOWED_LEN)
-           == 0)
-    {
-        return NGX_ERROR;
-    }
+    ngx_str_set(&v[9], "");
+    ngx_str_set(&v[12], "");
+    ngx_str_set(&v[13], "");
+    ngx_str_set(&v[14], "");
 
-    if (ngx_http_billing_store_key(o, &argv[0], "invoice:", &inv->id, NULL)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    nkeys = 1;
-
-    if (inv->subscription.len) {
-        if (ngx_http_billing_store_key(o, &argv[1], "sub:",
-                                       &inv->subscription, NULL)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        nkeys = 2;
-    }
-
-    a = &argv[nkeys];
-
-    a[0].data = (u_char *) ngx_billing_invoice_status_name(inv->status);
-    a[0].len = ngx_strlen(a[0].data);
-    a[1].data = (u_char *) allowed;
-    a[1].len = ngx_strlen(allowed);
-    a[2] = inv->event;
-    a[4] = inv->subscription;
-    a[5] = inv->kind;
-    a[6] = inv->customer;
-    a[7] = inv->hosted_invoice_url;
-    a[9] = inv->currency;
-
-    if (sub_state == NGX_BILLING_SUB_NONE) {
-        ngx_str_set(&a[10], "");
-
-    } else {
-        a[10].data = (u_char *) ngx_billing_sub_state_name(sub_state);
-        a[10].len = ngx_strlen(a[10].data);
-    }
-
-    a[11].data = (u_char *) sub_allowed;
-    a[11].len = ngx_strlen(sub_allowed);
-    a[13] = inv->id;
-
-    if (ngx_http_billing_store_num(o, &a[3], inv->created) != NGX_OK
-        || ngx_http_billing_store_key(o, &a[12], "events", NULL, NULL)
-           != NGX_OK
-        || ngx_http_billing_store_num(o, &a[14], ngx_time()) != NGX_OK
-        || ngx_http_billing_store_key(o, &a[15], "due", NULL, NULL)
-           != NGX_OK
-        || ngx_http_billing_store_key(o, &a[16], "reconcile", NULL, NULL)
-           != NGX_OK
-        || ngx_http_billing_store_key(o, &a[19], "overdue", NULL, NULL)
-           != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    if (inv->due_date <= 0) {
-        ngx_str_set(&a[18], "");
-
-    } else if (ngx_http_billing_store_num(o, &a[18], inv->due_date)
+    if (ngx_http_billing_store_num(o, &v[4], inv->created) != NGX_OK
+        || ngx_http_billing_store_num(o, &v[11], now) != NGX_OK
+        || (inv->amount_due >= 0
+            && ngx_http_billing_store_num(o, &v[9], inv->amount_due)
                != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    if (o->market->overdue == 0) {
-        ngx_str_set(&a[20], "");
-
-    } else if (ngx_http_billing_store_num(o, &a[20],
+        || (o->bmcf->reconcile
+            && ngx_http_billing_store_num(o, &v[12],
+                                          now + (time_t) (o->bmcf->reconcile
+                                                          / 1000))
+               != NGX_OK)
+        || (inv->due_date > 0
+            && ngx_http_billing_store_num(o, &v[13], inv->due_date)
+               != NGX_OK)
+        || (o->market->overdue
+            && ngx_http_billing_store_num(o, &v[14],
                                           (int64_t) o->market->overdue / 1000)
-               != NGX_OK)
+               != NGX_OK))
     {
         return NGX_ERROR;
     }
 
-    if (o->bmcf->reconcile == 0) {
-        ngx_str_set(&a[17], "");
+    arg.len = ngx_http_billing_store_pack_len(v, NGX_HTTP_BILLING_INVOICE_ARGS);
 
-    } else if (ngx_http_billing_store_num(o, &a[17],
-                                          ngx_time()
-                                          + (time_t) (o->bmcf->reconcile
-                                                      / 1000))
-               != NGX_OK)
-    {
+    arg.data = ngx_pnalloc(o->pool, arg.len);
+    if (arg.data == NULL) {
         return NGX_ERROR;
     }
 
-    if (inv->amount_due < 0) {
-        ngx_str_set(&a[8], "");
+    p = ngx_http_billing_store_pack(arg.data, v,
+                                    NGX_HTTP_BILLING_INVOICE_ARGS);
 
-    } else if (ngx_http_billing_store_num(o, &a[8], inv->amount_due)
-               != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
+    arg.len = p - arg.data;
 
     return ngx_http_billing_store_run(o, &ngx_http_billing_invoice_script,
-                                      nkeys, nkeys + 21, argv, handler, data);
+                                      0, 1, &arg, handler, data);
+}
+
+
+/*
+ * Strings in MessagePack (str 8, 16 or 32, or fixstr), one after the
+ * other: cmsgpack.unpack() gives them to a script as that many values.
+ */
+
+static size_t
+ngx_http_billing_store_pack_len(ngx_str_t *v, ngx_uint_t n)
+{
+    size_t      len;
+    ngx_uint_t  i;
+
+    len = 0;
+
+    for (i = 0; i < n; i++) {
+        len += v[i].len + (v[i].len < 32 ? 1 : v[i].len < 256 ? 2
+                           : v[i].len < 65536 ? 3 : 5);
+    }
+
+    return len;
+}
+
+
+static u_char *
+ngx_http_billing_store_pack(u_char *p, ngx_str_t *v, ngx_uint_t n)
+{
+    size_t      len;
+    ngx_uint_t  i;
+
+    for (i = 0; i < n; i++) {
+        len = v[i].len;
+
+        if (len < 32) {
+            *p++ = (u_char) (0xa0 | len);
+
+        } else if (len < 256) {
+            *p++ = 0xd9;
+            *p++ = (u_char) len;
+
+        } else if (len < 65536) {
+            *p++ = 0xda;
+            *p++ = (u_char) (len >> 8);
+            *p++ = (u_char) len;
+
+        } else {
+            *p++ = 0xdb;
+            *p++ = (u_char) (len >> 24);
+            *p++ = (u_char) (len >> 16);
+            *p++ = (u_char) (len >> 8);
+            *p++ = (u_char) len;
+        }
+
+        if (len) {
+            p = ngx_cpymem(p, v[i].data, len);
+        }
+    }
+
+    return p;
 }
 
 

@@ -50,7 +50,8 @@ void ngx_http_billing_store_init(void);
 /*
  * Records an invoice's status, never going back (ngx_billing_state.h),
  * and moves its subscription when it is the first invoice.  The reply
- * is { status, changed (0/1), subscription state or "" }.
+ * is { status, changed (0/1), subscription state or "" (also when the
+ * event was recorded already), the version published or 0 }.
  */
 ngx_int_t ngx_http_billing_store_invoice(ngx_http_billing_owner_t *o,
     ngx_http_billing_invoice_t *inv, ngx_http_billing_redis_handler_pt handler,
