@@ -267,7 +267,8 @@ static ngx_inline ngx_int_t
 ngx_http_billing_count_cmp(ngx_http_billing_count_t *c,
     ngx_http_billing_meter_key_t *key, time_t start)
 {
-    size_t     n;
+    size_t     n, m;
+    u_char    *slash;
     ngx_int_t  rc;
 
     if (start != c->start) {
@@ -280,17 +281,26 @@ ngx_http_billing_count_cmp(ngx_http_billing_count_t *c,
         return (n < c->len) ? -1 : 1;
     }
 
-    rc = ngx_http_billing_key_cmp(key->market.data, c->id, key->market.len);
+    /*
+     * Field by field (the marketplace's length, its name, the id): the
+     * words key_cmp() compares are an order only of strings of one
+     * length.  Neither a name nor an id has a "/".
+     */
+
+    slash = ngx_strlchr(c->id, c->id + c->len, '/');
+    m = slash ? (size_t) (slash - c->id) : c->len;
+
+    if (key->market.len != m) {
+        return (key->market.len < m) ? -1 : 1;
+    }
+
+    rc = ngx_http_billing_key_cmp(key->market.data, c->id, m);
 
     if (rc) {
         return rc;
     }
 
-    if (c->id[key->market.len] != '/') {
-        return ('/' < c->id[key->market.len]) ? -1 : 1;
-    }
-
-    return ngx_http_billing_key_cmp(key->id.data, c->id + key->market.len + 1,
+    return ngx_http_billing_key_cmp(key->id.data, c->id + m + 1,
                                     key->id.len);
 }
 

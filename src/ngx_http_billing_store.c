@@ -36,11 +36,13 @@
  * (ngx_billing_state.c) are written into the script's text at start-up,
  * between its parts below.
  *
- * The event that last set the invoice's status, sent again, is answered
- * at once: it changed all it could change then (the reply's state is
- * then "").  Otherwise one HSET writes the new status and the fields
- * that came with it, or, the status unchanged, the fields still missing
- * (a second HMGET tells which); one HMGET reads the subscription.
+ * An event recorded to the end (recorded_event, written last: a run that
+ * failed half-way, which Redis does not undo, is not), sent again, is
+ * answered at once: it changed all it could change then (the reply's
+ * state is then "").  Otherwise one HSET writes the new status and the
+ * fields that came with it, or, the status unchanged, the fields still
+ * missing (a second HMGET tells which); one HMGET reads the
+ * subscription.
  *
  * A period invoice open past its due date by billing_overdue is in the
  * overdue set (a timer makes its subscription past_due); one marked
@@ -50,11 +52,9 @@
  * past_due for that one.
  *
  * An open (or uncollectible) invoice of a subscription is watched by
- * reconciliation until it is paid or void.  It leaves the reconciliation
- * and overdue sets when its status becomes paid or void: as nothing adds
- * a paid or void one (reconciliation's rounds only move members, and drop
- * those no longer open), a repeated event has nothing to remove, but one
- * from reconciliation still removes it.
+ * reconciliation until it is paid or void; a paid or void one leaves the
+ * reconciliation and overdue sets at every event that says so (its
+ * change may have come without the subscription or kind).
  *
  * A subscription that becomes active starts its first metering period
  * now, and the scheduler is told to look at it.  One claimed before 0.4
@@ -70,7 +70,7 @@
 static const char  ngx_http_billing_invoice_lua_head[] =
     "local o, P, id, st, ev = cmsgpack.unpack_limit(ARGV[1], 4)\n"
     "local ik = P .. 'invoice:' .. id\n"
-    "local h = redis.call('HMGET', ik, 'status', 'event')\n"
+    "local h = redis.call('HMGET', ik, 'status', 'recorded_event')\n"
     "local cur = h[1] or 'none'\n"
     "if cur == st and h[2] == ev and ev ~= '' and ev ~= 'reconciliation'"
     " then\n"
@@ -158,7 +158,7 @@ static const char  ngx_http_billing_invoice_lua_tail[] =
     "    local watch = cur == 'open' or cur == 'uncollectible'\n"
     "    if watch and (s[1] or redis.call('EXISTS', sk) == 1) then\n"
     "      redis.call('ZADD', P .. 'reconcile', 'NX', rat, id)\n"
-    "    elseif watch or changed == 1 or ev == 'reconciliation' then\n"
+    "    else\n"
     "      redis.call('ZREM', P .. 'reconcile', id)\n"
     "    end\n"
     "    if ev == 'reconciliation' then\n"
@@ -171,9 +171,7 @@ static const char  ngx_http_billing_invoice_lua_tail[] =
     "  end\n"
     "  if k == 'period' then\n"
     "    if cur == 'paid' or cur == 'void' then\n"
-    "      if changed == 1 then\n"
-    "        redis.call('ZREM', P .. 'overdue', id)\n"
-    "      end\n"
+    "      redis.call('ZREM', P .. 'overdue', id)\n"
     "      if s[1] == 'past_due'"
     " and redis.call('HGET', sk, 'overdue_invoice') == id then\n"
     "        local other = false\n"
@@ -224,6 +222,9 @@ static const char  ngx_http_billing_invoice_lua_tail[] =
     "if moved == 1 or ((changed == 1 or urlnew) and first) then\n"
     "  ver = redis.call('HINCRBY', sk, 'version', 1)\n"
     "  redis.call('PUBLISH', P .. 'events', ver .. ' ' .. sid)\n"
+    "end\n"
+    "if cur == st and ev ~= '' and ev ~= 'reconciliation' then\n"
+    "  redis.call('HSET', ik, 'recorded_event', ev)\n"
     "end\n"
     "return { cur, changed, state, ver }\n";
 

@@ -631,6 +631,35 @@ $subscriber->close;
 
 
 # ---------------------------------------------------------------------
+# a recording that failed half-way (the invoice's status written, the
+# subscription not moved: Redis undoes nothing of a script that fails):
+# Stripe's retry of the same event finishes it, and only a retry of an
+# event recorded to the end is answered without a second look
+
+{
+    my $sub = 'sub-half';
+    my $inv = random_id('in_', 20);
+    my $evid = random_id('evt_', 20);
+    $t->redis('HSET', "billing:sub:$sub", 'id', $sub, 'state', 'pending',
+              'initial_invoice', $inv, 'version', 1);
+    $t->redis('HSET', "billing:invoice:$inv", 'status', 'paid',
+              'event', $evid, 'subscription', $sub, 'kind', 'initial');
+    my $ev = invoice_event(id => $evid, type => 'invoice.paid',
+        invoice_id => $inv, subscription => $sub, kind => 'initial');
+    my $r = $t->webhook($ev);
+    is $r->{status}, 200, 'half-recorded event sent again: 200'
+        or diag $r->{content};
+    is $t->redis('HGET', "billing:sub:$sub", 'state'), 'active',
+        '... the subscription moved this time';
+    is $t->redis('HGET', "billing:invoice:$inv", 'recorded_event'), $evid,
+        '... and the event is recorded to the end';
+    my $v = $t->redis('HGET', "billing:sub:$sub", 'version');
+    is $t->webhook($ev)->{status}, 200, 'the same event once more: 200';
+    is $t->redis('HGET', "billing:sub:$sub", 'version'), $v,
+        '... changing nothing';
+}
+
+# ---------------------------------------------------------------------
 # the secrets are in no log and no answer
 
 $t->stop_nginx;
