@@ -48,15 +48,13 @@
 typedef struct {
     u_char                      color;
     u_char                      state;
-    u_short                     id_len;
+    u_char                      market_len;
+    u_char                      id_len;       /* ids are 64 bytes at most */
     u_short                     invoice_len;
     u_short                     url_len;
     ngx_queue_t                 queue;
     ngx_msec_t                  fetched;
     uint64_t                    version;
-
-    /* the second it last moved to the head of the queue */
-    time_t                      used;
 
     /* the meter's: see ngx_http_billing_entry_t */
     time_t                      anchor;
@@ -64,7 +62,12 @@ typedef struct {
     time_t                      cur_end;
     int64_t                     period_seconds;
     u_char                      period_kind;
-    u_char                      market_len;
+
+    /*
+     * The second it last moved to the head of the queue, modulo 256:
+     * only "this second or not" is asked, in a byte the entry had free.
+     */
+    u_char                      used;
 
     u_char                      data[1];  /* market, id, invoice, pay_url */
 } ngx_http_billing_cache_node_t;
@@ -311,8 +314,8 @@ ngx_http_billing_cache_get(ngx_http_billing_cache_t *cache,
 
     /* used: to the head of the queue, the last to be evicted */
 
-    if (cn->used != now) {
-        cn->used = now;
+    if (cn->used != (u_char) now) {
+        cn->used = (u_char) now;
         ngx_queue_remove(&cn->queue);
         ngx_queue_insert_head(&zone->sh->queue, &cn->queue);
     }
@@ -383,7 +386,7 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
     ngx_http_billing_cache_node_t  *cn;
     ngx_http_billing_cache_zone_t  *zone;
 
-    if (id->len > 0xffff || entry->invoice.len > 0xffff
+    if (id->len > 0xff || entry->invoice.len > 0xffff
         || entry->pay_url.len > 0xffff)
     {
         return;
@@ -432,9 +435,9 @@ ngx_http_billing_cache_put(ngx_http_billing_cache_t *cache,
     cn->state = (u_char) entry->state;
     cn->fetched = entry->fetched;
     cn->version = entry->version;
-    cn->used = ngx_time();
+    cn->used = (u_char) ngx_time();
     cn->market_len = (u_char) market->len;
-    cn->id_len = (u_short) id->len;
+    cn->id_len = (u_char) id->len;
     cn->invoice_len = (u_short) entry->invoice.len;
     cn->url_len = (u_short) entry->pay_url.len;
     cn->anchor = entry->anchor;
@@ -473,7 +476,7 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
     ngx_http_billing_cache_node_t  *cn;
     ngx_http_billing_cache_zone_t  *zone;
 
-    if (id->len == 0 || id->len > 0xffff) {
+    if (id->len == 0 || id->len > 0xff) {
         return;
     }
 
@@ -543,7 +546,7 @@ ngx_http_billing_cache_changed(ngx_http_billing_cache_t *cache,
     cn->fetched = ngx_current_msec;
     cn->version = version;
     cn->market_len = (u_char) market->len;
-    cn->id_len = (u_short) id->len;
+    cn->id_len = (u_char) id->len;
     ngx_memcpy(ngx_cpymem(cn->data, market->data, market->len), id->data,
                id->len);
 
