@@ -86,6 +86,10 @@ typedef struct {
 } ngx_http_billing_gate_ctx_t;
 
 
+/* ngx_http_billing_gate_value.c: the subscription id VALUE names */
+ngx_int_t ngx_http_billing_gate_id(ngx_http_request_t *r,
+    ngx_http_complex_value_t *cv, ngx_str_t *id);
+
 /* a subrequest of auth_request, whose gate gates the main request */
 ngx_uint_t ngx_http_billing_gate_auth_subrequest(ngx_http_request_t *r);
 

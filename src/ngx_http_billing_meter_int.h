@@ -2,7 +2,8 @@
 /*
  * Internals of billing_meter shared by its two halves: the counts
  * (ngx_http_billing_meter.c) and their flush to Redis
- * (ngx_http_billing_meter_flush.c).  Only those two include it.
+ * (ngx_http_billing_meter_flush.c, ngx_http_billing_meter_report.c).
+ * Only those include it.
  */
 
 
@@ -96,6 +97,11 @@ struct ngx_http_billing_meter_s {
 
 /* ngx_http_billing_meter.c: puts back in the zone what a worker held */
 void ngx_http_billing_meter_give_back(ngx_http_billing_meter_t *meter);
+
+/* ngx_http_billing_meter_report.c: units sent, and counts lost */
+void ngx_http_billing_meter_sent_units(ngx_http_billing_meter_t *meter);
+void ngx_http_billing_meter_lost(ngx_http_billing_meter_t *meter,
+    const char *why, ngx_uint_t others);
 
 /* ngx_http_billing_meter_flush.c: the flush script */
 void ngx_http_billing_meter_script_init(void);

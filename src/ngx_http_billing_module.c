@@ -381,7 +381,9 @@ ngx_http_billing_postconfiguration(ngx_conf_t *cf)
 
     bmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_billing_module);
 
-    ngx_http_billing_store_init();
+    if (ngx_http_billing_store_init() != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     /* checked here: http-level directives may follow the locations */
 

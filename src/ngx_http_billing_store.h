@@ -45,7 +45,11 @@ typedef struct {
 } ngx_http_billing_claim_t;
 
 
-void ngx_http_billing_store_init(void);
+/* the scripts, made when the configuration loads; NGX_ERROR: said why */
+ngx_int_t ngx_http_billing_store_init(void);
+
+/* ngx_http_billing_store_invoice.c: the invoice script's, of the above */
+ngx_int_t ngx_http_billing_store_invoice_init(void);
 
 /*
  * Records an invoice's status, never going back (ngx_billing_state.h),
