@@ -53,13 +53,16 @@
 #define NGX_HTTP_BILLING_PAYMENT_REQUIRED       402
 
 
-static void ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up);
-static void ngx_http_billing_gate_message(void *data, ngx_str_t *channel,
-    ngx_str_t *message);
 static ngx_int_t ngx_http_billing_gate_rewrite(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_access(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_access_last(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_gate_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_billing_gate_id(ngx_http_request_t *r,
+    ngx_http_complex_value_t *cv, ngx_str_t *id);
+static ngx_uint_t ngx_http_billing_gate_direct(ngx_http_request_t *r,
+    ngx_http_billing_gate_value_t *gv);
+static ngx_int_t ngx_http_billing_gate_variable(ngx_http_request_t *r,
+    ngx_int_t index, ngx_str_t *id);
 static ngx_int_t ngx_http_billing_gate_fresh(ngx_http_request_t *r,
     ngx_http_billing_entry_t *entry);
 static void ngx_http_billing_gate_looked_up(void *data, redisReply *reply);
@@ -77,8 +80,6 @@ static ngx_int_t ngx_http_billing_gate_deny(ngx_http_request_t *r,
 static ngx_int_t ngx_http_billing_gate_body(ngx_http_request_t *r,
     ngx_http_billing_gate_ctx_t *ctx);
 
-/* when this worker's subscription came up; 0 while it is down */
-static ngx_msec_t  ngx_http_billing_gate_since;
 
 
 ngx_int_t
@@ -120,122 +121,6 @@ ngx_http_billing_gate_init(ngx_conf_t *cf)
     h[0] = ngx_http_billing_gate_access_last;
 
     return NGX_OK;
-}
-
-
-ngx_int_t
-ngx_http_billing_gate_init_worker(ngx_cycle_t *cycle,
-    ngx_http_billing_main_conf_t *bmcf)
-{
-    ngx_uint_t                     i;
-    ngx_str_t                     *events;
-    ngx_http_billing_srv_conf_t  **markets;
-
-    if (bmcf->cache == NULL) {
-        return NGX_OK;
-    }
-
-    /* changes made on any node drop this node's cached entries */
-
-    bmcf->subscriber = ngx_http_billing_redis_create(cycle, bmcf->redis_conf);
-    if (bmcf->subscriber == NULL) {
-        return NGX_ERROR;
-    }
-
-    /* each marketplace's changes on its own channel */
-
-    events = ngx_palloc(cycle->pool, bmcf->markets.nelts * sizeof(ngx_str_t));
-    if (events == NULL) {
-        return NGX_ERROR;
-    }
-
-    markets = bmcf->markets.elts;
-
-    for (i = 0; i < bmcf->markets.nelts; i++) {
-        events[i] = markets[i]->events;
-    }
-
-    ngx_http_billing_redis_subscribe(bmcf->subscriber, events,
-                                     bmcf->markets.nelts,
-                                     ngx_http_billing_gate_message,
-                                     ngx_http_billing_gate_subscribed,
-                                     bmcf);
-
-    return NGX_OK;
-}
-
-
-void
-ngx_http_billing_gate_exit_worker(ngx_http_billing_main_conf_t *bmcf)
-{
-    if (bmcf->subscriber) {
-        ngx_http_billing_redis_destroy(bmcf->subscriber);
-        bmcf->subscriber = NULL;
-    }
-}
-
-
-static void
-ngx_http_billing_gate_subscribed(void *data, ngx_uint_t up)
-{
-    /* never 0 while up, so that 0 can mean down */
-
-    ngx_http_billing_gate_since = up ? ngx_current_msec | 1 : 0;
-}
-
-
-static void
-ngx_http_billing_gate_message(void *data, ngx_str_t *channel,
-    ngx_str_t *message)
-{
-    ngx_http_billing_main_conf_t  *bmcf = data;
-
-    u_char                        *p;
-    off_t                          version;
-    ngx_str_t                      id;
-    ngx_uint_t                     i;
-    ngx_http_billing_srv_conf_t  **markets;
-
-    /* the channel says whose subscription it is */
-
-    markets = bmcf->markets.elts;
-
-    for (i = 0; i < bmcf->markets.nelts; i++) {
-        if (markets[i]->events.len == channel->len
-            && ngx_strncmp(markets[i]->events.data, channel->data,
-                           channel->len)
-               == 0)
-        {
-            break;
-        }
-    }
-
-    if (i == bmcf->markets.nelts) {
-        return;
-    }
-
-    /* "VERSION ID"; a node before 0.5 publishes the bare id */
-
-    p = ngx_strlchr(message->data, message->data + message->len, ' ');
-
-    version = (p == NULL) ? NGX_ERROR
-                          : ngx_atoof(message->data, p - message->data);
-
-    if (version > 0) {
-        id.data = p + 1;
-        id.len = message->data + message->len - id.data;
-
-    } else {
-        version = 0;
-        id = *message;
-    }
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
-                   "billing gate: \"%V\" changed, version %O",
-                   &id, version);
-
-    ngx_http_billing_cache_changed(bmcf->cache, &markets[i]->name, &id,
-                                   (uint64_t) version, ngx_cycle->log);
 }
 
 
@@ -453,6 +338,148 @@ ngx_http_billing_gate_handler(ngx_http_request_t *r)
     r->read_event_handler = ngx_http_test_reading;
 
     return NGX_AGAIN;
+}
+
+
+/*
+ * The subscription id.  A variable alone is read as the script would
+ * read it, without the script; $http_NAME, when nginx's own header
+ * lookup stands behind it, straight from the request's headers, the
+ * header's lowercased name compared whole rather than byte by byte.
+ */
+
+static ngx_int_t
+ngx_http_billing_gate_id(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
+    ngx_str_t *id)
+{
+    ngx_uint_t                      i;
+    ngx_list_part_t                *part;
+    ngx_table_elt_t                *h, *found;
+    ngx_http_billing_gate_value_t  *gv;
+
+    gv = (ngx_http_billing_gate_value_t *) cv;
+
+    if (gv->index == NGX_ERROR) {
+        return ngx_http_complex_value(r, cv, id);
+    }
+
+    if (gv->direct == NGX_CONF_UNSET_UINT) {
+        gv->direct = ngx_http_billing_gate_direct(r, gv);
+    }
+
+    /* known already, or "set" (satisfy any runs after the rewrite phase) */
+
+    if (!gv->direct || r->variables[gv->index].valid
+        || r->variables[gv->index].not_found)
+    {
+        return ngx_http_billing_gate_variable(r, gv->index, id);
+    }
+
+    found = NULL;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash == 0 || h[i].key.len != gv->header.len) {
+            continue;
+        }
+
+        /*
+         * "_" for "-" in the name, a header added without its lowercase
+         * key, or (nginx 1.23 joins them) a second one: nginx decides.
+         */
+
+        if (found || h[i].lowcase_key == NULL
+            || ngx_http_billing_key_cmp(h[i].lowcase_key, gv->header.data,
+                                        gv->header.len)
+               != 0)
+        {
+            return ngx_http_billing_gate_variable(r, gv->index, id);
+        }
+
+        found = &h[i];
+
+#if (nginx_version < 1023000)
+        /* before 1.23, the first one */
+        break;
+#endif
+    }
+
+    if (found == NULL) {
+        ngx_str_null(id);
+        return NGX_OK;
+    }
+
+    *id = found->value;
+
+    return NGX_OK;
+}
+
+
+/* whether $http_NAME is nginx's header lookup (not a "set" variable) */
+
+static ngx_uint_t
+ngx_http_billing_gate_direct(ngx_http_request_t *r,
+    ngx_http_billing_gate_value_t *gv)
+{
+    ngx_uint_t                  i;
+    ngx_http_variable_t        *v, *pv;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    if (gv->header.len == 0) {
+        return 0;
+    }
+
+    cmcf = ngx_http_get_module_main_conf(r, ngx_http_core_module);
+
+    v = cmcf->variables.elts;
+    pv = cmcf->prefix_variables.elts;
+
+    for (i = 0; i < cmcf->prefix_variables.nelts; i++) {
+        if (pv[i].name.len == 5
+            && ngx_strncmp(pv[i].name.data, "http_", 5) == 0)
+        {
+            return v[gv->index].get_handler == pv[i].get_handler;
+        }
+    }
+
+    return 0;
+}
+
+
+static ngx_int_t
+ngx_http_billing_gate_variable(ngx_http_request_t *r, ngx_int_t index,
+    ngx_str_t *id)
+{
+    ngx_http_variable_value_t  *vv;
+
+    vv = ngx_http_get_flushed_variable(r, index);
+
+    if (vv == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (vv->not_found) {
+        ngx_str_null(id);
+        return NGX_OK;
+    }
+
+    id->data = vv->data;
+    id->len = vv->len;
+
+    return NGX_OK;
 }
 
 

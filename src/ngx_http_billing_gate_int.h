@@ -86,9 +86,11 @@ typedef struct {
 } ngx_http_billing_gate_ctx_t;
 
 
-/* ngx_http_billing_gate_value.c: the subscription id VALUE names */
-ngx_int_t ngx_http_billing_gate_id(ngx_http_request_t *r,
-    ngx_http_complex_value_t *cv, ngx_str_t *id);
+/*
+ * ngx_http_billing_gate_conf.c: when this worker's subscription to the
+ * changes came up, 0 while it is down
+ */
+extern ngx_msec_t  ngx_http_billing_gate_since;
 
 /* a subrequest of auth_request, whose gate gates the main request */
 ngx_uint_t ngx_http_billing_gate_auth_subrequest(ngx_http_request_t *r);
