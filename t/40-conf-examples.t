@@ -109,6 +109,34 @@ sub stripe_timeouts {
         . "billing_stripe_timeout ($call)");
 }
 
+# an example made to use this directory's files: with its own error log
+# and pid, nginx -t passes, says nothing alarming and shows no secret;
+# returns the configuration as written
+sub passes {
+    my ($name, $conf) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+
+    $conf = "error_log $dir/$name-error.log;\n"
+        . "pid $dir/$name.pid;\n" . $conf;
+    $t->write_file("$name.conf", $conf);
+
+    my @logs = error_logs($conf, $dir);
+
+    my ($rc, $out) = nginx_t("$dir/$name.conf", "$dir/", "$dir/error.log");
+    is $rc, 0, "$name.conf: nginx -t passes" or diag $out;
+
+    my @bad = alarms("$name.conf", $out, "$dir/error.log", @logs);
+    ok(!@bad, "$name.conf: no alert/crit/emerg from nginx -t")
+        or diag(join "\n", @bad);
+
+    my $said = join "\n", $out, map { slurp_if($_) // '' }
+        "$dir/error.log", @logs;
+    unlike $said, qr/whsec_|rk_live_|redis-password|api-token/,
+        "$name.conf: no secret in what nginx -t says";
+
+    return $conf;
+}
+
 # quickstart.conf, laid out as tools/quickstart lays it out
 
 {
@@ -196,24 +224,7 @@ sub stripe_timeouts {
     like $conf, qr{billing_api_token_file $dir/billing/api\.token;},
         'production.conf names every secret file';
 
-    $conf = "error_log $dir/production-error.log;\n"
-        . "pid $dir/production.pid;\n" . $conf;
-    $t->write_file('production.conf', $conf);
-
-    my @logs = error_logs($conf, $dir);
-
-    my ($rc, $out) = nginx_t("$dir/production.conf", "$dir/",
-        "$dir/error.log");
-    is $rc, 0, 'production.conf: nginx -t passes' or diag $out;
-
-    my @bad = alarms('production.conf', $out, "$dir/error.log", @logs);
-    ok(!@bad, 'production.conf: no alert/crit/emerg from nginx -t')
-        or diag(join "\n", @bad);
-
-    my $said = join "\n", $out, map { slurp_if($_) // '' }
-        "$dir/error.log", @logs;
-    unlike $said, qr/whsec_|rk_live_|redis-password|api-token/,
-        'production.conf: no secret in what nginx -t says';
+    passes('production', $conf);
 }
 
 # marketplaces.conf: two marketplaces, each with its own files
@@ -256,24 +267,7 @@ sub stripe_timeouts {
     like $conf, qr{billing_marketplace acme;.*billing_marketplace globex;}s,
         'marketplaces.conf has two marketplaces';
 
-    $conf = "error_log $dir/marketplaces-error.log;\n"
-        . "pid $dir/marketplaces.pid;\n" . $conf;
-    $t->write_file('marketplaces.conf', $conf);
-
-    my @logs = error_logs($conf, $dir);
-
-    my ($rc, $out) = nginx_t("$dir/marketplaces.conf", "$dir/",
-        "$dir/error.log");
-    is $rc, 0, 'marketplaces.conf: nginx -t passes' or diag $out;
-
-    my @bad = alarms('marketplaces.conf', $out, "$dir/error.log", @logs);
-    ok(!@bad, 'marketplaces.conf: no alert/crit/emerg from nginx -t')
-        or diag(join "\n", @bad);
-
-    my $said = join "\n", $out, map { slurp_if($_) // '' }
-        "$dir/error.log", @logs;
-    unlike $said, qr/whsec_|rk_live_|redis-password|api-token/,
-        'marketplaces.conf: no secret in what nginx -t says';
+    $conf = passes('marketplaces', $conf);
 
     # one key for both, as a copy-paste would make it: nginx -t says so
     (my $same = $conf) =~ s{mp/globex/stripe\.key}{mp/acme/stripe.key}
@@ -281,7 +275,7 @@ sub stripe_timeouts {
     $same =~ s{billing_marketplace globex;}{billing_marketplace acme;}
         or die;
     $t->write_file('marketplaces-same.conf', $same);
-    ($rc, $out) = nginx_t("$dir/marketplaces-same.conf", "$dir/",
+    my ($rc, $out) = nginx_t("$dir/marketplaces-same.conf", "$dir/",
         "$dir/same.log");
     isnt $rc, 0, 'one marketplace name for two accounts: nginx -t fails';
     like $out, qr/"billing_marketplace acme" in \S+:\d+ has another /,
