@@ -51,6 +51,7 @@ MODULE_SRCS := config $(wildcard src/*.c src/*.h)
 
 # the parts that need no nginx, with their unit tests
 PLAIN_SRCS := src/ngx_billing_signature.c src/ngx_billing_event.c \
+              src/ngx_billing_event_scan.c \
               src/ngx_billing_state.c src/ngx_billing_money.c \
               src/ngx_billing_form.c src/ngx_billing_plan.c
 UNIT_TESTS := signature event state money form plan

@@ -12,7 +12,9 @@
 #include "ngx_billing_state.h"
 
 
-static int ngx_billing_event_string(json_t *obj, const char *key,
+static json_t *ngx_billing_event_value(json_t *obj, const char *key,
+    ngx_billing_event_field_t *f);
+static int ngx_billing_event_string(ngx_billing_event_field_t *f,
     ngx_billing_str_t *out);
 static int ngx_billing_url_valid(const char *s, size_t len);
 static int ngx_billing_currency_valid(const char *s, size_t len);
@@ -29,13 +31,9 @@ static const unsigned char  ngx_billing_json_class[256] = {
 };
 
 
-int
-ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
-    size_t len, const char **err)
+void
+ngx_billing_event_init(ngx_billing_event_t *ev)
 {
-    json_t        *root, *created, *data, *object, *value, *metadata;
-    json_error_t   error;
-
     memset(ev, 0, sizeof(ngx_billing_event_t));
     ev->amount_due = -1;
 
@@ -50,6 +48,34 @@ ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
     ev->marketplace = ngx_billing_empty;
     ev->hosted_invoice_url = ngx_billing_empty;
     ev->currency = ngx_billing_empty;
+}
+
+
+int
+ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
+    size_t len, const char **err)
+{
+    int  rc;
+
+    rc = ngx_billing_event_scan(ev, buf, len, err);
+
+    if (rc != NGX_BILLING_EVENT_ASK_JANSSON) {
+        return rc;
+    }
+
+    return ngx_billing_event_parse_json(ev, buf, len, err);
+}
+
+
+int
+ngx_billing_event_parse_json(ngx_billing_event_t *ev,
+    const unsigned char *buf, size_t len, const char **err)
+{
+    json_t                     *root, *data, *object, *metadata;
+    json_error_t                error;
+    ngx_billing_event_field_t   f[NGX_BILLING_EV_NFIELDS];
+
+    ngx_billing_event_init(ev);
 
     root = json_loadb((const char *) buf, len, JSON_REJECT_DUPLICATES, &error);
     if (root == NULL) {
@@ -64,14 +90,65 @@ ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
         return -1;
     }
 
-    if (ngx_billing_event_string(root, "id", &ev->id) != 0
+    memset(f, 0, sizeof(f));
+
+    ngx_billing_event_value(root, "id", &f[NGX_BILLING_EV_ID]);
+    ngx_billing_event_value(root, "type", &f[NGX_BILLING_EV_TYPE]);
+    ngx_billing_event_value(root, "created", &f[NGX_BILLING_EV_CREATED]);
+
+    data = ngx_billing_event_value(root, "data", &f[NGX_BILLING_EV_DATA]);
+
+    if (!json_is_object(data)) {
+        return ngx_billing_event_fill(ev, f, err);
+    }
+
+    object = ngx_billing_event_value(data, "object",
+                                     &f[NGX_BILLING_EV_OBJECT]);
+
+    if (!json_is_object(object)) {
+        return ngx_billing_event_fill(ev, f, err);
+    }
+
+    ngx_billing_event_value(object, "object", &f[NGX_BILLING_EV_OBJ_OBJECT]);
+    ngx_billing_event_value(object, "id", &f[NGX_BILLING_EV_OBJ_ID]);
+    ngx_billing_event_value(object, "customer", &f[NGX_BILLING_EV_CUSTOMER]);
+    ngx_billing_event_value(object, "hosted_invoice_url",
+                            &f[NGX_BILLING_EV_URL]);
+    ngx_billing_event_value(object, "currency", &f[NGX_BILLING_EV_CURRENCY]);
+    ngx_billing_event_value(object, "due_date", &f[NGX_BILLING_EV_DUE_DATE]);
+    ngx_billing_event_value(object, "amount_due",
+                            &f[NGX_BILLING_EV_AMOUNT_DUE]);
+
+    metadata = ngx_billing_event_value(object, "metadata",
+                                       &f[NGX_BILLING_EV_METADATA]);
+
+    if (json_is_object(metadata)) {
+        ngx_billing_event_value(metadata, "billing_subscription",
+                                &f[NGX_BILLING_EV_SUBSCRIPTION]);
+        ngx_billing_event_value(metadata, "billing_marketplace",
+                                &f[NGX_BILLING_EV_MARKETPLACE]);
+        ngx_billing_event_value(metadata, "billing_kind",
+                                &f[NGX_BILLING_EV_KIND]);
+    }
+
+    return ngx_billing_event_fill(ev, f, err);
+}
+
+
+int
+ngx_billing_event_fill(ngx_billing_event_t *ev, ngx_billing_event_field_t *f,
+    const char **err)
+{
+    ngx_billing_event_field_t  *value;
+
+    if (!ngx_billing_event_string(&f[NGX_BILLING_EV_ID], &ev->id)
         || !ngx_billing_stripe_id_valid(ev->id.data, ev->id.len))
     {
         *err = "event has no valid \"id\"";
         return -1;
     }
 
-    if (ngx_billing_event_string(root, "type", &ev->type) != 0
+    if (!ngx_billing_event_string(&f[NGX_BILLING_EV_TYPE], &ev->type)
         || ev->type.len == 0 || ev->type.len > 128
         || memchr(ev->type.data, '\0', ev->type.len) != NULL)
     {
@@ -79,18 +156,16 @@ ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
         return -1;
     }
 
-    created = json_object_get(root, "created");
-    if (!json_is_integer(created) || json_integer_value(created) < 0) {
+    value = &f[NGX_BILLING_EV_CREATED];
+
+    if (value->kind != NGX_BILLING_JSON_INTEGER || value->num < 0) {
         *err = "event has no valid \"created\"";
         return -1;
     }
 
-    ev->created = json_integer_value(created);
+    ev->created = value->num;
 
-    data = json_object_get(root, "data");
-    object = json_is_object(data) ? json_object_get(data, "object") : NULL;
-
-    if (!json_is_object(object)) {
+    if (f[NGX_BILLING_EV_OBJECT].kind != NGX_BILLING_JSON_OBJECT) {
         *err = "event has no \"data.object\"";
         return -1;
     }
@@ -103,14 +178,16 @@ ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
         return 0;
     }
 
-    value = json_object_get(object, "object");
-    if (!json_is_string(value) || strcmp(json_string_value(value), "invoice"))
+    value = &f[NGX_BILLING_EV_OBJ_OBJECT];
+
+    if (value->kind != NGX_BILLING_JSON_STRING
+        || value->str.len != 7 || memcmp(value->str.data, "invoice", 7) != 0)
     {
         *err = "invoice event whose data.object is not an invoice";
         return -1;
     }
 
-    if (ngx_billing_event_string(object, "id", &ev->invoice) != 0
+    if (!ngx_billing_event_string(&f[NGX_BILLING_EV_OBJ_ID], &ev->invoice)
         || !ngx_billing_stripe_id_valid(ev->invoice.data, ev->invoice.len))
     {
         *err = "invoice has no valid \"id\"";
@@ -119,43 +196,44 @@ ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
 
     /* the rest is descriptive: kept when well formed, dropped otherwise */
 
-    if (ngx_billing_event_string(object, "customer", &ev->customer) != 0
+    if (!ngx_billing_event_string(&f[NGX_BILLING_EV_CUSTOMER], &ev->customer)
         || !ngx_billing_stripe_id_valid(ev->customer.data, ev->customer.len))
     {
         ev->customer = ngx_billing_empty;
     }
 
-    if (ngx_billing_event_string(object, "hosted_invoice_url",
-                                 &ev->hosted_invoice_url) != 0
+    if (!ngx_billing_event_string(&f[NGX_BILLING_EV_URL],
+                                  &ev->hosted_invoice_url)
         || !ngx_billing_url_valid(ev->hosted_invoice_url.data,
                                   ev->hosted_invoice_url.len))
     {
         ev->hosted_invoice_url = ngx_billing_empty;
     }
 
-    if (ngx_billing_event_string(object, "currency", &ev->currency) != 0
+    if (!ngx_billing_event_string(&f[NGX_BILLING_EV_CURRENCY], &ev->currency)
         || !ngx_billing_currency_valid(ev->currency.data, ev->currency.len))
     {
         ev->currency = ngx_billing_empty;
     }
 
-    value = json_object_get(object, "due_date");
-    if (json_is_integer(value) && json_integer_value(value) > 0) {
-        ev->due_date = json_integer_value(value);
+    value = &f[NGX_BILLING_EV_DUE_DATE];
+
+    if (value->kind == NGX_BILLING_JSON_INTEGER && value->num > 0) {
+        ev->due_date = value->num;
     }
 
-    value = json_object_get(object, "amount_due");
-    if (json_is_integer(value) && json_integer_value(value) >= 0) {
-        ev->amount_due = json_integer_value(value);
+    value = &f[NGX_BILLING_EV_AMOUNT_DUE];
+
+    if (value->kind == NGX_BILLING_JSON_INTEGER && value->num >= 0) {
+        ev->amount_due = value->num;
     }
 
-    metadata = json_object_get(object, "metadata");
-    if (!json_is_object(metadata)) {
+    if (f[NGX_BILLING_EV_METADATA].kind != NGX_BILLING_JSON_OBJECT) {
         return 0;
     }
 
-    if (ngx_billing_event_string(metadata, "billing_subscription",
-                                 &ev->subscription) == 0
+    if (ngx_billing_event_string(&f[NGX_BILLING_EV_SUBSCRIPTION],
+                                 &ev->subscription)
         && !ngx_billing_sub_id_valid(ev->subscription.data,
                                      ev->subscription.len))
     {
@@ -164,10 +242,10 @@ ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
     }
 
     /* "" (absent): the default marketplace's, as before 0.6 */
-    (void) ngx_billing_event_string(metadata, "billing_marketplace",
+    (void) ngx_billing_event_string(&f[NGX_BILLING_EV_MARKETPLACE],
                                     &ev->marketplace);
 
-    if (ngx_billing_event_string(metadata, "billing_kind", &ev->kind) == 0
+    if (ngx_billing_event_string(&f[NGX_BILLING_EV_KIND], &ev->kind)
         && !(ev->kind.len == 7 && memcmp(ev->kind.data, "initial", 7) == 0)
         && !(ev->kind.len == 6 && memcmp(ev->kind.data, "period", 6) == 0)
         && !(ev->kind.len == 5 && memcmp(ev->kind.data, "final", 5) == 0))
@@ -256,23 +334,56 @@ ngx_billing_event_free(ngx_billing_event_t *ev)
 }
 
 
-static int
-ngx_billing_event_string(json_t *obj, const char *key, ngx_billing_str_t *out)
+static json_t *
+ngx_billing_event_value(json_t *obj, const char *key,
+    ngx_billing_event_field_t *f)
 {
     json_t  *value;
 
     value = json_object_get(obj, key);
 
-    if (!json_is_string(value)) {
-        out->data = "";
-        out->len = 0;
-        return -1;
+    if (value == NULL) {
+        return NULL;
     }
 
-    out->data = json_string_value(value);
-    out->len = json_string_length(value);
+    switch (json_typeof(value)) {
 
-    return 0;
+    case JSON_STRING:
+        f->kind = NGX_BILLING_JSON_STRING;
+        f->str.data = json_string_value(value);
+        f->str.len = json_string_length(value);
+        break;
+
+    case JSON_INTEGER:
+        f->kind = NGX_BILLING_JSON_INTEGER;
+        f->num = json_integer_value(value);
+        break;
+
+    case JSON_OBJECT:
+        f->kind = NGX_BILLING_JSON_OBJECT;
+        break;
+
+    default:
+        f->kind = NGX_BILLING_JSON_OTHER;
+    }
+
+    return value;
+}
+
+
+/* 1 and the string, or 0 and "" */
+
+static int
+ngx_billing_event_string(ngx_billing_event_field_t *f, ngx_billing_str_t *out)
+{
+    if (f->kind != NGX_BILLING_JSON_STRING) {
+        *out = ngx_billing_empty;
+        return 0;
+    }
+
+    *out = f->str;
+
+    return 1;
 }
 
 

@@ -51,13 +51,75 @@ typedef struct {
 } ngx_billing_event_t;
 
 
+/* the values of an event the module reads, as a parser found them */
+
+enum {
+    NGX_BILLING_EV_ID = 0,
+    NGX_BILLING_EV_TYPE,
+    NGX_BILLING_EV_CREATED,
+    NGX_BILLING_EV_DATA,
+    NGX_BILLING_EV_OBJECT,              /* data.object */
+    NGX_BILLING_EV_OBJ_OBJECT,          /* data.object.object ... */
+    NGX_BILLING_EV_OBJ_ID,
+    NGX_BILLING_EV_CUSTOMER,
+    NGX_BILLING_EV_URL,
+    NGX_BILLING_EV_CURRENCY,
+    NGX_BILLING_EV_DUE_DATE,
+    NGX_BILLING_EV_AMOUNT_DUE,
+    NGX_BILLING_EV_METADATA,
+    NGX_BILLING_EV_SUBSCRIPTION,        /* data.object.metadata. ... */
+    NGX_BILLING_EV_MARKETPLACE,
+    NGX_BILLING_EV_KIND,
+    NGX_BILLING_EV_NFIELDS
+};
+
+#define NGX_BILLING_JSON_ABSENT     0
+#define NGX_BILLING_JSON_STRING     1
+#define NGX_BILLING_JSON_INTEGER    2
+#define NGX_BILLING_JSON_OBJECT     3
+#define NGX_BILLING_JSON_OTHER      4   /* array, real, true, false, null */
+
+
+typedef struct {
+    int                   kind;
+    ngx_billing_str_t     str;          /* a string's bytes, decoded */
+    int64_t               num;          /* an integer's value */
+} ngx_billing_event_field_t;
+
+
 /*
  * Returns 0 and fills ev, or -1 with *err set to a static message.
  * ev must be released with ngx_billing_event_free() in both cases.
+ * Its strings are the document's bytes, within their lengths: in buf
+ * itself (not NUL terminated) or in jansson's values.
+ *
+ * ngx_billing_event_parse() asks ngx_billing_event_scan() first, then
+ * jansson (ngx_billing_event_parse_json()) if the scan could not answer.
  */
 int ngx_billing_event_parse(ngx_billing_event_t *ev, const unsigned char *buf,
     size_t len, const char **err);
+int ngx_billing_event_parse_json(ngx_billing_event_t *ev,
+    const unsigned char *buf, size_t len, const char **err);
 void ngx_billing_event_free(ngx_billing_event_t *ev);
+
+/*
+ * A strict reader of the common case, one pass and no value built: for
+ * a document that json_loadb(JSON_REJECT_DUPLICATES) accepts and whose
+ * every byte it could check the same way, the answer of
+ * ngx_billing_event_parse_json(), with the same ev and *err, from the
+ * bytes of buf; NGX_BILLING_EVENT_ASK_JANSSON for anything else (an
+ * error, an escape in a key or in a value read, a number jansson could
+ * find too big, a deep document).  ngx_billing_event_scan.c.
+ */
+#define NGX_BILLING_EVENT_ASK_JANSSON  1
+
+int ngx_billing_event_scan(ngx_billing_event_t *ev, const unsigned char *buf,
+    size_t len, const char **err);
+
+/* internal: the checks of both parsers, on the values they found */
+void ngx_billing_event_init(ngx_billing_event_t *ev);
+int ngx_billing_event_fill(ngx_billing_event_t *ev,
+    ngx_billing_event_field_t *f, const char **err);
 
 /*
  * Copies the len bytes of src to dst (len bytes at least) less the

@@ -31,6 +31,8 @@
 static ngx_int_t ngx_http_billing_webhook_handler(ngx_http_request_t *r);
 static void ngx_http_billing_webhook_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_billing_webhook_process(ngx_http_request_t *r);
+static ngx_int_t ngx_http_billing_webhook_parse(ngx_http_request_t *r,
+    ngx_str_t *body, ngx_billing_event_t *ev, int *rc, const char **err);
 static ngx_int_t ngx_http_billing_webhook_signature(ngx_http_request_t *r,
     ngx_str_t *header);
 static ngx_int_t ngx_http_billing_webhook_record(ngx_http_request_t *r,
@@ -125,12 +127,11 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
 {
     int                             rc;
     ngx_int_t                       n;
-    ngx_str_t                       header, body, compact;
+    ngx_str_t                       header, body;
     const char                     *err;
     ngx_billing_event_t             ev;
     ngx_http_billing_srv_conf_t    *m;
     ngx_http_billing_main_conf_t   *bmcf;
-    ngx_http_billing_json_alloc_t   saved;
 
     bmcf = ngx_http_get_module_main_conf(r, ngx_http_billing_module);
 
@@ -191,35 +192,20 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
     }
 
     /*
-     * jansson's lexer costs tens of instructions a byte, and a third of
-     * the bytes Stripe sends are its pretty-printing ("{\n  \"id\": ..."):
-     * they go first, in a copy (the signed body stays as it came).  A
-     * body on one line is parsed as it is: the same answer either way.
+     * The common case is read in one pass over the body, its strings
+     * left where they are; jansson answers for the rest (an error, an
+     * escape where the module reads, ...): the same answer either way.
      */
 
-    compact = body;
+    rc = ngx_billing_event_scan(&ev, body.data, body.len, &err);
 
-    if (body.len > 1 && body.data[1] == '\n') {
-        compact.data = ngx_pnalloc(r->pool, body.len);
-        if (compact.data == NULL) {
+    if (rc == NGX_BILLING_EVENT_ASK_JANSSON) {
+        if (ngx_http_billing_webhook_parse(r, &body, &ev, &rc, &err)
+            != NGX_OK)
+        {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-
-        compact.len = ngx_billing_json_compact(compact.data, body.data,
-                                               body.len);
     }
-
-    /*
-     * The document in the request's pool, every value of it a bump of
-     * the pool's pointer rather than a malloc() and a free(); it is freed
-     * with the request, never with ngx_billing_event_free().
-     */
-
-    ngx_http_billing_json_pool(r->pool, &saved);
-    rc = ngx_billing_event_parse(&ev, compact.data, compact.len, &err);
-    ngx_http_billing_json_unpool(&saved);
-
-    ev.json = NULL;
 
     if (rc != 0) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
@@ -234,6 +220,50 @@ ngx_http_billing_webhook_process(ngx_http_request_t *r)
     }
 
     return ngx_http_billing_webhook_record(r, &ev);
+}
+
+
+/* jansson's answer in *rc: 0, or -1 with *err */
+
+static ngx_int_t
+ngx_http_billing_webhook_parse(ngx_http_request_t *r, ngx_str_t *body,
+    ngx_billing_event_t *ev, int *rc, const char **err)
+{
+    ngx_str_t                       compact;
+    ngx_http_billing_json_alloc_t   saved;
+
+    /*
+     * jansson's lexer costs tens of instructions a byte, and a third of
+     * the bytes Stripe sends are its pretty-printing ("{\n  \"id\": ..."):
+     * they go first, in a copy (the signed body stays as it came).  A
+     * body on one line is parsed as it is: the same answer either way.
+     */
+
+    compact = *body;
+
+    if (body->len > 1 && body->data[1] == '\n') {
+        compact.data = ngx_pnalloc(r->pool, body->len);
+        if (compact.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        compact.len = ngx_billing_json_compact(compact.data, body->data,
+                                               body->len);
+    }
+
+    /*
+     * The document in the request's pool, every value of it a bump of
+     * the pool's pointer rather than a malloc() and a free(); it is freed
+     * with the request, never with ngx_billing_event_free().
+     */
+
+    ngx_http_billing_json_pool(r->pool, &saved);
+    *rc = ngx_billing_event_parse_json(ev, compact.data, compact.len, err);
+    ngx_http_billing_json_unpool(&saved);
+
+    ev->json = NULL;
+
+    return NGX_OK;
 }
 
 

@@ -265,6 +265,40 @@ is_deeply all_keys(), [], 'events out of tolerance leave Redis untouched';
 
 
 # ---------------------------------------------------------------------
+# the webhook's reader of the common case leaves an escape in a value it
+# reads to jansson: the same values as written plainly, the same answer
+
+{
+    my $inv = rid('in_');
+    my $b = invoice_event(type => 'invoice.finalized', invoice_id => $inv,
+        subscription => 'sub-43', kind => 'initial',
+        invoice => { amount_due => 700, currency => 'usd' });
+    my $escaped = join '', map { sprintf '\\u%04x', ord } split //, $inv;
+    (my $esc = $b) =~ s/"\Q$inv\E"/"$escaped"/g;
+    $esc =~ s/"sub-43"/"sub\\u002d43"/;
+    isnt $esc, $b, 'escaped: the event written with escapes';
+
+    my $r = $t->webhook($esc);
+    is_received($r, 'escaped values');
+    my $h = $t->redis_hash(inv_key($inv));
+    is $h->{status}, 'open', 'escaped: recorded under the invoice id';
+    is $h->{subscription}, 'sub-43', 'escaped: the subscription, decoded';
+    is $h->{amount_due}, 700, 'escaped: amount_due';
+
+    # and an escape the reader checks without reading: a UTF-16 pair
+    my $inv2 = rid('in_');
+    my $b2 = invoice_event(type => 'invoice.finalized', invoice_id => $inv2,
+        subscription => 'sub-44', kind => 'initial');
+    $b2 =~ s/^\{/{"description":"caf\\u00e9 \\ud83d\\ude00",/;
+    is_received($t->webhook($b2), 'an escaped pair in a value not read');
+    is $t->redis('HGET', inv_key($inv2), 'subscription'), 'sub-44',
+        'an escaped pair: recorded';
+    is_error($t->webhook($b2 =~ s/\\ude00/\\u0041/r), 400, 'malformed_event',
+        'a broken pair where nothing is read: jansson says no');
+}
+
+
+# ---------------------------------------------------------------------
 # other event types are acknowledged and ignored
 
 {

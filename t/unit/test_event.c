@@ -345,7 +345,10 @@ accepts(ngx_billing_event_t *ev, const char *json, const char *fmt, ...)
 }
 
 
-/* every string is non-NULL and NUL terminated at its length */
+/*
+ * every string is non-NULL and readable to its length (in the body, not
+ * NUL terminated, when the scan answered; in jansson's values otherwise)
+ */
 
 static int
 strings_sane(const ngx_billing_event_t *ev)
@@ -363,7 +366,9 @@ strings_sane(const ngx_billing_event_t *ev)
     s[7] = &ev->currency;
 
     for (i = 0; i < 8; i++) {
-        if (s[i]->data == NULL || s[i]->data[s[i]->len] != '\0') {
+        if (s[i]->data == NULL
+            || (s[i]->len && memchr(s[i]->data, 0, s[i]->len) != NULL))
+        {
             diag("string %zu is not sane", i);
             return 0;
         }
@@ -464,7 +469,9 @@ test_fixture(void)
                                    sizeof(invoice_paid) - 1, &err),
            0, "fixture: parses");
     ok(err == NULL, "fixture: no error");
-    ok(ev.json != NULL, "fixture: document kept");
+    ok(ev.json == NULL, "fixture: read by the scan, no document built");
+    ok(ev.id.data > invoice_paid && ev.id.data < invoice_paid
+       + sizeof(invoice_paid), "fixture: the id where it is in the body");
 
     is_evstr(ev.id, "evt_1Pgc7XB7WZ01zgkWq2LXc7Xs", "fixture: id");
     is_evstr(ev.type, "invoice.paid", "fixture: type");
@@ -483,6 +490,15 @@ test_fixture(void)
     is_int(ev.amount_due, 1000, "fixture: amount_due");
     is_int(ev.bad_metadata, 0, "fixture: metadata trusted");
     ok(strings_sane(&ev), "fixture: strings sane");
+
+    ngx_billing_event_free(&ev);
+
+    is_int(ngx_billing_event_parse_json(&ev,
+                                        (const unsigned char *) invoice_paid,
+                                        sizeof(invoice_paid) - 1, &err),
+           0, "fixture, jansson: parses");
+    ok(ev.json != NULL, "fixture, jansson: document kept");
+    is_evstr(ev.id, "evt_1Pgc7XB7WZ01zgkWq2LXc7Xs", "fixture, jansson: id");
 
     ngx_billing_event_free(&ev);
     ok(ev.json == NULL, "free: document released");
@@ -1466,7 +1482,7 @@ compacts(const char *in, size_t len, const char *out, size_t out_len,
 }
 
 
-/* the same answer from the body and from its compacted copy */
+/* jansson's answer from the body and from its compacted copy */
 
 static int
 same_parse(const char *in, size_t len)
@@ -1486,8 +1502,9 @@ same_parse(const char *in, size_t len)
 
     err = NULL;
     err2 = NULL;
-    rc = ngx_billing_event_parse(&ev, (const unsigned char *) in, len, &err);
-    rc2 = ngx_billing_event_parse(&ev2, buf, n, &err2);
+    rc = ngx_billing_event_parse_json(&ev, (const unsigned char *) in, len,
+                                      &err);
+    rc2 = ngx_billing_event_parse_json(&ev2, buf, n, &err2);
 
     same = rc == rc2 && err == err2
            && (ev.json == NULL) == (ev2.json == NULL)
@@ -1547,6 +1564,305 @@ test_compact(void)
        "compact: the same parse, the fixture and a NUL");
 }
 
+/*
+ * ngx_billing_event_scan(): where it answers, jansson's answer; where it
+ * cannot, it asks jansson (and ngx_billing_event_parse() gives jansson's)
+ */
+
+static int
+str_eq(const ngx_billing_str_t *a, const ngx_billing_str_t *b)
+{
+    return a->len == b->len
+           && (a->len == 0 || memcmp(a->data, b->data, a->len) == 0);
+}
+
+
+static int
+same_event(const ngx_billing_event_t *a, const ngx_billing_event_t *b)
+{
+    return str_eq(&a->id, &b->id) && str_eq(&a->type, &b->type)
+           && a->created == b->created && a->status == b->status
+           && str_eq(&a->invoice, &b->invoice)
+           && str_eq(&a->customer, &b->customer)
+           && str_eq(&a->subscription, &b->subscription)
+           && str_eq(&a->kind, &b->kind)
+           && str_eq(&a->marketplace, &b->marketplace)
+           && str_eq(&a->hosted_invoice_url, &b->hosted_invoice_url)
+           && str_eq(&a->currency, &b->currency)
+           && a->amount_due == b->amount_due && a->due_date == b->due_date
+           && a->bad_metadata == b->bad_metadata;
+}
+
+
+#define SCAN_DECIDES  0
+#define SCAN_ASKS     1
+
+static void
+scans(const char *in, size_t len, int expect, const char *name)
+{
+    int                   rc, ref, whole;
+    const char           *err, *ref_err, *whole_err;
+    ngx_billing_event_t   ev, ref_ev, whole_ev;
+
+    err = ref_err = whole_err = NULL;
+
+    ref = ngx_billing_event_parse_json(&ref_ev, (const unsigned char *) in,
+                                       len, &ref_err);
+    rc = ngx_billing_event_scan(&ev, (const unsigned char *) in, len, &err);
+    whole = ngx_billing_event_parse(&whole_ev, (const unsigned char *) in,
+                                    len, &whole_err);
+
+    if (expect == SCAN_ASKS) {
+        ok(rc == NGX_BILLING_EVENT_ASK_JANSSON, "scan asks jansson: %s",
+           name);
+
+    } else if (!ok(rc != NGX_BILLING_EVENT_ASK_JANSSON,
+                   "scan answers: %s", name))
+    {
+        diag("jansson: rc %d, err '%s'", ref, ref_err ? ref_err : "NULL");
+    }
+
+    if (rc != NGX_BILLING_EVENT_ASK_JANSSON) {
+        if (!ok(rc == ref && (rc == 0 || err == ref_err)
+                && (rc != 0 || same_event(&ev, &ref_ev)),
+                "scan: jansson's answer: %s", name))
+        {
+            diag("scan rc %d err '%s', jansson rc %d err '%s'", rc,
+                 err ? err : "", ref, ref_err ? ref_err : "");
+        }
+
+        ok(ref_ev.json != NULL && json_is_object((json_t *) ref_ev.json),
+           "scan: answers only for a document jansson takes: %s", name);
+    }
+
+    ok(whole == ref && (whole == 0 || whole_err == ref_err)
+       && (whole != 0 || same_event(&whole_ev, &ref_ev)),
+       "parse: jansson's answer: %s", name);
+
+    ngx_billing_event_free(&ev);
+    ngx_billing_event_free(&ref_ev);
+    ngx_billing_event_free(&whole_ev);
+}
+
+
+#define SCAN_EVENT(obj)                                                      \
+    "{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":1700000000,"    \
+    "\"data\":{\"object\":{\"object\":\"invoice\",\"id\":\"in_1\","          \
+    "\"customer\":\"cus_1\",\"amount_due\":1500,\"currency\":\"usd\","       \
+    "\"metadata\":{\"billing_subscription\":\"sub-1\","                      \
+    "\"billing_kind\":\"initial\"}" obj "}}}"
+
+static void
+test_scan(void)
+{
+    size_t  i;
+
+    static const struct {
+        const char  *json;
+        int          expect;
+        const char  *name;
+    } cases[] = {
+        { SCAN_EVENT(""), SCAN_DECIDES, "an invoice event" },
+        { "{\"id\":\"evt_bench\",\"object\":\"event\","
+          "\"type\":\"invoice.paid\",\"created\":1,"
+          "\"data\":{\"object\":{\"id\":\"in_bench\","
+          "\"object\":\"invoice\",\"status\":\"paid\",\"customer\":"
+          "\"cus_bench\",\"amount_due\":1500,\"currency\":\"usd\","
+          "\"metadata\":{}}}}", SCAN_DECIDES, "bench/run's event" },
+        { " \r\n\t{ \"id\" : \"evt_1\" , \"type\" : \"customer.created\" ,"
+          " \"created\" : 0 , \"data\" : { \"object\" : { } } } \n",
+          SCAN_DECIDES, "whitespace everywhere jansson skips it" },
+        { "{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":1}",
+          SCAN_DECIDES, "valid JSON, no data: the same error" },
+        { "{\"type\":\"invoice.paid\"}", SCAN_DECIDES, "no id" },
+        { "{\"id\":\"evt 1\"}", SCAN_DECIDES, "an id that is no Stripe id" },
+        { "{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":1.5}",
+          SCAN_DECIDES, "a real created" },
+        { "{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":-0,"
+          "\"data\":{\"object\":{}}}", SCAN_DECIDES, "created -0" },
+        { "{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":-1}",
+          SCAN_DECIDES, "a negative created" },
+        { "{\"id\":\"evt_1\",\"type\":\"invoice.paid\","
+          "\"created\":999999999999999999,\"data\":{\"object\":{}}}",
+          SCAN_DECIDES, "18 digits" },
+        { "{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":1,"
+          "\"data\":[]}", SCAN_DECIDES, "data an array" },
+        { "{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":1,"
+          "\"data\":{\"object\":\"x\"}}", SCAN_DECIDES,
+          "data.object a string" },
+        { "{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"created\":1,"
+          "\"data\":{\"object\":{\"object\":\"invoice\",\"id\":\"in_1\","
+          "\"amount_due\":10.25,\"due_date\":true,\"currency\":null,"
+          "\"metadata\":[]}}}", SCAN_DECIDES, "values of other kinds" },
+        { SCAN_EVENT(",\"description\":\"a\\\"b\\\\c\\/d\\b\\f\\n\\r\\t"
+                     "\\u00e9\\uD83D\\uDE00\\uffff\""),
+          SCAN_DECIDES, "every escape, in a value not read" },
+        { SCAN_EVENT(",\"d\":\"\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 "
+                     "\xf4\x8f\xbf\xbf \xef\xbf\xbf \xee\x80\x80 \x7f\""),
+          SCAN_DECIDES, "UTF-8 at its bounds" },
+        { SCAN_EVENT(",\"n\":[0,-0,1,-1,0.5,-12.25,123456789012345678,"
+                     "true,false,null,[],{},[[{}]],{\"a\":{\"b\":[]}}]"),
+          SCAN_DECIDES, "every kind of value" },
+        { SCAN_EVENT(",\"lines\":{\"data\":[{\"id\":\"il_1\",\"id2\":1},"
+                     "{\"id\":\"il_2\"}],\"object\":\"list\"}"),
+          SCAN_DECIDES, "a key again, in other objects" },
+        { SCAN_EVENT(",\"\":1"), SCAN_DECIDES, "an empty key" },
+
+        { "", SCAN_ASKS, "nothing" },
+        { "   ", SCAN_ASKS, "whitespace only" },
+        { "[]", SCAN_ASKS, "an array" },
+        { "\"x\"", SCAN_ASKS, "a string" },
+        { "\xef\xbb\xbf{}", SCAN_ASKS, "a byte order mark" },
+        { "{", SCAN_ASKS, "an open object" },
+        { "{}x", SCAN_ASKS, "after the document" },
+        { "{}{}", SCAN_ASKS, "two documents" },
+        { "{\"a\":1,}", SCAN_ASKS, "a trailing comma" },
+        { "{\"a\":[1,]}", SCAN_ASKS, "a trailing comma in an array" },
+        { "{\"a\":[,1]}", SCAN_ASKS, "a leading comma" },
+        { "{\"a\" 1}", SCAN_ASKS, "no colon" },
+        { "{\"a\":}", SCAN_ASKS, "no value" },
+        { "{\"a\":1 \"b\":2}", SCAN_ASKS, "no comma" },
+        { "{'a':1}", SCAN_ASKS, "single quotes" },
+        { "{a:1}", SCAN_ASKS, "a bare key" },
+        { "{\"a\":\"\\x\"}", SCAN_ASKS, "an unknown escape" },
+        { "{\"a\":\"\\u12G4\"}", SCAN_ASKS, "a bad \\u escape" },
+        { "{\"a\":\"\\u123\"}", SCAN_ASKS, "a short \\u escape" },
+        { "{\"a\":\"\\u0000\"}", SCAN_ASKS, "\\u0000" },
+        { "{\"a\":\"\\ud800\"}", SCAN_ASKS, "a lone high surrogate" },
+        { "{\"a\":\"\\udc00\"}", SCAN_ASKS, "a lone low surrogate" },
+        { "{\"a\":\"\\ud800\\u0041\"}", SCAN_ASKS, "a broken pair" },
+        { "{\"a\":\"\\ud800\\ud800\"}", SCAN_ASKS, "two high halves" },
+        { "{\"a\":\"\t\"}", SCAN_ASKS, "a raw tab in a string" },
+        { "{\"a\":\"\n\"}", SCAN_ASKS, "a raw newline in a string" },
+        { "{\"a\":\"\x1f\"}", SCAN_ASKS, "a control character" },
+        { "{\"a\":\"\xc0\x80\"}", SCAN_ASKS, "overlong NUL" },
+        { "{\"a\":\"\xc1\xbf\"}", SCAN_ASKS, "overlong 2 bytes" },
+        { "{\"a\":\"\x80\"}", SCAN_ASKS, "a lone continuation byte" },
+        { "{\"a\":\"\xc3\"}", SCAN_ASKS, "a cut sequence" },
+        { "{\"a\":\"\xc3\x28\"}", SCAN_ASKS, "a bad continuation" },
+        { "{\"a\":\"\xe0\x80\x80\"}", SCAN_ASKS, "overlong 3 bytes" },
+        { "{\"a\":\"\xed\xa0\x80\"}", SCAN_ASKS, "an encoded surrogate" },
+        { "{\"a\":\"\xe2\x82\"}", SCAN_ASKS, "a cut 3-byte sequence" },
+        { "{\"a\":\"\xf0\x80\x80\x80\"}", SCAN_ASKS, "overlong 4 bytes" },
+        { "{\"a\":\"\xf4\x90\x80\x80\"}", SCAN_ASKS, "past U+10FFFF" },
+        { "{\"a\":\"\xf5\x80\x80\x80\"}", SCAN_ASKS, "F5" },
+        { "{\"a\":\"\xff\"}", SCAN_ASKS, "FF" },
+        { "{\"a\":\"x", SCAN_ASKS, "an open string" },
+        { "{\"a\":01}", SCAN_ASKS, "a leading zero" },
+        { "{\"a\":1.}", SCAN_ASKS, "no fraction" },
+        { "{\"a\":.5}", SCAN_ASKS, "no integer part" },
+        { "{\"a\":-}", SCAN_ASKS, "a minus alone" },
+        { "{\"a\":+1}", SCAN_ASKS, "a plus" },
+        { "{\"a\":1e5}", SCAN_ASKS, "an exponent" },
+        { "{\"a\":1.5E-3}", SCAN_ASKS, "an exponent after a fraction" },
+        { "{\"a\":1234567890123456789}", SCAN_ASKS, "19 digits" },
+        { "{\"a\":99999999999999999999}", SCAN_ASKS, "too big an integer" },
+        { "{\"a\":1x}", SCAN_ASKS, "a number and a letter" },
+        { "{\"a\":truex}", SCAN_ASKS, "truex" },
+        { "{\"a\":True}", SCAN_ASKS, "True" },
+        { "{\"a\":nul}", SCAN_ASKS, "nul" },
+        { "{\"a\":1,\"a\":2}", SCAN_ASKS, "a duplicate key" },
+        { "{\"a\":{\"b\":1,\"c\":2,\"b\":3}}", SCAN_ASKS,
+          "a duplicate key, nested" },
+        { "{\"a\":[{\"b\":1},{\"b\":1,\"b\":1}]}", SCAN_ASKS,
+          "a duplicate key in an array's object" },
+        { "{\"id\":\"evt_1\",\"\\u0069d\":\"evt_2\"}", SCAN_ASKS,
+          "a key with an escape (the same key)" },
+        { "{\"a\\\"b\":1}", SCAN_ASKS, "a key with an escape" },
+        { "{\"id\":\"evt\\u005f1\",\"type\":\"invoice.paid\",\"created\":1,"
+          "\"data\":{\"object\":{}}}", SCAN_ASKS,
+          "an escape in a value read" },
+        { SCAN_EVENT(",\"a\":\"\\u0000\""), SCAN_ASKS,
+          "an event with \\u0000 in a value not read" },
+    };
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        scans(cases[i].json, strlen(cases[i].json), cases[i].expect,
+              cases[i].name);
+    }
+
+    scans(invoice_paid, sizeof(invoice_paid) - 1, SCAN_DECIDES,
+          "the fixture, pretty-printed");
+    scans(invoice_paid, sizeof(invoice_paid), SCAN_ASKS,
+          "the fixture and a NUL");
+    scans("{\"a\":\"\0\"}", 8, SCAN_ASKS, "a NUL in a string");
+    scans("{\"a\":1}\0", 8, SCAN_ASKS, "a NUL after the document");
+}
+
+
+static void
+test_scan_limits(void)
+{
+    size_t  i, n;
+
+    /* 32 levels are read, 33 are jansson's to judge */
+
+    n = 0;
+    n += sprintf(buf + n, "{\"a\":");
+
+    for (i = 0; i < 30; i++) {
+        n += sprintf(buf + n, "[");
+    }
+
+    n += sprintf(buf + n, "{}");
+
+    for (i = 0; i < 30; i++) {
+        n += sprintf(buf + n, "]");
+    }
+
+    n += sprintf(buf + n, "}");
+    scans(buf, n, SCAN_DECIDES, "32 levels");
+
+    n = 0;
+    n += sprintf(buf + n, "{\"a\":");
+
+    for (i = 0; i < 32; i++) {
+        n += sprintf(buf + n, "[");
+    }
+
+    for (i = 0; i < 32; i++) {
+        n += sprintf(buf + n, "]");
+    }
+
+    n += sprintf(buf + n, "}");
+    scans(buf, n, SCAN_ASKS, "33 levels");
+
+    /* 256 keys open at once are checked, one more is jansson's */
+
+    n = sprintf(buf, "{");
+
+    for (i = 0; i < 256; i++) {
+        n += sprintf(buf + n, "%s\"k%zu\":1", i ? "," : "", i);
+    }
+
+    n += sprintf(buf + n, "}");
+    scans(buf, n, SCAN_DECIDES, "256 keys");
+
+    n = sprintf(buf, "{\"a\":{");
+
+    for (i = 0; i < 256; i++) {
+        n += sprintf(buf + n, "%s\"k%zu\":1", i ? "," : "", i);
+    }
+
+    n += sprintf(buf + n, "}}");
+    scans(buf, n, SCAN_ASKS, "257 keys open at once");
+
+    /* and every pair of 256 keys compared: the last a copy of each */
+
+    for (i = 0; i < 200; i += 37) {
+        size_t  j;
+
+        n = sprintf(buf, "{");
+
+        for (j = 0; j < 200; j++) {
+            n += sprintf(buf + n, "%s\"key_%zu\":1", j ? "," : "", j);
+        }
+
+        n += sprintf(buf + n, ",\"key_%zu\":2}", i);
+        scans(buf, n, SCAN_ASKS, "a duplicate among 200 keys");
+    }
+}
+
 
 int
 main(void)
@@ -1564,6 +1880,8 @@ main(void)
     test_currency_amount_customer();
     test_validators();
     test_compact();
+    test_scan();
+    test_scan_limits();
 
     return done_testing();
 }
