@@ -49,7 +49,7 @@ enum {
 
 typedef struct {
     const unsigned char        *data;
-    uint32_t                    len;
+    size_t                      len;
     uint32_t                    hash;
 } ngx_billing_scan_key_t;
 
@@ -130,11 +130,20 @@ static const ngx_billing_scan_name_t  *ngx_billing_scan_names[] = {
 
 
 /*
- * The bytes of a string: 0 as they are, 1 '"', 2 '\\', 3 a control
- * character (an error), 4, 5, 6 the first of a UTF-8 sequence of 2, 3,
- * 4 bytes, 7 a byte no UTF-8 character starts with (an error), as
- * jansson's utf8_check_first() sorts them.
+ * The bytes of a string: as they are, '"', '\\', a control character
+ * (an error), the first of a UTF-8 sequence of 2, 3, 4 bytes, a byte no
+ * UTF-8 character starts with (an error), as jansson's
+ * utf8_check_first() sorts them.
  */
+
+#define NGX_BILLING_SCAN_PLAIN    0
+#define NGX_BILLING_SCAN_QUOTE    1
+#define NGX_BILLING_SCAN_ESCAPE   2
+#define NGX_BILLING_SCAN_CONTROL  3
+#define NGX_BILLING_SCAN_UTF8_2   4
+#define NGX_BILLING_SCAN_UTF8_3   5
+#define NGX_BILLING_SCAN_UTF8_4   6
+#define NGX_BILLING_SCAN_INVALID  7
 
 static const unsigned char  ngx_billing_scan_class[256] = {
     3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,   /* 00 */
@@ -208,7 +217,8 @@ static int
 ngx_billing_scan_object(ngx_billing_scan_t *s, unsigned depth, unsigned ctx)
 {
     int                             rc;
-    unsigned                        i, base, len, child, escaped;
+    size_t                          len;
+    unsigned                        i, base, child, escaped;
     uint32_t                        hash;
     uint64_t                        bloom[4], bit;
     const unsigned char            *key, *k;
@@ -463,7 +473,8 @@ ngx_billing_scan_string(ngx_billing_scan_t *s, unsigned *escaped)
 
     for ( ;; ) {
 
-        while (p < end && ngx_billing_scan_class[*p] == 0) {
+        while (p < end && ngx_billing_scan_class[*p] == NGX_BILLING_SCAN_PLAIN)
+        {
             p++;
         }
 
@@ -473,11 +484,11 @@ ngx_billing_scan_string(ngx_billing_scan_t *s, unsigned *escaped)
 
         switch (ngx_billing_scan_class[*p]) {
 
-        case 1:
+        case NGX_BILLING_SCAN_QUOTE:
             s->p = p + 1;
             return 0;
 
-        case 2:
+        case NGX_BILLING_SCAN_ESCAPE:
             *escaped = 1;
 
             if (end - p < 2) {
@@ -486,8 +497,14 @@ ngx_billing_scan_string(ngx_billing_scan_t *s, unsigned *escaped)
 
             switch (p[1]) {
 
-            case '"': case '\\': case '/':
-            case 'b': case 'f': case 'n': case 'r': case 't':
+            case '"':
+            case '\\':
+            case '/':
+            case 'b':
+            case 'f':
+            case 'n':
+            case 'r':
+            case 't':
                 p += 2;
                 continue;
 
@@ -521,12 +538,14 @@ ngx_billing_scan_string(ngx_billing_scan_t *s, unsigned *escaped)
                 return NGX_BILLING_SCAN_ASK;
             }
 
+            /* every case of the escape continues or returns */
+
         /*
          * UTF-8 as utf8_check_full() takes it: continuation bytes, no
          * overlong form, no surrogate, nothing past U+10FFFF
          */
 
-        case 4:
+        case NGX_BILLING_SCAN_UTF8_2:
             if (end - p < 2 || (p[1] & 0xc0) != 0x80) {
                 return NGX_BILLING_SCAN_ASK;
             }
@@ -534,7 +553,7 @@ ngx_billing_scan_string(ngx_billing_scan_t *s, unsigned *escaped)
             p += 2;
             continue;
 
-        case 5:
+        case NGX_BILLING_SCAN_UTF8_3:
             if (end - p < 3
                 || (p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80
                 || (p[0] == 0xe0 && p[1] < 0xa0)
@@ -546,7 +565,7 @@ ngx_billing_scan_string(ngx_billing_scan_t *s, unsigned *escaped)
             p += 3;
             continue;
 
-        case 6:
+        case NGX_BILLING_SCAN_UTF8_4:
             if (end - p < 4
                 || (p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80
                 || (p[3] & 0xc0) != 0x80
