@@ -12,8 +12,10 @@
 #include "ngx_billing_state.h"
 
 
-static json_t *ngx_billing_event_value(json_t *obj, const char *key,
+static void ngx_billing_event_values(json_t *obj, unsigned ctx,
     ngx_billing_event_field_t *f);
+static json_t *ngx_billing_event_value(json_t *obj,
+    const ngx_billing_event_name_t *name, ngx_billing_event_field_t *f);
 static int ngx_billing_event_string(ngx_billing_event_field_t *f,
     ngx_billing_str_t *out);
 static int ngx_billing_url_valid(const char *s, size_t len);
@@ -21,6 +23,50 @@ static int ngx_billing_currency_valid(const char *s, size_t len);
 
 
 static const ngx_billing_str_t  ngx_billing_empty = { "", 0 };
+
+
+#define ngx_billing_event_name(s, field, child)                              \
+    { s, sizeof(s) - 1, NGX_BILLING_EV_ ## field, NGX_BILLING_EV_CTX_ ## child }
+
+static const ngx_billing_event_name_t  ngx_billing_event_root[] = {
+    ngx_billing_event_name("id", ID, NONE),
+    ngx_billing_event_name("type", TYPE, NONE),
+    ngx_billing_event_name("created", CREATED, NONE),
+    ngx_billing_event_name("data", DATA, DATA),
+    { NULL, 0, 0, 0 }
+};
+
+static const ngx_billing_event_name_t  ngx_billing_event_data[] = {
+    ngx_billing_event_name("object", OBJECT, OBJ),
+    { NULL, 0, 0, 0 }
+};
+
+static const ngx_billing_event_name_t  ngx_billing_event_obj[] = {
+    ngx_billing_event_name("id", OBJ_ID, NONE),
+    ngx_billing_event_name("object", OBJ_OBJECT, NONE),
+    ngx_billing_event_name("customer", CUSTOMER, NONE),
+    ngx_billing_event_name("hosted_invoice_url", URL, NONE),
+    ngx_billing_event_name("currency", CURRENCY, NONE),
+    ngx_billing_event_name("due_date", DUE_DATE, NONE),
+    ngx_billing_event_name("amount_due", AMOUNT_DUE, NONE),
+    ngx_billing_event_name("metadata", METADATA, META),
+    { NULL, 0, 0, 0 }
+};
+
+static const ngx_billing_event_name_t  ngx_billing_event_meta[] = {
+    ngx_billing_event_name("billing_subscription", SUBSCRIPTION, NONE),
+    ngx_billing_event_name("billing_marketplace", MARKETPLACE, NONE),
+    ngx_billing_event_name("billing_kind", KIND, NONE),
+    { NULL, 0, 0, 0 }
+};
+
+const ngx_billing_event_name_t  *const ngx_billing_event_names[] = {
+    NULL,
+    ngx_billing_event_root,
+    ngx_billing_event_data,
+    ngx_billing_event_obj,
+    ngx_billing_event_meta
+};
 
 
 /* 1: JSON's whitespace, as jansson's lexer skips it; 2: "{}[]:,"; 4: "\"\\" */
@@ -71,7 +117,7 @@ int
 ngx_billing_event_parse_json(ngx_billing_event_t *ev,
     const unsigned char *buf, size_t len, const char **err)
 {
-    json_t                     *root, *data, *object, *metadata;
+    json_t                     *root;
     json_error_t                error;
     ngx_billing_event_field_t   f[NGX_BILLING_EV_NFIELDS];
 
@@ -92,46 +138,26 @@ ngx_billing_event_parse_json(ngx_billing_event_t *ev,
 
     memset(f, 0, sizeof(f));
 
-    ngx_billing_event_value(root, "id", &f[NGX_BILLING_EV_ID]);
-    ngx_billing_event_value(root, "type", &f[NGX_BILLING_EV_TYPE]);
-    ngx_billing_event_value(root, "created", &f[NGX_BILLING_EV_CREATED]);
-
-    data = ngx_billing_event_value(root, "data", &f[NGX_BILLING_EV_DATA]);
-
-    if (!json_is_object(data)) {
-        return ngx_billing_event_fill(ev, f, err);
-    }
-
-    object = ngx_billing_event_value(data, "object",
-                                     &f[NGX_BILLING_EV_OBJECT]);
-
-    if (!json_is_object(object)) {
-        return ngx_billing_event_fill(ev, f, err);
-    }
-
-    ngx_billing_event_value(object, "object", &f[NGX_BILLING_EV_OBJ_OBJECT]);
-    ngx_billing_event_value(object, "id", &f[NGX_BILLING_EV_OBJ_ID]);
-    ngx_billing_event_value(object, "customer", &f[NGX_BILLING_EV_CUSTOMER]);
-    ngx_billing_event_value(object, "hosted_invoice_url",
-                            &f[NGX_BILLING_EV_URL]);
-    ngx_billing_event_value(object, "currency", &f[NGX_BILLING_EV_CURRENCY]);
-    ngx_billing_event_value(object, "due_date", &f[NGX_BILLING_EV_DUE_DATE]);
-    ngx_billing_event_value(object, "amount_due",
-                            &f[NGX_BILLING_EV_AMOUNT_DUE]);
-
-    metadata = ngx_billing_event_value(object, "metadata",
-                                       &f[NGX_BILLING_EV_METADATA]);
-
-    if (json_is_object(metadata)) {
-        ngx_billing_event_value(metadata, "billing_subscription",
-                                &f[NGX_BILLING_EV_SUBSCRIPTION]);
-        ngx_billing_event_value(metadata, "billing_marketplace",
-                                &f[NGX_BILLING_EV_MARKETPLACE]);
-        ngx_billing_event_value(metadata, "billing_kind",
-                                &f[NGX_BILLING_EV_KIND]);
-    }
+    ngx_billing_event_values(root, NGX_BILLING_EV_CTX_ROOT, f);
 
     return ngx_billing_event_fill(ev, f, err);
+}
+
+
+static void
+ngx_billing_event_values(json_t *obj, unsigned ctx,
+    ngx_billing_event_field_t *f)
+{
+    json_t                          *value;
+    const ngx_billing_event_name_t  *name;
+
+    for (name = ngx_billing_event_names[ctx]; name->name; name++) {
+        value = ngx_billing_event_value(obj, name, &f[name->field]);
+
+        if (name->child != NGX_BILLING_EV_CTX_NONE && json_is_object(value)) {
+            ngx_billing_event_values(value, name->child, f);
+        }
+    }
 }
 
 
@@ -335,12 +361,12 @@ ngx_billing_event_free(ngx_billing_event_t *ev)
 
 
 static json_t *
-ngx_billing_event_value(json_t *obj, const char *key,
+ngx_billing_event_value(json_t *obj, const ngx_billing_event_name_t *name,
     ngx_billing_event_field_t *f)
 {
     json_t  *value;
 
-    value = json_object_get(obj, key);
+    value = json_object_getn(obj, name->name, name->len);
 
     if (value == NULL) {
         return NULL;

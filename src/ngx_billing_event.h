@@ -73,6 +73,31 @@ enum {
     NGX_BILLING_EV_NFIELDS
 };
 
+/*
+ * Where the module reads them: the objects of an event (the event, its
+ * "data", "data.object", its "metadata"), each with the names read in it
+ * and, for a name whose object is read in turn, that object's context.
+ * Both parsers read by this table.
+ */
+
+#define NGX_BILLING_EV_CTX_NONE     0
+#define NGX_BILLING_EV_CTX_ROOT     1
+#define NGX_BILLING_EV_CTX_DATA     2
+#define NGX_BILLING_EV_CTX_OBJ      3
+#define NGX_BILLING_EV_CTX_META     4
+
+
+typedef struct {
+    const char           *name;     /* NULL at the end of a context's */
+    unsigned char         len;
+    unsigned char         field;
+    unsigned char         child;
+} ngx_billing_event_name_t;
+
+
+extern const ngx_billing_event_name_t  *const ngx_billing_event_names[];
+
+
 #define NGX_BILLING_JSON_ABSENT     0
 #define NGX_BILLING_JSON_STRING     1
 #define NGX_BILLING_JSON_INTEGER    2

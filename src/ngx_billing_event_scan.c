@@ -37,16 +37,6 @@
 #define NGX_BILLING_SCAN_DIGITS   18
 
 
-/* where in the event an object is, which says what its keys may be */
-enum {
-    NGX_BILLING_SCAN_NONE = 0,
-    NGX_BILLING_SCAN_ROOT,
-    NGX_BILLING_SCAN_DATA,
-    NGX_BILLING_SCAN_OBJ,
-    NGX_BILLING_SCAN_META
-};
-
-
 typedef struct {
     const unsigned char        *data;
     size_t                      len;
@@ -63,14 +53,6 @@ typedef struct {
 } ngx_billing_scan_t;
 
 
-typedef struct {
-    const char                 *name;
-    unsigned char               len;
-    unsigned char               field;
-    unsigned char               child;  /* of an object value */
-} ngx_billing_scan_name_t;
-
-
 static int ngx_billing_scan_object(ngx_billing_scan_t *s, unsigned depth,
     unsigned ctx);
 static int ngx_billing_scan_array(ngx_billing_scan_t *s, unsigned depth);
@@ -83,50 +65,6 @@ static int ngx_billing_scan_number(ngx_billing_scan_t *s,
     ngx_billing_event_field_t *f);
 static int ngx_billing_scan_literal(ngx_billing_scan_t *s, const char *word,
     size_t len, ngx_billing_event_field_t *f);
-
-
-#define ngx_billing_scan_name(s, field, child)                               \
-    { s, sizeof(s) - 1, NGX_BILLING_EV_ ## field, NGX_BILLING_SCAN_ ## child }
-
-static const ngx_billing_scan_name_t  ngx_billing_scan_root[] = {
-    ngx_billing_scan_name("id", ID, NONE),
-    ngx_billing_scan_name("type", TYPE, NONE),
-    ngx_billing_scan_name("created", CREATED, NONE),
-    ngx_billing_scan_name("data", DATA, DATA),
-    { NULL, 0, 0, 0 }
-};
-
-static const ngx_billing_scan_name_t  ngx_billing_scan_data[] = {
-    ngx_billing_scan_name("object", OBJECT, OBJ),
-    { NULL, 0, 0, 0 }
-};
-
-static const ngx_billing_scan_name_t  ngx_billing_scan_obj[] = {
-    ngx_billing_scan_name("id", OBJ_ID, NONE),
-    ngx_billing_scan_name("object", OBJ_OBJECT, NONE),
-    ngx_billing_scan_name("customer", CUSTOMER, NONE),
-    ngx_billing_scan_name("hosted_invoice_url", URL, NONE),
-    ngx_billing_scan_name("currency", CURRENCY, NONE),
-    ngx_billing_scan_name("due_date", DUE_DATE, NONE),
-    ngx_billing_scan_name("amount_due", AMOUNT_DUE, NONE),
-    ngx_billing_scan_name("metadata", METADATA, META),
-    { NULL, 0, 0, 0 }
-};
-
-static const ngx_billing_scan_name_t  ngx_billing_scan_meta[] = {
-    ngx_billing_scan_name("billing_subscription", SUBSCRIPTION, NONE),
-    ngx_billing_scan_name("billing_marketplace", MARKETPLACE, NONE),
-    ngx_billing_scan_name("billing_kind", KIND, NONE),
-    { NULL, 0, 0, 0 }
-};
-
-static const ngx_billing_scan_name_t  *ngx_billing_scan_names[] = {
-    NULL,
-    ngx_billing_scan_root,
-    ngx_billing_scan_data,
-    ngx_billing_scan_obj,
-    ngx_billing_scan_meta
-};
 
 
 /*
@@ -198,7 +136,7 @@ ngx_billing_event_scan(ngx_billing_event_t *ev, const unsigned char *buf,
     /* an event is an object: anything else, jansson says what is wrong */
 
     if (s.p == s.end || *s.p != '{'
-        || ngx_billing_scan_object(&s, 1, NGX_BILLING_SCAN_ROOT) != 0)
+        || ngx_billing_scan_object(&s, 1, NGX_BILLING_EV_CTX_ROOT) != 0)
     {
         return NGX_BILLING_EVENT_ASK_JANSSON;
     }
@@ -216,15 +154,15 @@ ngx_billing_event_scan(ngx_billing_event_t *ev, const unsigned char *buf,
 static int
 ngx_billing_scan_object(ngx_billing_scan_t *s, unsigned depth, unsigned ctx)
 {
-    int                             rc;
-    size_t                          len;
-    unsigned                        i, base, child, escaped;
-    uint32_t                        hash;
-    uint64_t                        bloom[4], bit;
-    const unsigned char            *key, *k;
-    ngx_billing_scan_key_t         *keys;
-    ngx_billing_event_field_t      *f;
-    const ngx_billing_scan_name_t  *name;
+    int                              rc;
+    size_t                           len;
+    unsigned                         i, base, child, escaped;
+    uint32_t                         hash;
+    uint64_t                         bloom[4], bit;
+    const unsigned char             *key, *k;
+    ngx_billing_scan_key_t          *keys;
+    ngx_billing_event_field_t       *f;
+    const ngx_billing_event_name_t  *name;
 
     if (depth > NGX_BILLING_SCAN_DEPTH) {
         return NGX_BILLING_SCAN_ASK;
@@ -305,10 +243,10 @@ ngx_billing_scan_object(ngx_billing_scan_t *s, unsigned depth, unsigned ctx)
         /* a value the module reads, or one only checked */
 
         f = NULL;
-        child = NGX_BILLING_SCAN_NONE;
+        child = NGX_BILLING_EV_CTX_NONE;
 
-        if (ctx != NGX_BILLING_SCAN_NONE) {
-            for (name = ngx_billing_scan_names[ctx]; name->name; name++) {
+        if (ctx != NGX_BILLING_EV_CTX_NONE) {
+            for (name = ngx_billing_event_names[ctx]; name->name; name++) {
                 if (name->len == len && memcmp(name->name, key, len) == 0) {
                     f = &s->f[name->field];
                     child = name->child;
@@ -352,7 +290,7 @@ ngx_billing_scan_array(ngx_billing_scan_t *s, unsigned depth)
 
     for ( ;; ) {
 
-        if (ngx_billing_scan_value(s, depth, NGX_BILLING_SCAN_NONE, NULL)
+        if (ngx_billing_scan_value(s, depth, NGX_BILLING_EV_CTX_NONE, NULL)
             != 0)
         {
             return NGX_BILLING_SCAN_ASK;
