@@ -56,6 +56,8 @@ typedef struct {
 static int ngx_billing_scan_object(ngx_billing_scan_t *s, unsigned depth,
     unsigned ctx);
 static int ngx_billing_scan_array(ngx_billing_scan_t *s, unsigned depth);
+static int ngx_billing_scan_open(ngx_billing_scan_t *s, unsigned depth,
+    unsigned char close);
 static int ngx_billing_scan_next(ngx_billing_scan_t *s, unsigned char close);
 static int ngx_billing_scan_value(ngx_billing_scan_t *s, unsigned depth,
     unsigned ctx, ngx_billing_event_field_t *f);
@@ -164,17 +166,10 @@ ngx_billing_scan_object(ngx_billing_scan_t *s, unsigned depth, unsigned ctx)
     ngx_billing_event_field_t       *f;
     const ngx_billing_event_name_t  *name;
 
-    if (depth > NGX_BILLING_SCAN_DEPTH) {
-        return NGX_BILLING_SCAN_ASK;
-    }
+    rc = ngx_billing_scan_open(s, depth, '}');
 
-    s->p++;
-
-    ngx_billing_scan_skip(s);
-
-    if (s->p < s->end && *s->p == '}') {
-        s->p++;
-        return 0;
+    if (rc != 1) {
+        return rc;
     }
 
     keys = s->keys;
@@ -275,17 +270,10 @@ ngx_billing_scan_array(ngx_billing_scan_t *s, unsigned depth)
 {
     int  rc;
 
-    if (depth > NGX_BILLING_SCAN_DEPTH) {
-        return NGX_BILLING_SCAN_ASK;
-    }
+    rc = ngx_billing_scan_open(s, depth, ']');
 
-    s->p++;
-
-    ngx_billing_scan_skip(s);
-
-    if (s->p < s->end && *s->p == ']') {
-        s->p++;
-        return 0;
+    if (rc != 1) {
+        return rc;
     }
 
     for ( ;; ) {
@@ -302,6 +290,29 @@ ngx_billing_scan_array(ngx_billing_scan_t *s, unsigned depth)
             return rc;
         }
     }
+}
+
+
+/* at "{" or "[": 1 a member or an element follows, 0 empty, or ASK */
+
+static int
+ngx_billing_scan_open(ngx_billing_scan_t *s, unsigned depth,
+    unsigned char close)
+{
+    if (depth > NGX_BILLING_SCAN_DEPTH) {
+        return NGX_BILLING_SCAN_ASK;
+    }
+
+    s->p++;
+
+    ngx_billing_scan_skip(s);
+
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return 0;
+    }
+
+    return 1;
 }
 
 

@@ -21,9 +21,7 @@
 
 
 static int ngx_billing_sig_hex(unsigned char c);
-#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
-static EVP_MAC_CTX *ngx_billing_sig_ctx(void);
-#endif
+static void *ngx_billing_sig_ctx(void);
 static int ngx_billing_sig_init(void *ctx, const unsigned char *key,
     size_t key_len);
 static int ngx_billing_sig_run(void *ctx, const unsigned char *t,
@@ -184,11 +182,13 @@ ngx_billing_sig_hex(unsigned char c)
 }
 
 
-#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+/* a new HMAC context, not keyed; NULL on failure */
 
-static EVP_MAC_CTX *
+static void *
 ngx_billing_sig_ctx(void)
 {
+#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
+
     /* fetched once per process; a worker is single threaded */
     static EVP_MAC  *mac;
 
@@ -200,9 +200,13 @@ ngx_billing_sig_ctx(void)
     }
 
     return EVP_MAC_CTX_new(mac);
-}
+
+#else
+
+    return HMAC_CTX_new();
 
 #endif
+}
 
 
 /*
@@ -280,11 +284,7 @@ ngx_billing_sig_hmac(const unsigned char *key, size_t key_len,
     int    ok;
     void  *ctx;
 
-#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
     ctx = ngx_billing_sig_ctx();
-#else
-    ctx = HMAC_CTX_new();
-#endif
 
     if (ctx == NULL) {
         return NGX_BILLING_SIG_INTERNAL;
@@ -308,11 +308,7 @@ ngx_billing_sig_key(ngx_billing_secret_t *secret)
 
     secret->mac = NULL;
 
-#if (OPENSSL_VERSION_NUMBER >= 0x30000000L)
     ctx = ngx_billing_sig_ctx();
-#else
-    ctx = HMAC_CTX_new();
-#endif
 
     if (ctx == NULL) {
         return NGX_BILLING_SIG_INTERNAL;
